@@ -1,0 +1,3 @@
+from autoinfer.cli import main
+
+main()

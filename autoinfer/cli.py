@@ -1,0 +1,213 @@
+"""Command line: `autoinfer search | validate | hardware | pareto | export`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from autoinfer.errors import AutoinferError
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Find the LLM inference configuration with the most correct tokens per joule.",
+)
+console = Console()
+err = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="The search config (YAML).", show_default=False)]
+
+
+def _load(path: Path, preflight: bool = True) -> Any:
+    from autoinfer.config import load_config
+    from autoinfer.preflight import check
+
+    config = load_config(path)
+    if preflight:
+        check(config, str(path))
+    return config
+
+
+def _fmt(v: Any, spec: str = ".3g") -> str:
+    return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+
+def _frontier_table(study: Any, title: str) -> Table:
+    from autoinfer.search.pareto import pareto_trials
+
+    table = Table(title=title)
+    for col in ("#", "engine", "quant", "draft", "batch", "hardware", "correct tok/J", "accuracy", "tok/s",
+                "ttft p50 s", "energy source"):  # fmt: skip
+        table.add_column(col)
+    front = sorted(pareto_trials(study), key=lambda t: -t.user_attrs.get("metrics", {}).get("correct_tokens_per_j", 0))
+    for t in front:
+        m, p, info = t.user_attrs.get("metrics", {}), t.user_attrs.get("point", {}), t.user_attrs.get("info", {})
+        acc = f"{_fmt(m.get('accuracy'))} ± {_fmt(m.get('accuracy_stderr'), '.2f')}" if "accuracy" in m else "-"
+        table.add_row(
+            str(t.number), p.get("engine", ""), p.get("quantization", ""), p.get("draft", ""),
+            str(p.get("batch_size", "")), p.get("hardware", ""), _fmt(m.get("correct_tokens_per_j")), acc,
+            _fmt(m.get("tokens_per_s"), ".1f"), _fmt(m.get("ttft_p50_s")), info.get("energy_source", ""),
+        )  # fmt: skip
+    return table
+
+
+def _describe(t: Any) -> str:
+    p = t.user_attrs.get("point", {})
+    return f"#{t.number} {p.get('engine')} {p.get('quantization')} {p.get('draft')} b{p.get('batch_size')} {p.get('hardware')}"
+
+
+@app.command()
+def search(
+    config: ConfigArg,
+    trials: Annotated[int | None, typer.Option(help="Override search.trials.")] = None,
+) -> None:
+    """Run (or resume) the search a config describes; every trial is measured for real."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from autoinfer.search.study import Events, run_search
+
+    cfg = _load(config)
+    if trials is not None:
+        cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"trials": trials})})
+    progress = Progress(
+        SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=console, transient=False,
+    )  # fmt: skip
+    task = progress.add_task("starting", total=cfg.search.trials)
+    current = {"label": ""}
+
+    def started(n: int, point: Any, i: int, total: int) -> None:
+        current["label"] = f"trial {n}: {point.quantization} {point.draft} b{point.batch_size} {point.hardware}"
+        progress.update(task, description=f"{current['label']} [load]", completed=i - 1)
+
+    def finished(t: Any) -> None:
+        m = t.user_attrs.get("metrics", {})
+        if t.state.name == "COMPLETE":
+            src = t.user_attrs.get("info", {}).get("energy_source", "?")
+            acc = f"acc {_fmt(m.get('accuracy'))}±{_fmt(m.get('accuracy_stderr'), '.2f')}" if "accuracy" in m else ""
+            reuse = " (acc reused)" if "accuracy_reused_from_trial" in t.user_attrs.get("info", {}) else ""
+            rate = m.get("acceptance_rate")
+            acc_rate = f", accept {rate:.0%}" if rate is not None else ""
+            line = (
+                f"{_describe(t)}: {_fmt(m.get('tokens_per_s'), '.1f')} tok/s, {acc}{reuse}, "
+                f"{_fmt(m.get('correct_tokens_per_j'))} correct tok/J ({src}){acc_rate}"
+            )
+            progress.console.print(f"[green]✓[/] {escape(line)}")
+        else:
+            reason = escape(f"{_describe(t)}: FAIL: {t.user_attrs.get('fail_reason', '?')}")
+            progress.console.print(f"[red]✗[/] {reason}")
+        progress.advance(task)
+
+    events = Events(
+        trial_started=started,
+        stage=lambda s: progress.update(task, description=f"{current['label']} [{s}]"),
+        trial_finished=finished,
+        message=lambda msg: progress.console.print(f"[yellow]{msg}"),
+    )
+    try:
+        with progress:
+            study, _ = run_search(cfg, events)
+    except KeyboardInterrupt:
+        err.print("\ninterrupted: finished trials are saved; run the same command again to resume.")
+        raise typer.Exit(130) from None
+    console.print(_frontier_table(study, f"Pareto frontier of {cfg.study_name}"))
+    console.print(
+        f"Review every trial: [bold]mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri}[/]\n"
+        f"Deployment config: [bold]autoinfer export {config}[/]"
+    )
+
+
+@app.command()
+def validate(config: ConfigArg) -> None:
+    """Check a config (schema, paths, hardware) without loading any model."""
+    cfg = _load(config)
+    from autoinfer.spaces import enumerate_points
+
+    console.print(f"{config}: OK, {len(enumerate_points(cfg))} valid points in the space")
+
+
+@app.command()
+def hardware() -> None:
+    """List the targets this machine offers and the energy meter each would use."""
+    from autoinfer.config import EnergyConfig
+    from autoinfer.evaluators.energy import meter_for
+    from autoinfer.hardware import available_targets, fingerprint
+    from autoinfer.spaces import HardwareSpec
+
+    fp = fingerprint()
+    console.print(f"CPU: {fp['cpu']} ({fp['cpu_count']} cores), memory {fp['memory_gb']} GB, GPUs: {fp['gpus'] or 'none'}")
+    table = Table()
+    for col in ("target", "energy meter", "why"):
+        table.add_column(col)
+    watts = EnergyConfig().cpu_watts_per_core
+    for t in available_targets():
+        meter, why = meter_for(HardwareSpec.parse(t), watts)
+        table.add_row(t, meter.source, why)
+    console.print(table)
+
+
+def _study(cfg: Any) -> Any:
+    import optuna
+
+    from autoinfer.tracking.mlflow_tracker import ensure_sqlite_dir
+
+    ensure_sqlite_dir(cfg.search.storage)
+    try:
+        return optuna.load_study(study_name=cfg.study_name, storage=cfg.search.storage)
+    except KeyError:
+        raise AutoinferError(f"no study {cfg.study_name!r} in {cfg.search.storage}; run autoinfer search first") from None
+
+
+@app.command()
+def pareto(config: ConfigArg) -> None:
+    """Print the Pareto frontier of a config's study from its storage."""
+    cfg = _load(config, preflight=False)
+    study = _study(cfg)
+    console.print(_frontier_table(study, f"Pareto frontier of {cfg.study_name} ({len(study.trials)} trials)"))
+
+
+@app.command()
+def export(
+    config: ConfigArg,
+    trial: Annotated[int | None, typer.Option(help="Trial number (default: best frontier trial).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write YAML here instead of stdout.")] = None,
+) -> None:
+    """Write the deployment config of a frontier trial, with the measurements behind it."""
+    from autoinfer.export import deployment_config, to_yaml
+
+    cfg = _load(config, preflight=False)
+    text = to_yaml(deployment_config(cfg, _study(cfg), trial))
+    if out:
+        out.write_text(text)
+        err.print(f"wrote {out}")
+    else:
+        sys.stdout.write(text)
+
+
+def _quiet() -> None:
+    """Keep the terminal for our progress: library chatter goes to the trial logs or nowhere."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    warnings.filterwarnings("ignore", module="optuna")
+    warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
+    for name in ("optuna", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main() -> None:
+    _quiet()
+    try:
+        app()
+    except AutoinferError as e:
+        err.print(f"error: {e}", markup=False, highlight=False)
+        sys.exit(e.exit_code)

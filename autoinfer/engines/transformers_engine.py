@@ -1,0 +1,240 @@
+"""The transformers engine: eager PyTorch, any HF causal LM, GGUF via cached dequantization.
+
+Speculative decoding uses transformers' own assisted generation (prompt lookup, early-exit
+self-speculation, or an assistant model), which accepts batch size 1 only; the space never pairs
+a draft with a larger batch for this engine.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from autoinfer.engines.base import Engine, GenerationResult
+from autoinfer.engines.sources import dequantized_checkpoint, resolve_source
+from autoinfer.errors import TrialError
+
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "float32", "int4": "float32"}
+# Bits per weight of quantized Linear layers, for the roofline's bytes-per-step.
+_WEIGHT_BITS = {"int8": 8, "int4": 4}
+
+
+class _StepClock:
+    """A streamer that timestamps every decoding step (the first `put` is the prompt itself)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.times: list[float] = []  # seconds since start, one per step
+        self.tokens: list[int] = []  # tokens per sequence delivered at that step
+        self._seen_prompt = False
+
+    def put(self, value: Any) -> None:
+        if not self._seen_prompt:
+            self._seen_prompt = True
+            return
+        self.times.append(time.perf_counter() - self.start)
+        self.tokens.append(int(value.shape[-1]) if value.dim() > 1 else 1)
+
+    def end(self) -> None:
+        pass
+
+    def time_of_token(self, n: int) -> float:
+        """When the n-th generated token (1-based) of a sequence came out."""
+        count = 0
+        for t, k in zip(self.times, self.tokens, strict=True):
+            count += k
+            if count >= n:
+                return t
+        return self.times[-1] if self.times else 0.0
+
+
+def _count_acceptance(model: Any, tally: dict[str, int]) -> None:
+    """Wrap the model's candidate generator so every draft step reports proposed/accepted tokens.
+
+    transformers does not expose acceptance; it calls get_candidates() then
+    update_candidate_strategy(num_matches) once per verification step, so we count there.
+    """
+    original = model._get_candidate_generator
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        gen = original(*args, **kwargs)
+        get, update = gen.get_candidates, gen.update_candidate_strategy
+
+        def get_candidates(input_ids: Any, *a: Any, **k: Any) -> Any:
+            cand, logits = get(input_ids, *a, **k)
+            tally["proposed"] += int(cand.shape[1] - input_ids.shape[1])
+            return cand, logits
+
+        def update_candidate_strategy(input_ids: Any, scores: Any, num_matches: Any) -> Any:
+            tally["accepted"] += int(num_matches)
+            return update(input_ids, scores, num_matches)
+
+        gen.get_candidates = get_candidates
+        gen.update_candidate_strategy = update_candidate_strategy
+        return gen
+
+    model._get_candidate_generator = wrapped
+
+
+class TransformersEngine(Engine):
+    model: Any
+    tokenizer: Any
+
+    def load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        hw = self.point.hardware_spec
+        q = self.point.quantization
+        path, facts = dequantized_checkpoint(self.config)
+        self.info.update(facts)
+        m = self.config.model
+        tok_src = resolve_source(self.config, m.tokenizer) if m.tokenizer else path
+        common = {"trust_remote_code": m.trust_remote_code, "revision": m.revision}
+        self.tokenizer = AutoTokenizer.from_pretrained(tok_src, **common)
+        self.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        dtype = getattr(torch, _DTYPES[q])
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **common)
+        self.model.to(hw.torch_device).eval()
+        if q in _WEIGHT_BITS:
+            self._quantize(q)
+        self.model.generation_config.pad_token_id = self.tokenizer.pad_token_id
+        self.draft_model = None
+        d = self.point.draft_spec
+        if d.kind == "early_exit":
+            layers = self.model.config.get_text_config().num_hidden_layers
+            if d.n >= layers:
+                raise TrialError(f"early_exit:{d.n} needs fewer layers than the model's {layers}")
+        if d.kind == "model":
+            self._load_draft_model(d.model, dtype)
+        self.tally = {"proposed": 0, "accepted": 0}
+        if d.kind != "none":
+            _count_acceptance(self.model, self.tally)
+        self.info["torch_threads"] = torch.get_num_threads()
+
+    def _quantize(self, q: str) -> None:
+        """Weight-only quantization of every Linear layer (activations stay fp32)."""
+        from optimum.quanto import freeze, qint4, qint8, quantize
+
+        # lm_head stays in full precision: it is tied to the embedding in small models and its
+        # errors land directly on the logits.
+        quantize(self.model, weights=qint8 if q == "int8" else qint4, exclude=["lm_head"])
+        freeze(self.model)
+        self.info["quant_backend"] = "optimum-quanto"
+
+    def _load_draft_model(self, source: str, dtype: Any) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        src = resolve_source(self.config, source)
+        kw = {"trust_remote_code": self.config.model.trust_remote_code}
+        try:
+            self.draft_model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw)
+            self.draft_tokenizer = AutoTokenizer.from_pretrained(src, **kw)
+        except OSError as e:
+            raise TrialError(f"draft model {source!r} cannot be loaded: {e}") from None
+        self.draft_model.to(self.point.hardware_spec.torch_device).eval()
+        same_vocab = self.draft_tokenizer.get_vocab() == self.tokenizer.get_vocab()
+        self.info["draft_same_tokenizer"] = same_vocab
+
+    def _render(self, prompt: str) -> str:
+        if self.config.model.chat_template and getattr(self.tokenizer, "chat_template", None):
+            out: str = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+            return out
+        return prompt
+
+    def _draft_kwargs(self) -> dict[str, Any]:
+        d = self.point.draft_spec
+        if d.kind == "prompt_lookup":
+            return {"prompt_lookup_num_tokens": d.n}
+        if d.kind == "early_exit":
+            return {"assistant_early_exit": d.n}
+        if d.kind == "model":
+            kw: dict[str, Any] = {"assistant_model": self.draft_model}
+            if not self.info.get("draft_same_tokenizer"):
+                # Universal assisted generation: re-tokenize between the two vocabularies.
+                kw |= {"tokenizer": self.tokenizer, "assistant_tokenizer": self.draft_tokenizer}
+            return kw
+        return {}
+
+    def generate(self, prompts: list[str], max_new_tokens: int, ignore_eos: bool = False) -> GenerationResult:
+        import torch
+
+        texts = [self._render(p) for p in prompts]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(self.point.hardware_spec.torch_device)
+        before = dict(self.tally)
+        clock = _StepClock()
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": False,
+            "streamer": clock,
+            **self._draft_kwargs(),
+        }
+        if ignore_eos:
+            kwargs["min_new_tokens"] = max_new_tokens
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **kwargs)
+        if self.point.hardware_spec.kind == "cuda":
+            torch.cuda.synchronize()
+        total = time.perf_counter() - clock.start
+        new = out[:, enc["input_ids"].shape[1] :].tolist()
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+        counts = []
+        for row in new:
+            n = len(row)
+            if not ignore_eos:
+                for i, t in enumerate(row):
+                    if t in eos_ids:  # EOS counts as produced; the padding after it does not
+                        n = i + 1
+                        break
+            counts.append(n)
+        return GenerationResult(
+            new_tokens=tuple(counts),
+            ttft_s=clock.times[0] if clock.times else total,
+            latency_s=tuple(clock.time_of_token(n) for n in counts),
+            total_s=total,
+            draft_proposed=self.tally["proposed"] - before["proposed"],
+            draft_accepted=self.tally["accepted"] - before["accepted"],
+        )
+
+    def lm_eval_model(self) -> Any:
+        from lm_eval.models.huggingface import HFLM
+
+        return HFLM(
+            pretrained=self.model,
+            tokenizer=self.tokenizer,
+            batch_size=self.config.accuracy.batch_size,
+            device=self.point.hardware_spec.torch_device,
+        )
+
+    def weight_bytes(self) -> int:
+        """Bytes streamed from memory per decode step: every weight once.
+
+        An untied embedding table is skipped (a lookup reads B rows, not the table); a tied one
+        is the lm_head and is read in full. named_parameters() already lists tied weights once.
+        """
+        import torch
+
+        q = self.point.quantization
+        tied = bool(self.model.config.get_text_config().tie_word_embeddings)
+        total = 0.0
+        for name, p in self.model.named_parameters():
+            is_embed = "embed" in name
+            if is_embed and not tied:
+                continue
+            quantized = q in _WEIGHT_BITS and p.dim() == 2 and not is_embed and "lm_head" not in name
+            bits = _WEIGHT_BITS[q] if quantized else 8 * torch.empty((), dtype=p.dtype).element_size()
+            total += p.numel() * bits / 8
+        return int(total)
+
+    def close(self) -> None:
+        self.model = None
+        self.draft_model = None
+
+
+ENGINE = TransformersEngine

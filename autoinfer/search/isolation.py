@@ -1,0 +1,100 @@
+"""Run one trial in a spawned child process, so a crash, OOM kill or hang fails that trial only."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ChildOutcome:
+    ok: bool
+    result: dict[str, Any] | None
+    reason: str  # empty when ok
+    log_path: str
+    duration_s: float
+
+
+def _child_main(payload: dict[str, Any], conn: Any) -> None:
+    # Everything the libraries print goes to the trial's log file, not over the progress display.
+    fd = os.open(payload["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    try:
+        from autoinfer.config import Config
+        from autoinfer.engines import TrialPoint
+        from autoinfer.trial import run_trial
+
+        config = Config.model_validate(payload["config"])
+        point = TrialPoint(**payload["point"])
+        result = run_trial(config, point, payload.get("reused_accuracy"), lambda s: conn.send(("stage", s)))
+        conn.send(("result", result))
+    except BaseException as e:  # noqa: BLE001 - report anything, including SystemExit
+        traceback.print_exc()
+        conn.send(("error", f"{type(e).__name__}: {e}".strip()))
+    finally:
+        conn.close()
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "did not exit"
+    if code < 0:
+        sig = signal.Signals(-code).name
+        hint = " (likely killed for running out of memory)" if sig == "SIGKILL" else ""
+        return f"trial process crashed with {sig}{hint}"
+    return f"trial process exited with code {code} without a result"
+
+
+def run_isolated(
+    payload: dict[str, Any],
+    timeout_s: float,
+    on_stage: Callable[[str], None] = lambda s: None,
+) -> ChildOutcome:
+    """Run `autoinfer.trial.run_trial` in a fresh interpreter and collect its result."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    Path(payload["log_path"]).parent.mkdir(parents=True, exist_ok=True)
+    proc = ctx.Process(target=_child_main, args=(payload, child), daemon=True)
+    t0 = time.monotonic()
+    proc.start()
+    child.close()
+    result: dict[str, Any] | None = None
+    reason = ""
+    try:
+        while True:
+            remaining = timeout_s - (time.monotonic() - t0)
+            if remaining <= 0:
+                reason = f"timed out after {timeout_s:g} s"
+                break
+            if parent.poll(min(remaining, 0.5)):
+                try:
+                    kind, value = parent.recv()
+                except EOFError:
+                    break  # the child died; its exit code tells how
+                if kind == "stage":
+                    on_stage(value)
+                elif kind == "result":
+                    result = value
+                    break
+                else:
+                    reason = value
+                    break
+            elif not proc.is_alive():
+                break
+    finally:
+        # Ctrl-C lands here too: never leave a child holding cores or memory.
+        proc.join(timeout=10 if result is not None or reason else 0.1)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    if result is None and not reason:
+        reason = _describe_exit(proc.exitcode)
+    return ChildOutcome(result is not None, result, reason, payload["log_path"], time.monotonic() - t0)

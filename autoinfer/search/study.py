@@ -1,0 +1,257 @@
+"""The search loop: ask Optuna for a point, measure it in a child process, tell, track.
+
+Resumable: the study lives in an RDB storage (SQLite by default). Finished trials are never run
+again; a trial cut short by Ctrl-C or a crash of this process is marked FAIL ("interrupted") and
+its point re-queued, so the next `autoinfer search` on the same config measures it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autoinfer.config import Config
+from autoinfer.engines import TrialPoint
+from autoinfer.search.isolation import ChildOutcome, run_isolated
+from autoinfer.search.pareto import pareto_trials
+from autoinfer.search.samplers import make_sampler
+from autoinfer.spaces import NoValidPoint, enumerate_points, sample_point
+from autoinfer.tracking.mlflow_tracker import Tracker, ensure_sqlite_dir
+from autoinfer.trial import accuracy_key
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+MAX_REJECTIONS = 200  # samples in a row that repeat a measured point before we call the space done
+
+
+@dataclass
+class Events:
+    """Callbacks the CLI uses for its progress display (all optional)."""
+
+    trial_started: Callable[[int, TrialPoint, int, int], None] = lambda n, p, i, total: None
+    stage: Callable[[str], None] = lambda s: None
+    trial_finished: Callable[[FrozenTrial], None] = lambda t: None
+    message: Callable[[str], None] = lambda m: None
+
+
+def open_study(config: Config) -> optuna.Study:
+    storage_url = config.search.storage
+    ensure_sqlite_dir(storage_url)
+    storage = optuna.storages.RDBStorage(storage_url)
+    directions = [o.resolved_direction for o in config.objectives]
+    study = optuna.create_study(
+        storage=storage,
+        study_name=config.study_name,
+        directions=directions,
+        sampler=make_sampler(config.search, config.search.trials),
+        load_if_exists=True,
+    )
+    if [d.name.lower() for d in study.directions] != directions:
+        from autoinfer.errors import ConfigError
+
+        raise ConfigError("objectives", f"study {config.study_name!r} exists with other objectives; set search.study_name")
+    study.set_metric_names([o.name for o in config.objectives])
+    return study
+
+
+def counted(t: FrozenTrial) -> bool:
+    """Does this trial use up the trial budget? Measured or failed, yes; interrupted or repeats, no."""
+    if t.state == TrialState.COMPLETE:
+        return "duplicate_of" not in t.user_attrs
+    return t.state == TrialState.FAIL and not t.user_attrs.get("interrupted")
+
+
+def recover_interrupted(study: optuna.Study) -> int:
+    """Mark RUNNING trials of dead local workers FAIL(interrupted) and queue their points again."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = str(t.user_attrs.get("worker", ""))
+        host, _, pid = worker.rpartition(":")
+        if host != socket.gethostname() or (pid.isdigit() and _alive(int(pid))):
+            continue  # another machine's worker, or a live process here: not ours to touch
+        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted (search process stopped)")
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _measured_points(study: optuna.Study) -> dict[str, int]:
+    out = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        if counted(t) and "point" in t.user_attrs:
+            out.setdefault(_key(t.user_attrs["point"]), t.number)
+    return out
+
+
+def _key(point: dict[str, Any]) -> str:
+    return "|".join(f"{k}={point[k]}" for k in sorted(point))
+
+
+def _cached_accuracy(study: optuna.Study, key: str) -> dict[str, Any] | None:
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get("accuracy_key") == key and "accuracy" in t.user_attrs.get("metrics", {}):
+            m = t.user_attrs["metrics"]
+            if "accuracy_reused_from_trial" in t.user_attrs.get("info", {}):
+                continue  # cite the trial that measured it
+            return {
+                "accuracy": m["accuracy"],
+                "stderr": m.get("accuracy_stderr", float("nan")),
+                "samples": int(m.get("accuracy_samples", 0)),
+                "per_task": t.user_attrs.get("info", {}).get("accuracy_per_task", {}),
+                "trial": t.number,
+            }
+    return None
+
+
+def enqueue_grid(study: optuna.Study, config: Config) -> int:
+    done = set(_measured_points(study))
+    queued = {_key(t.user_attrs.get("point", {})) for t in study.get_trials(states=(TrialState.WAITING,))}
+    n = 0
+    for params, point in enumerate_points(config):
+        k = _key(point.as_dict())
+        if k not in done and k not in queued:
+            study.enqueue_trial(params, user_attrs={"point": point.as_dict()})
+            n += 1
+    return n
+
+
+def logs_dir(config: Config) -> Path:
+    d = Path(config.mlflow.artifact_location).expanduser() / "trial-logs" / config.study_name
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _finish_trial(study: optuna.Study, trial: optuna.Trial, config: Config, outcome: ChildOutcome) -> None:
+    if not outcome.ok or outcome.result is None:
+        trial.set_user_attr("fail_reason", outcome.reason)
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    metrics: dict[str, float] = outcome.result["metrics"]
+    info = outcome.result["info"]
+    trial.set_user_attr("metrics", metrics)
+    trial.set_user_attr("info", info)
+    for c in config.constraints:
+        trial.set_constraint(str(c), c.violation(metrics))
+    values = [metrics.get(o.name) for o in config.objectives]
+    missing = [o.name for o, v in zip(config.objectives, values, strict=True) if v is None or not math.isfinite(v)]
+    if missing:
+        trial.set_user_attr("fail_reason", f"objective(s) not measured: {', '.join(missing)}")
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    study.tell(trial, [float(v) for v in values if v is not None])
+
+
+def run_search(config: Config, events: Events | None = None) -> tuple[optuna.Study, Tracker]:
+    ev = events or Events()
+    study = open_study(config)
+    tracker = Tracker(config, config.study_name, config.search.storage)
+    logs = logs_dir(config)
+    recovered = recover_interrupted(study)
+    if recovered:
+        ev.message(f"re-queued {recovered} interrupted trial(s)")
+    tracker.sync(study, logs)
+    if config.search.sampler == "grid":
+        enqueue_grid(study, config)
+    total_points = len(enumerate_points(config))
+    budget = config.search.trials
+    started = time.monotonic()
+    rejections = 0
+    payload_config = config.model_dump(mode="json")
+    while True:
+        done = sum(1 for t in study.get_trials(deepcopy=False) if counted(t))
+        measured = _measured_points(study)
+        if done >= budget:
+            break
+        if len(measured) >= total_points:
+            ev.message(f"every one of the {total_points} valid points has been measured")
+            break
+        if config.search.timeout_s and time.monotonic() - started > config.search.timeout_s:
+            ev.message(f"search.timeout_s ({config.search.timeout_s:g} s) reached")
+            break
+        trial = study.ask()
+        trial.set_user_attr("worker", WORKER)
+        try:
+            point = sample_point(trial, config)
+        except NoValidPoint as e:
+            trial.set_user_attr("rejected", str(e))
+            study.tell(trial, state=TrialState.PRUNED)
+            tracker.log_trial(study.trials[trial.number])
+            rejections += 1
+            if rejections > MAX_REJECTIONS:
+                break
+            continue
+        trial.set_user_attr("point", point.as_dict())
+        key = _key(point.as_dict())
+        if key in measured:
+            # The sampler proposed a point we already measured: answer with the stored result so it
+            # learns, without spending a measurement (this trial does not count toward the budget).
+            prev = study.trials[measured[key]]
+            trial.set_user_attr("duplicate_of", prev.number)
+            for k in ("metrics", "info"):
+                if k in prev.user_attrs:
+                    trial.set_user_attr(k, prev.user_attrs[k])
+            for name, v in prev.constraints.items():
+                trial.set_constraint(name, v)
+            if prev.state == TrialState.COMPLETE:
+                study.tell(trial, prev.values)
+            else:
+                trial.set_user_attr("fail_reason", f"repeat of failed trial {prev.number}")
+                study.tell(trial, state=TrialState.FAIL)
+            tracker.log_trial(study.trials[trial.number])
+            rejections += 1
+            if rejections > MAX_REJECTIONS:
+                ev.message("the sampler keeps proposing measured points; stopping")
+                break
+            continue
+        rejections = 0
+        akey = accuracy_key(config, point)
+        trial.set_user_attr("accuracy_key", akey)
+        log_path = logs / f"trial-{trial.number}.log"
+        payload = {
+            "config": payload_config,
+            "point": point.as_dict(),
+            "reused_accuracy": _cached_accuracy(study, akey) if config.accuracy.tasks else None,
+            "log_path": str(log_path),
+        }
+        ev.trial_started(trial.number, point, done + 1, budget)
+        try:
+            outcome = run_isolated(payload, config.search.trial_timeout_s, ev.stage)
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr("fail_reason", "interrupted by the user (Ctrl-C)")
+            study.tell(trial, state=TrialState.FAIL)
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            tracker.log_trial(study.trials[trial.number], str(log_path))
+            tracker.finish("KILLED")
+            raise
+        _finish_trial(study, trial, config, outcome)
+        frozen = study.trials[trial.number]
+        tracker.log_trial(frozen, str(log_path))
+        tracker.update_pareto(study)
+        ev.trial_finished(frozen)
+    tracker.update_pareto(study)
+    tracker.finish()
+    return study, tracker
+
+
+__all__ = ["Events", "open_study", "pareto_trials", "run_search"]

@@ -1,0 +1,107 @@
+"""How a trial samples the space: conditional dimensions, and no impossible combination.
+
+Order: engine -> hardware -> quantization (what that engine runs on that hardware) -> batch size
+-> draft (only where the engine can draft at that batch size). A dimension whose choices depend on
+earlier ones gets its own Optuna parameter name per condition (e.g. `quantization@transformers/cpu`),
+because Optuna distributions must not change under one name.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any, Protocol
+
+from autoinfer.engines import ENGINES, TrialPoint
+from autoinfer.spaces.dimensions import DraftSpec, HardwareSpec
+
+if TYPE_CHECKING:
+    from autoinfer.config import Config
+
+
+class Suggester(Protocol):
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+
+
+class NoValidPoint(ValueError):
+    """The sampled prefix (engine, hardware) leaves no quantization to run."""
+
+
+def _pick(trial: Suggester, name: str, choices: list[Any], full: list[Any], condition: str) -> Any:
+    if len(choices) == 1 and len(full) == 1:
+        return choices[0]  # a fixed dimension is not a parameter
+    pname = name if choices == full else f"{name}@{condition}"
+    return trial.suggest_categorical(pname, choices)
+
+
+def quantizations_for(config: Config, engine: str, hardware: str) -> list[str]:
+    ok = ENGINES.get(engine).quantizations_for(HardwareSpec.parse(hardware))
+    return [q for q in config.space.quantization if q in ok]
+
+
+def drafts_for(config: Config, engine: str, batch_size: int) -> list[str]:
+    spec = ENGINES.get(engine)
+    if batch_size > spec.draft_max_batch:
+        return ["none"]
+    return [d for d in config.space.draft if DraftSpec.parse(d).kind in spec.draft_kinds]
+
+
+def hardware_for(config: Config, engine: str) -> list[str]:
+    kinds = ENGINES.get(engine).hardware_kinds
+    return [h for h in config.space.hardware if HardwareSpec.parse(h).kind in kinds]
+
+
+def sample_point(trial: Suggester, config: Config) -> TrialPoint:
+    s = config.space
+    engine = _pick(trial, "engine", s.engine, s.engine, "")
+    hws = hardware_for(config, engine)
+    if not hws:
+        raise NoValidPoint(f"engine {engine} runs on none of {s.hardware}")
+    hardware = _pick(trial, "hardware", hws, s.hardware, engine)
+    quants = quantizations_for(config, engine, hardware)
+    if not quants:
+        raise NoValidPoint(f"engine {engine} on {hardware} runs none of {s.quantization}")
+    quant = _pick(trial, "quantization", quants, s.quantization, f"{engine}/{HardwareSpec.parse(hardware).kind}")
+    batch = _pick(trial, "batch_size", s.batch_size, s.batch_size, "")
+    drafts = drafts_for(config, engine, batch)
+    if drafts == ["none"] and "none" in s.draft:
+        draft = "none"  # drafting does not apply here: not sampled
+    elif not drafts:
+        raise NoValidPoint(f"engine {engine} supports none of the drafts {s.draft}")
+    else:
+        draft = _pick(trial, "draft", drafts, s.draft, engine)
+    return TrialPoint(engine=engine, quantization=quant, draft=draft, batch_size=int(batch), hardware=hardware)
+
+
+class _Recorder:
+    """A Suggester that replays fixed choices, used to enumerate the valid points."""
+
+    def __init__(self, choose: dict[str, Any]) -> None:
+        self.choose = choose
+        self.params: dict[str, Any] = {}
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        base = name.split("@")[0]
+        value = self.choose[base]
+        if value not in choices:
+            raise NoValidPoint(name)
+        self.params[name] = value
+        return value
+
+
+def enumerate_points(config: Config) -> list[tuple[dict[str, Any], TrialPoint]]:
+    """Every valid point with the Optuna params that select it (for grid search and checks)."""
+    s = config.space
+    seen: set[TrialPoint] = set()
+    out = []
+    for e, h, q, b, d in itertools.product(s.engine, s.hardware, s.quantization, s.batch_size, s.draft):
+        rec = _Recorder({"engine": e, "hardware": h, "quantization": q, "batch_size": b, "draft": d})
+        try:
+            point = sample_point(rec, config)
+        except NoValidPoint:
+            continue
+        if point.as_dict() == {"engine": e, "hardware": h, "quantization": q, "batch_size": b, "draft": d} and (
+            point not in seen
+        ):
+            seen.add(point)
+            out.append((rec.params, point))
+    return out

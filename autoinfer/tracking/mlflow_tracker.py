@@ -1,0 +1,173 @@
+"""MLflow: a parent run per study, a child run per trial, the Pareto frontier as parent artifacts.
+
+Only the search process talks to MLflow (trial processes never do), through an explicit
+MlflowClient rather than the fluent API's global active run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autoinfer.config import Config
+from autoinfer.hardware import fingerprint
+from autoinfer.search.pareto import is_feasible, measured_trials, pareto_trials
+from autoinfer.tracking.plots import trial_row, write_plots, write_table
+
+_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.FAIL: "FAILED", TrialState.PRUNED: "KILLED"}
+
+
+def redact(url: str) -> str:
+    """Drop any password from a database URL before it is logged anywhere."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def ensure_sqlite_dir(url: str) -> None:
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _flat(prefix: str, obj: Any, out: dict[str, str]) -> dict[str, str]:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _flat(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = json.dumps(obj) if isinstance(obj, (list, tuple)) else str(obj)
+    return out
+
+
+class Tracker:
+    def __init__(self, config: Config, study_name: str, storage: str) -> None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self._mlflow = mlflow
+        uri = config.mlflow.tracking_uri
+        ensure_sqlite_dir(uri)
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(config.mlflow.experiment)
+        if exp is None:
+            art = Path(config.mlflow.artifact_location).expanduser().resolve()
+            art.mkdir(parents=True, exist_ok=True)
+            self.experiment_id = self.client.create_experiment(config.mlflow.experiment, artifact_location=art.as_uri())
+        else:
+            self.experiment_id = exp.experiment_id
+        self.config = config
+        self.study_name = study_name
+        self.storage = redact(storage)
+        self.parent_id = self._parent_run()
+        self._children: dict[int, str] | None = None
+
+    def _parent_run(self) -> str:
+        flt = f"tags.`autoinfer.study` = '{self.study_name}' and tags.`autoinfer.role` = 'study'"
+        runs = self.client.search_runs([self.experiment_id], filter_string=flt, max_results=50)
+        for r in runs:
+            if r.data.tags.get("autoinfer.storage") == self.storage:
+                self.client.update_run(r.info.run_id, status="RUNNING")
+                return str(r.info.run_id)
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=self.study_name,
+            tags={"autoinfer.study": self.study_name, "autoinfer.role": "study", "autoinfer.storage": self.storage},
+        )
+        rid = str(run.info.run_id)
+        cfg = self.config.model_dump(mode="json")
+        params = _flat("", {k: v for k, v in cfg.items() if k not in ("mlflow",)}, {})
+        params["search.storage"] = self.storage
+        self._log(rid, params=params, tags={f"machine.{k}": str(v) for k, v in fingerprint().items()})
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "config.json").write_text(json.dumps(cfg, indent=1))
+            (Path(d) / "machine.json").write_text(json.dumps(fingerprint(), indent=1))
+            self.client.log_artifacts(rid, d, "study")
+        return rid
+
+    def _log(
+        self,
+        run_id: str,
+        metrics: dict[str, float] | None = None,
+        params: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        ms = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v is not None and math.isfinite(v)]
+        ps = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+        ts = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
+        for i in range(0, max(len(ms), len(ps), len(ts), 1), 100):  # log_batch takes <= 100 params
+            self.client.log_batch(run_id, metrics=ms[i : i + 100], params=ps[i : i + 100], tags=ts[i : i + 100])
+
+    def children(self) -> dict[int, str]:
+        """Trial number -> child run id, for every trial already logged under this study."""
+        if self._children is None:
+            flt = f"tags.`mlflow.parentRunId` = '{self.parent_id}'"
+            runs = self.client.search_runs([self.experiment_id], filter_string=flt, max_results=50000)
+            self._children = {int(r.data.tags["autoinfer.trial"]): str(r.info.run_id) for r in runs}
+        return self._children
+
+    def log_trial(self, t: FrozenTrial, log_path: str | None = None) -> None:
+        if t.number in self.children():
+            return
+        point = t.user_attrs.get("point", {})
+        info = t.user_attrs.get("info", {})
+        tags = {
+            "mlflow.parentRunId": self.parent_id,
+            "autoinfer.trial": str(t.number),
+            "autoinfer.state": t.state.name,
+            "pareto": "false",
+        }
+        for key in ("fail_reason", "duplicate_of", "rejected", "interrupted"):
+            if key in t.user_attrs:
+                tags[f"autoinfer.{key}"] = str(t.user_attrs[key])
+        if "energy_source" in info:
+            tags["energy_source"] = info["energy_source"]
+        name = f"trial-{t.number} " + " ".join(str(point.get(k, "")) for k in ("quantization", "draft", "hardware"))
+        if "batch_size" in point:
+            name += f" b{point['batch_size']}"
+        run = self.client.create_run(self.experiment_id, run_name=name.strip(), tags=tags)
+        rid = str(run.info.run_id)
+        params = {**{k: str(v) for k, v in point.items()}}
+        params.update({f"info.{k}": v for k, v in _flat("", info, {}).items()})
+        metrics = dict(t.user_attrs.get("metrics", {}))
+        for c in self.config.constraints:
+            if str(c) in t.constraints:
+                metrics[f"constraint.{c.metric}{'_max' if c.op == '<=' else '_min'}_violation"] = t.constraints[str(c)]
+        self._log(rid, metrics=metrics, params=params)
+        if log_path and Path(log_path).is_file():
+            self.client.log_artifact(rid, log_path, "logs")
+        self.client.set_terminated(rid, _STATUS.get(t.state, "FAILED"))
+        self.children()[t.number] = rid
+
+    def sync(self, study: optuna.Study, logs_dir: Path | None = None) -> None:
+        """Log every finished trial that MLflow is missing (after a crash between the two stores)."""
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            if t.number not in self.children():
+                log = logs_dir / f"trial-{t.number}.log" if logs_dir else None
+                self.log_trial(t, str(log) if log else None)
+
+    def update_pareto(self, study: optuna.Study) -> list[FrozenTrial]:
+        front = pareto_trials(study)
+        ids = {t.number for t in front}
+        rows = [trial_row(t, t.number in ids, is_feasible(t)) for t in measured_trials(study)]
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d)
+            write_table(rows, out)
+            write_plots(rows, out, self.study_name)
+            self.client.log_artifacts(self.parent_id, d, "pareto")
+        for number, rid in self.children().items():
+            self.client.set_tag(rid, "pareto", "true" if number in ids else "false")
+        self._log(self.parent_id, metrics={"n_trials": len(study.trials), "n_pareto": len(front)})
+        return front
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.parent_id, status)

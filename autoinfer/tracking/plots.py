@@ -1,0 +1,102 @@
+"""Frontier table and plots: what a reviewer opens first in the MLflow UI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from optuna.trial import FrozenTrial
+
+COLUMNS = [
+    "trial", "engine", "quantization", "draft", "batch_size", "hardware",
+    "correct_tokens_per_j", "accuracy", "accuracy_stderr", "tokens_per_s", "ttft_p50_s",
+    "latency_p50_s", "j_per_token", "energy_source", "acceptance_rate", "feasible", "pareto",
+]  # fmt: skip
+
+
+def trial_row(t: FrozenTrial, pareto: bool, feasible: bool) -> dict[str, Any]:
+    m = t.user_attrs.get("metrics", {})
+    p = t.user_attrs.get("point", {})
+    info = t.user_attrs.get("info", {})
+    row: dict[str, Any] = {"trial": t.number, **p}
+    for k in COLUMNS:
+        if k in m:
+            row[k] = m[k]
+    row["energy_source"] = info.get("energy_source", "")
+    row["feasible"] = feasible
+    row["pareto"] = pareto
+    return row
+
+
+def write_table(rows: list[dict[str, Any]], out: Path) -> None:
+    with open(out / "trials.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    front = [r for r in rows if r["pareto"]]
+    with open(out / "frontier.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(front)
+    (out / "frontier.json").write_text(json.dumps(front, indent=1, default=str))
+
+
+def _label(r: dict[str, Any]) -> str:
+    return f"#{r['trial']} {r.get('quantization')} {r.get('draft')} b{r.get('batch_size')} {r.get('hardware')}"
+
+
+def write_plots(rows: list[dict[str, Any]], out: Path, title: str) -> None:
+    """accuracy vs tokens/s, colour = correct tokens/J, frontier ringed; PNG and interactive HTML."""
+    rows = [r for r in rows if "tokens_per_s" in r and "accuracy" in r]
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    xs = [r["tokens_per_s"] for r in rows]
+    ys = [r["accuracy"] for r in rows]
+    cs = [r.get("correct_tokens_per_j", 0.0) for r in rows]
+    sc = ax.scatter(xs, ys, c=cs, cmap="viridis", s=60, zorder=3)
+    errs = [r.get("accuracy_stderr", 0.0) or 0.0 for r in rows]
+    ax.errorbar(xs, ys, yerr=errs, fmt="none", ecolor="0.7", zorder=2)
+    for r in rows:
+        if r["pareto"]:
+            ax.scatter([r["tokens_per_s"]], [r["accuracy"]], s=180, facecolors="none", edgecolors="red", zorder=4)
+            ax.annotate(_label(r), (r["tokens_per_s"], r["accuracy"]), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points")  # fmt: skip
+    source = sorted({str(r.get("energy_source")) for r in rows})
+    fig.colorbar(sc, ax=ax, label=f"correct tokens / J  ({', '.join(source)})")
+    ax.set_xlabel("generated tokens / s")
+    ax.set_ylabel("accuracy (± stderr)")
+    ax.set_title(f"{title}: red rings = Pareto frontier")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "pareto.png")
+    plt.close(fig)
+
+    import plotly.graph_objects as go
+
+    hover = [
+        f"{_label(r)}<br>tok/s {r['tokens_per_s']:.1f}<br>acc {r['accuracy']:.3f}"
+        f" ± {r.get('accuracy_stderr', 0):.3f}<br>correct tok/J {r.get('correct_tokens_per_j', 0):.3g}"
+        f"<br>energy {r.get('energy_source')}"
+        for r in rows
+    ]
+    fig2 = go.Figure(
+        go.Scatter3d(
+            x=xs, y=ys, z=cs, mode="markers", text=hover, hoverinfo="text",
+            marker={"size": [9 if r["pareto"] else 5 for r in rows], "color": cs, "colorscale": "Viridis",
+                    "line": {"color": ["red" if r["pareto"] else "white" for r in rows], "width": 2}},
+        )
+    )  # fmt: skip
+    fig2.update_layout(
+        title=f"{title} (large markers = Pareto frontier)",
+        scene={"xaxis_title": "tokens/s", "yaxis_title": "accuracy", "zaxis_title": "correct tokens/J"},
+    )
+    # Inline plotly.js so the page opens offline.
+    fig2.write_html(out / "pareto.html", include_plotlyjs=True)
