@@ -131,7 +131,7 @@ def validate(config: ConfigArg) -> None:
     cfg = _load(config)
     from autoinfer.spaces import enumerate_points
 
-    console.print(f"{config}: OK, {len(enumerate_points(cfg))} valid points in the space")
+    print(f"{config}: OK, {len(enumerate_points(cfg))} valid points in the space")
 
 
 @app.command()
@@ -209,5 +209,5 @@ def main() -> None:
     try:
         app()
     except AutoinferError as e:
-        err.print(f"error: {e}", markup=False, highlight=False)
+        print(f"error: {e}", file=sys.stderr)  # one line, never wrapped
         sys.exit(e.exit_code)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autoinfer.errors import ConfigError
 from autoinfer.metrics import METRICS
@@ -34,12 +34,17 @@ class ModelConfig(_Strict):
     revision: str | None = None
 
 
+# Per-item validators so an error points at the item: space.draft[2], not space.draft.
+Draft = Annotated[str, AfterValidator(lambda d: str(DraftSpec.parse(d)))]
+Hardware = Annotated[str, AfterValidator(lambda h: str(HardwareSpec.parse(h)))]
+
+
 class SpaceConfig(_Strict):
     engine: list[str] = ["transformers"]
     quantization: list[str] = ["fp32"]
-    draft: list[str] = ["none"]
+    draft: list[Draft] = ["none"]
     batch_size: list[int] = [1]
-    hardware: list[str] = ["cpu"]
+    hardware: list[Hardware] = ["cpu"]
 
     @field_validator("engine", "quantization", "draft", "batch_size", "hardware")
     @classmethod
@@ -60,16 +65,6 @@ class SpaceConfig(_Strict):
                 raise ValueError(did_you_mean(name, ENGINES.names()))
         return v
 
-    @field_validator("draft")
-    @classmethod
-    def _drafts(cls, v: list[str]) -> list[str]:
-        return [str(DraftSpec.parse(d)) for d in v]
-
-    @field_validator("hardware")
-    @classmethod
-    def _hardware(cls, v: list[str]) -> list[str]:
-        return [str(HardwareSpec.parse(h)) for h in v]
-
     @field_validator("batch_size")
     @classmethod
     def _batches(cls, v: list[int]) -> list[int]:
@@ -77,16 +72,6 @@ class SpaceConfig(_Strict):
             if b < 1 or b > 4096:
                 raise ValueError(f"batch size {b} is outside 1..4096")
         return v
-
-    @model_validator(mode="after")
-    def _quantizations_known(self) -> SpaceConfig:
-        from autoinfer.engines.base import ENGINES
-
-        known = sorted({q for e in self.engine for q in ENGINES.get(e).quantizations})
-        for i, q in enumerate(self.quantization):
-            if q not in known:
-                raise ValueError(f"quantization[{i}]: {did_you_mean(q, known)} for engines {self.engine}")
-        return self
 
 
 class WorkloadConfig(_Strict):
@@ -221,13 +206,6 @@ class Config(_Strict):
             raise ValueError("lists an objective twice")
         return v
 
-    @model_validator(mode="after")
-    def _accuracy_needed(self) -> Config:
-        uses = {o.name for o in self.objectives} | {c.metric for c in self.constraints}
-        if uses & {"accuracy", "accuracy_stderr", "correct_tokens_per_j"} and not self.accuracy.tasks:
-            raise ValueError("accuracy.tasks: is empty, but an objective or constraint needs accuracy")
-        return self
-
     @property
     def study_name(self) -> str:
         return self.search.study_name or _slug(self.model.source + "-" + (self.model.gguf_file or ""))
@@ -255,7 +233,7 @@ def parse_config(data: Any, source: str | None = None, base_dir: str = ".") -> C
     if not isinstance(data, dict):
         raise ConfigError("", "the top level must be a mapping (model:, space:, ...)", source)
     try:
-        return Config.model_validate({**data, "base_dir": base_dir})
+        config = Config.model_validate({**data, "base_dir": base_dir})
     except ValidationError as e:
         err = e.errors()[0]
         msg = err["msg"].removeprefix("Value error, ")
@@ -264,6 +242,22 @@ def parse_config(data: Any, source: str | None = None, base_dir: str = ".") -> C
         elif err["type"] == "missing":
             msg = "is required"
         raise ConfigError(_loc(err["loc"]), msg, source) from None
+    return _cross_checks(config, source)
+
+
+def _cross_checks(config: Config, source: str | None) -> Config:
+    """Rules that span sections; pure, like the validators, but able to name the exact path."""
+    from autoinfer.engines.base import ENGINES
+
+    known = sorted({q for e in config.space.engine for q in ENGINES.get(e).quantizations})
+    for i, q in enumerate(config.space.quantization):
+        if q not in known:
+            raise ConfigError(f"space.quantization[{i}]", f"{did_you_mean(q, known)} for engines {config.space.engine}", source)
+    uses = {o.name for o in config.objectives} | {c.metric for c in config.constraints}
+    needs = sorted(uses & {"accuracy", "accuracy_stderr", "correct_tokens_per_j"})
+    if needs and not config.accuracy.tasks:
+        raise ConfigError("accuracy.tasks", f"is empty, but {', '.join(needs)} needs accuracy", source)
+    return config
 
 
 def load_config(path: str | Path) -> Config:

@@ -118,3 +118,10 @@ def run_trial(
         metrics["correct_tokens_per_j"] = acc["accuracy"] * tp.generated_tokens / e.energy_j if e.energy_j else 0.0
     engine.close()
     return {"metrics": metrics, "info": info}
+
+
+def run_payload(payload: dict[str, Any], stage: Callable[[str], None]) -> dict[str, Any]:
+    """Child-process entry point: rebuild the config and point from plain data, run the trial."""
+    config = Config.model_validate(payload["config"])
+    point = TrialPoint(**payload["point"])
+    return run_trial(config, point, payload.get("reused_accuracy"), stage)

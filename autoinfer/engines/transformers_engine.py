@@ -176,7 +176,8 @@ class TransformersEngine(Engine):
         }
         if ignore_eos:
             kwargs["min_new_tokens"] = max_new_tokens
-        with torch.inference_mode():
+        # no_grad, not inference_mode: quanto's int4 weights cannot be unpacked inside inference_mode.
+        with torch.no_grad():
             out = self.model.generate(**enc, **kwargs)
         if self.point.hardware_spec.kind == "cuda":
             torch.cuda.synchronize()

@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 
+# What the child runs: a "module:function" taking (payload, stage callback) and returning a dict.
+DEFAULT_ENTRY = "autoinfer.trial:run_payload"
+
+
 @dataclass(frozen=True)
 class ChildOutcome:
     ok: bool
@@ -28,13 +32,11 @@ def _child_main(payload: dict[str, Any], conn: Any) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     try:
-        from autoinfer.config import Config
-        from autoinfer.engines import TrialPoint
-        from autoinfer.trial import run_trial
+        import importlib
 
-        config = Config.model_validate(payload["config"])
-        point = TrialPoint(**payload["point"])
-        result = run_trial(config, point, payload.get("reused_accuracy"), lambda s: conn.send(("stage", s)))
+        module, _, func = payload.get("entry", DEFAULT_ENTRY).partition(":")
+        entry = getattr(importlib.import_module(module), func)
+        result = entry(payload, lambda s: conn.send(("stage", s)))
         conn.send(("result", result))
     except BaseException as e:  # noqa: BLE001 - report anything, including SystemExit
         traceback.print_exc()
@@ -58,7 +60,7 @@ def run_isolated(
     timeout_s: float,
     on_stage: Callable[[str], None] = lambda s: None,
 ) -> ChildOutcome:
-    """Run `autoinfer.trial.run_trial` in a fresh interpreter and collect its result."""
+    """Run `payload["entry"]` (default: one trial) in a fresh interpreter and collect its result."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
     Path(payload["log_path"]).parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,18 +48,20 @@ def open_study(config: Config) -> optuna.Study:
     ensure_sqlite_dir(storage_url)
     storage = optuna.storages.RDBStorage(storage_url)
     directions = [o.resolved_direction for o in config.objectives]
-    study = optuna.create_study(
-        storage=storage,
-        study_name=config.study_name,
-        directions=directions,
-        sampler=make_sampler(config.search, config.search.trials),
-        load_if_exists=True,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group=True, metric names
+        study = optuna.create_study(
+            storage=storage,
+            study_name=config.study_name,
+            directions=directions,
+            sampler=make_sampler(config.search, config.search.trials),
+            load_if_exists=True,
+        )
+        study.set_metric_names([o.name for o in config.objectives])
     if [d.name.lower() for d in study.directions] != directions:
         from autoinfer.errors import ConfigError
 
         raise ConfigError("objectives", f"study {config.study_name!r} exists with other objectives; set search.study_name")
-    study.set_metric_names([o.name for o in config.objectives])
     return study
 
 

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from autoinfer.search.isolation import run_isolated
+
+
+def payload(tmp_path: Path, entry: str) -> dict[str, object]:
+    return {"entry": f"tests.search.child_targets:{entry}", "x": 21, "log_path": str(tmp_path / "logs" / "t.log")}
+
+
+def test_result_stages_and_log(tmp_path: Path) -> None:
+    stages: list[str] = []
+    out = run_isolated(payload(tmp_path, "ok"), 60, stages.append)
+    assert out.ok and out.result is not None
+    assert out.result["x"] == 42 and out.result["pid"] != os.getpid()
+    assert stages == ["working"]
+    assert "hello from the child" in Path(out.log_path).read_text()
+
+
+def test_exception_is_the_reason_and_traceback_is_logged(tmp_path: Path) -> None:
+    out = run_isolated(payload(tmp_path, "raises"), 60)
+    assert not out.ok and out.reason == "RuntimeError: draft model not found"
+    assert "Traceback" in Path(out.log_path).read_text()
+
+
+def test_segfault_fails_the_trial_not_the_caller(tmp_path: Path) -> None:
+    out = run_isolated(payload(tmp_path, "segfaults"), 60)
+    assert not out.ok and "SIGSEGV" in out.reason
+
+
+def test_hang_times_out_and_child_is_killed(tmp_path: Path) -> None:
+    out = run_isolated(payload(tmp_path, "hangs"), 3)
+    assert not out.ok and out.reason == "timed out after 3 s"
+    assert out.duration_s < 20

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autoinfer.config import parse_config
+from autoinfer.spaces import DraftSpec, HardwareSpec, NoValidPoint, enumerate_points, sample_point
+
+SPACE = {
+    "quantization": ["fp32", "bf16", "fp16", "int8"],
+    "draft": ["none", "prompt_lookup:3", "early_exit:2"],
+    "batch_size": [1, 4, 16],
+    "hardware": ["cpu:1", "cpu:2"],
+}
+
+
+def cfg(**space: object):  # type: ignore[no-untyped-def]
+    return parse_config({"model": {"source": "m"}, "space": {**SPACE, **space}, "objectives": [{"name": "tokens_per_s"}]})
+
+
+def test_parse_dimensions() -> None:
+    assert DraftSpec.parse("prompt_lookup:4") == DraftSpec("prompt_lookup", n=4)
+    assert DraftSpec.parse("model:org/small") == DraftSpec("model", model="org/small")
+    assert str(DraftSpec.parse("early_exit:6")) == "early_exit:6"
+    assert HardwareSpec.parse("cuda") == HardwareSpec("cuda", 0)
+    assert HardwareSpec.parse("cpu:2").index == 2
+    assert HardwareSpec.parse("cuda:1").torch_device == "cuda:1"
+    for bad in ("cpu:0", "mps:1", "tpu", "cuda:x"):
+        with pytest.raises(ValueError):
+            HardwareSpec.parse(bad)
+
+
+def test_enumeration_excludes_impossible_combinations() -> None:
+    points = [p for _, p in enumerate_points(cfg())]
+    # fp16 is not offered on CPU by the transformers engine; drafts only at batch size 1.
+    assert not any(p.quantization == "fp16" for p in points)
+    assert not any(p.draft != "none" and p.batch_size > 1 for p in points)
+    # 2 hw x 3 quant x (3 drafts at b1 + b4 + b16) = 30
+    assert len(points) == 30
+    assert len(set(points)) == len(points)
+
+
+def test_random_sampling_only_yields_valid_points_and_stable_params() -> None:
+    c = cfg()
+    valid = {p for _, p in enumerate_points(c)}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(150):
+        t = study.ask()
+        p = sample_point(t, c)
+        assert p in valid
+        seen.add(p)
+        study.tell(t, 0.0)
+    assert len(seen) > 20  # the sampler really explores the space
+    names = {n for t in study.trials for n in t.params}
+    assert names == {"hardware", "quantization@transformers/cpu", "batch_size", "draft"}
+    # draft is a parameter only of batch-1 trials
+    assert all(("draft" in t.params) == (t.params["batch_size"] == 1) for t in study.trials)
+
+
+def test_fixed_dimension_is_not_a_parameter() -> None:
+    c = cfg(hardware=["cpu:1"], quantization=["fp32"])
+    study = optuna.create_study()
+    t = study.ask()
+    sample_point(t, c)
+    assert "hardware" not in t.params and "engine" not in t.params
+
+
+def test_nothing_runs_gives_no_points() -> None:
+    c = cfg(quantization=["fp16"])
+    assert enumerate_points(c) == []
+    with pytest.raises(NoValidPoint):
+        sample_point(optuna.create_study().ask(), c)
