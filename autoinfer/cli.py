@@ -20,7 +20,8 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Find the LLM inference configuration with the most correct tokens per joule.",
 )
-console = Console()
+# Piped output (CI logs, `| tee`) gets a wide fixed width so tables are not cut to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="The search config (YAML).", show_default=False)]
@@ -61,7 +62,8 @@ def _frontier_table(study: Any, title: str) -> Table:
 
 def _describe(t: Any) -> str:
     p = t.user_attrs.get("point", {})
-    return f"#{t.number} {p.get('engine')} {p.get('quantization')} {p.get('draft')} b{p.get('batch_size')} {p.get('hardware')}"
+    parts = [p.get(k) for k in ("engine", "quantization", "draft")] + [f"b{p.get('batch_size')}", p.get("hardware")]
+    return f"#{t.number} " + " ".join(str(x) for x in parts)
 
 
 @app.command()
@@ -78,8 +80,8 @@ def search(
     if trials is not None:
         cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"trials": trials})})
     progress = Progress(
-        SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=console, transient=False,
+        SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console,
     )  # fmt: skip
     task = progress.add_task("starting", total=cfg.search.trials)
     current = {"label": ""}
@@ -143,7 +145,9 @@ def hardware() -> None:
     from autoinfer.spaces import HardwareSpec
 
     fp = fingerprint()
-    console.print(f"CPU: {fp['cpu']} ({fp['cpu_count']} cores), memory {fp['memory_gb']} GB, GPUs: {fp['gpus'] or 'none'}")
+    console.print(
+        f"CPU: {fp['cpu']} ({fp['cpu_count']} cores), memory {fp['memory_gb']} GB, GPUs: {fp['gpus'] or 'none'}"
+    )
     table = Table()
     for col in ("target", "energy meter", "why"):
         table.add_column(col)
@@ -157,13 +161,15 @@ def hardware() -> None:
 def _study(cfg: Any) -> Any:
     import optuna
 
-    from autoinfer.tracking.mlflow_tracker import ensure_sqlite_dir
+    from autoinfer.search.storage import ensure_sqlite_dir
 
     ensure_sqlite_dir(cfg.search.storage)
     try:
         return optuna.load_study(study_name=cfg.study_name, storage=cfg.search.storage)
     except KeyError:
-        raise AutoinferError(f"no study {cfg.study_name!r} in {cfg.search.storage}; run autoinfer search first") from None
+        raise AutoinferError(
+            f"no study {cfg.study_name!r} in {cfg.search.storage}; run autoinfer search first"
+        ) from None
 
 
 @app.command()

@@ -252,7 +252,9 @@ def _cross_checks(config: Config, source: str | None) -> Config:
     known = sorted({q for e in config.space.engine for q in ENGINES.get(e).quantizations})
     for i, q in enumerate(config.space.quantization):
         if q not in known:
-            raise ConfigError(f"space.quantization[{i}]", f"{did_you_mean(q, known)} for engines {config.space.engine}", source)
+            raise ConfigError(
+                f"space.quantization[{i}]", f"{did_you_mean(q, known)} for engines {config.space.engine}", source
+            )
     uses = {o.name for o in config.objectives} | {c.metric for c in config.constraints}
     needs = sorted(uses & {"accuracy", "accuracy_stderr", "correct_tokens_per_j"})
     if needs and not config.accuracy.tasks:

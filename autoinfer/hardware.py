@@ -34,7 +34,9 @@ def gpus() -> list[str]:
         import pynvml
 
         pynvml.nvmlInit()
-        return [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(pynvml.nvmlDeviceGetCount())]
+        return [
+            pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(pynvml.nvmlDeviceGetCount())
+        ]
     except Exception:  # noqa: BLE001 - no NVML, no driver, no GPU: all mean "none"
         return []
 

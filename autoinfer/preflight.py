@@ -23,11 +23,19 @@ def check(config: Config, source: str | None = None) -> int:
         if importlib.util.find_spec(name) is None:
             raise ConfigError("model.source", f"package {name!r} is not installed", source)
     elif m.gguf_file and not config.resolve(m.source).exists():
-        raise ConfigError("model.source", f"{config.resolve(m.source)} does not exist (gguf_file needs a local dir)", source)
+        raise ConfigError(
+            "model.source", f"{config.resolve(m.source)} does not exist (gguf_file needs a local dir)", source
+        )
     for i, d in enumerate(config.space.draft):
         spec = DraftSpec.parse(d)
-        if spec.kind == "model" and spec.model.startswith(("./", "../", "/")) and not config.resolve(spec.model).exists():
-            raise ConfigError(f"space.draft[{i}]", f"draft model path {config.resolve(spec.model)} does not exist", source)
+        if (
+            spec.kind == "model"
+            and spec.model.startswith(("./", "../", "/"))
+            and not config.resolve(spec.model).exists()
+        ):
+            raise ConfigError(
+                f"space.draft[{i}]", f"draft model path {config.resolve(spec.model)} does not exist", source
+            )
     for i, t in enumerate(config.accuracy.tasks):
         for split, path in (t.data_files or {}).items():
             if not config.resolve(path).is_file():

@@ -58,7 +58,9 @@ def test_errors_name_the_yaml_path(data: object, where: str, fragment: str) -> N
 
 
 def test_constraint_violation_sign() -> None:
-    c = parse_config({**MINIMAL, "accuracy": {"tasks": ["arc_easy"]}, "constraints": ["accuracy >= 0.45", "ttft_p50_s <= 0.5"]})
+    c = parse_config(
+        {**MINIMAL, "accuracy": {"tasks": ["arc_easy"]}, "constraints": ["accuracy >= 0.45", "ttft_p50_s <= 0.5"]}
+    )
     ge, le = c.constraints
     assert ge.violation({"accuracy": 0.5}) < 0 < ge.violation({"accuracy": 0.4})
     assert le.violation({"ttft_p50_s": 0.2}) < 0 < le.violation({"ttft_p50_s": 0.7})

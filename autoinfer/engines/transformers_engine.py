@@ -79,6 +79,8 @@ def _count_acceptance(model: Any, tally: dict[str, int]) -> None:
 class TransformersEngine(Engine):
     model: Any
     tokenizer: Any
+    draft_model: Any
+    draft_tokenizer: Any
 
     def load(self) -> None:
         import torch

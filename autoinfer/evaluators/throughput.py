@@ -73,10 +73,7 @@ def measure_throughput(
     mean = statistics.fmean(per_repeat)
     cv = statistics.pstdev(per_repeat) / mean if len(per_repeat) > 1 and mean > 0 else 0.0
     tpots = [
-        (lat - g.ttft_s) / (n - 1)
-        for g in runs
-        for n, lat in zip(g.new_tokens, g.latency_s, strict=True)
-        if n > 1
+        (lat - g.ttft_s) / (n - 1) for g in runs for n, lat in zip(g.new_tokens, g.latency_s, strict=True) if n > 1
     ]
     latencies = [lat for g in runs for lat in g.latency_s]
     proposed = sum(g.draft_proposed for g in runs)

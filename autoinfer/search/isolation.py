@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 # What the child runs: a "module:function" taking (payload, stage callback) and returning a dict.
 DEFAULT_ENTRY = "autoinfer.trial:run_payload"
 

@@ -22,9 +22,7 @@ def dominates(a: Sequence[float], b: Sequence[float], maximize: Sequence[bool]) 
 def frontier_indices(points: Sequence[Sequence[float]], maximize: Sequence[bool]) -> list[int]:
     """Indices of the non-dominated points (O(n^2): trials number tens, not thousands)."""
     return [
-        i
-        for i, p in enumerate(points)
-        if not any(dominates(q, p, maximize) for j, q in enumerate(points) if j != i)
+        i for i, p in enumerate(points) if not any(dominates(q, p, maximize) for j, q in enumerate(points) if j != i)
     ]
 
 
@@ -35,9 +33,7 @@ def is_feasible(trial: FrozenTrial) -> bool:
 def measured_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Completed trials that measured something (duplicates of earlier points excluded)."""
     return [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "duplicate_of" not in t.user_attrs
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "duplicate_of" not in t.user_attrs
     ]
 
 

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -25,9 +25,12 @@ from autoinfer.engines import TrialPoint
 from autoinfer.search.isolation import ChildOutcome, run_isolated
 from autoinfer.search.pareto import pareto_trials
 from autoinfer.search.samplers import make_sampler
+from autoinfer.search.storage import ensure_sqlite_dir
 from autoinfer.spaces import NoValidPoint, enumerate_points, sample_point
-from autoinfer.tracking.mlflow_tracker import Tracker, ensure_sqlite_dir
 from autoinfer.trial import accuracy_key
+
+if TYPE_CHECKING:
+    from autoinfer.tracking.mlflow_tracker import Tracker
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 MAX_REJECTIONS = 200  # samples in a row that repeat a measured point before we call the space done
@@ -47,7 +50,7 @@ def open_study(config: Config) -> optuna.Study:
     storage_url = config.search.storage
     ensure_sqlite_dir(storage_url)
     storage = optuna.storages.RDBStorage(storage_url)
-    directions = [o.resolved_direction for o in config.objectives]
+    directions: list[Any] = [o.resolved_direction for o in config.objectives]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group=True, metric names
         study = optuna.create_study(
@@ -61,7 +64,9 @@ def open_study(config: Config) -> optuna.Study:
     if [d.name.lower() for d in study.directions] != directions:
         from autoinfer.errors import ConfigError
 
-        raise ConfigError("objectives", f"study {config.study_name!r} exists with other objectives; set search.study_name")
+        raise ConfigError(
+            "objectives", f"study {config.study_name!r} exists with other objectives; set search.study_name"
+        )
     return study
 
 
@@ -99,7 +104,7 @@ def _alive(pid: int) -> bool:
 
 
 def _measured_points(study: optuna.Study) -> dict[str, int]:
-    out = {}
+    out: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
         if counted(t) and "point" in t.user_attrs:
             out.setdefault(_key(t.user_attrs["point"]), t.number)
@@ -126,13 +131,14 @@ def _cached_accuracy(study: optuna.Study, key: str) -> dict[str, Any] | None:
     return None
 
 
-def enqueue_grid(study: optuna.Study, config: Config) -> int:
+def enqueue_grid(study: optuna.Study, config: Config, limit: int) -> int:
+    """Queue up to `limit` valid points not yet measured or queued, in enumeration order."""
     done = set(_measured_points(study))
     queued = {_key(t.user_attrs.get("point", {})) for t in study.get_trials(states=(TrialState.WAITING,))}
     n = 0
     for params, point in enumerate_points(config):
         k = _key(point.as_dict())
-        if k not in done and k not in queued:
+        if n < limit and k not in done and k not in queued:
             study.enqueue_trial(params, user_attrs={"point": point.as_dict()})
             n += 1
     return n
@@ -165,6 +171,8 @@ def _finish_trial(study: optuna.Study, trial: optuna.Trial, config: Config, outc
 
 
 def run_search(config: Config, events: Events | None = None) -> tuple[optuna.Study, Tracker]:
+    from autoinfer.tracking.mlflow_tracker import Tracker  # here, not at import: tracking uses search.pareto
+
     ev = events or Events()
     study = open_study(config)
     tracker = Tracker(config, config.study_name, config.search.storage)
@@ -174,7 +182,9 @@ def run_search(config: Config, events: Events | None = None) -> tuple[optuna.Stu
         ev.message(f"re-queued {recovered} interrupted trial(s)")
     tracker.sync(study, logs)
     if config.search.sampler == "grid":
-        enqueue_grid(study, config)
+        enqueue_grid(
+            study, config, config.search.trials - sum(1 for t in study.get_trials(deepcopy=False) if counted(t))
+        )
     total_points = len(enumerate_points(config))
     budget = config.search.trials
     started = time.monotonic()

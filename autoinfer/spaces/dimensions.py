@@ -30,9 +30,7 @@ class DraftSpec:
             return cls("none")
         kind, sep, arg = text.partition(":")
         if not sep or kind not in DRAFT_KINDS[1:]:
-            raise ValueError(
-                f"{text!r} is not a draft; use none, prompt_lookup:N, early_exit:K or model:<id or path>"
-            )
+            raise ValueError(f"{text!r} is not a draft; use none, prompt_lookup:N, early_exit:K or model:<id or path>")
         if kind == "model":
             if not arg:
                 raise ValueError("model: needs an id or path, e.g. model:HuggingFaceTB/SmolLM2-135M")
@@ -71,7 +69,7 @@ class HardwareSpec:
 
     @property
     def torch_device(self) -> str:
-        return "cuda:%d" % (self.index or 0) if self.kind == "cuda" else self.kind
+        return f"cuda:{self.index or 0}" if self.kind == "cuda" else self.kind
 
     def __str__(self) -> str:
         return self.kind if self.index is None else f"{self.kind}:{self.index}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from autoinfer.tracking.mlflow_tracker import Tracker, redact
+from autoinfer.search.storage import redact
+from autoinfer.tracking.mlflow_tracker import Tracker
 
 __all__ = ["Tracker", "redact"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -20,21 +19,10 @@ from optuna.trial import FrozenTrial, TrialState
 from autoinfer.config import Config
 from autoinfer.hardware import fingerprint
 from autoinfer.search.pareto import is_feasible, measured_trials, pareto_trials
+from autoinfer.search.storage import ensure_sqlite_dir, redact
 from autoinfer.tracking.plots import trial_row, write_plots, write_table
 
 _STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.FAIL: "FAILED", TrialState.PRUNED: "KILLED"}
-
-
-def redact(url: str) -> str:
-    """Drop any password from a database URL before it is logged anywhere."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
-
-
-def ensure_sqlite_dir(url: str) -> None:
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _flat(prefix: str, obj: Any, out: dict[str, str]) -> dict[str, str]:

@@ -56,7 +56,7 @@ def test_engine_contract(tiny_model_dir: Path, tmp_path: Path, engine: str, quan
     from lm_eval.api.instance import Instance
 
     req = Instance("loglikelihood", doc={}, arguments=("Question: what is a whale?\nAnswer:", " a mammal"), idx=0)
-    (ll, greedy), = lm.loglikelihood([req])
+    ((ll, greedy),) = lm.loglikelihood([req])
     assert ll < 0 and isinstance(greedy, bool)
     eng.close()
 

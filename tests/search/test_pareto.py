@@ -20,7 +20,12 @@ def test_frontier() -> None:
 
 def test_pareto_trials_skip_infeasible_and_duplicates() -> None:
     study = optuna.create_study(directions=["maximize", "maximize"])
-    for values, feasible, dup in [((3, 3), False, False), ((2, 2), True, False), ((1, 3), True, False), ((2, 2), True, True)]:
+    for values, feasible, dup in [
+        ((3, 3), False, False),
+        ((2, 2), True, False),
+        ((1, 3), True, False),
+        ((2, 2), True, True),
+    ]:
         t = study.ask()
         t.set_constraint("c", -1.0 if feasible else 1.0)
         if dup:

