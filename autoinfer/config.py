@@ -166,6 +166,12 @@ class EnergyConfig(_Strict):
     cpu_watts_per_core: float = Field(10.0, gt=0, le=1000)
 
 
+class TransformersConfig(_Strict):
+    # Weight-only int8/int4 backend. auto: the one scripts/quant_backend_benchmark.py measured
+    # faster on CPU here (see README); both are recorded per trial as info.quant_backend.
+    int_backend: Literal["auto", "optimum-quanto", "torchao"] = "auto"
+
+
 class SearchConfig(_Strict):
     trials: int = Field(12, ge=1, le=100000)
     timeout_s: float | None = Field(None, gt=0)
@@ -191,6 +197,7 @@ class Config(_Strict):
     objectives: list[ObjectiveConfig] = [ObjectiveConfig(name="correct_tokens_per_j")]
     constraints: list[ConstraintConfig] = []
     energy: EnergyConfig = EnergyConfig()
+    transformers: TransformersConfig = TransformersConfig()
     search: SearchConfig = SearchConfig()
     mlflow: MlflowConfig = MlflowConfig()
     # Directory of the YAML file: relative model/data/prompt paths resolve against it.

@@ -57,12 +57,19 @@ class EngineSpec:
     hardware_kinds: tuple[str, ...]
     # Largest batch that a drafted (speculative) generation accepts; 1 for HF assisted generation.
     draft_max_batch: int = 1
+    # What a `model:<X>` draft must be for this engine: "hf" checkpoints or "gguf" files/levels.
+    draft_model_format: str = "hf"
     # Quantizations the engine cannot run on a hardware kind, e.g. {"cpu": ("fp16",)}.
     unsupported: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def quantizations_for(self, hardware: HardwareSpec) -> tuple[str, ...]:
         bad = self.unsupported.get(hardware.kind, ())
         return tuple(q for q in self.quantizations if q not in bad)
+
+    def runs_draft(self, draft: DraftSpec) -> bool:
+        if draft.kind not in self.draft_kinds:
+            return False
+        return draft.kind != "model" or draft.model_format == self.draft_model_format
 
     def load_class(self) -> type[Engine]:
         cls: type[Engine] = importlib.import_module(self.module).ENGINE
@@ -82,6 +89,7 @@ class GenerationResult:
     total_s: float  # wall time of the whole call
     draft_proposed: int = 0  # draft tokens proposed (speculative decoding only)
     draft_accepted: int = 0  # of which the target model accepted
+    token_ids: tuple[tuple[int, ...], ...] = ()  # the generated tokens per sequence (for checks)
 
 
 class Engine(abc.ABC):

@@ -17,6 +17,9 @@ from autoinfer.errors import TrialError
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "float32", "int4": "float32"}
 # Bits per weight of quantized Linear layers, for the roofline's bytes-per-step.
 _WEIGHT_BITS = {"int8": 8, "int4": 4}
+# Default int8/int4 backend (config transformers.int_backend: auto), from
+# scripts/quant_backend_benchmark.py on this project's CPU machines.
+AUTO_INT_BACKEND = "optimum-quanto"
 
 
 class _StepClock:
@@ -117,14 +120,30 @@ class TransformersEngine(Engine):
         self.info["torch_threads"] = torch.get_num_threads()
 
     def _quantize(self, q: str) -> None:
-        """Weight-only quantization of every Linear layer (activations stay fp32)."""
-        from optimum.quanto import freeze, qint4, qint8, quantize
+        """Weight-only quantization of every Linear layer but lm_head (activations stay float).
 
-        # lm_head stays in full precision: it is tied to the embedding in small models and its
-        # errors land directly on the logits.
-        quantize(self.model, weights=qint8 if q == "int8" else qint4, exclude=["lm_head"])
-        freeze(self.model)
-        self.info["quant_backend"] = "optimum-quanto"
+        lm_head stays in full precision: small models tie it to the embedding, and its errors land
+        directly on the logits.
+        """
+        chosen = self.config.transformers.int_backend
+        backend: str = AUTO_INT_BACKEND if chosen == "auto" else chosen
+        if backend == "torchao":
+            import torch
+            from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+
+            cpu = self.point.hardware_spec.kind == "cpu"
+            cfg = (
+                Int8WeightOnlyConfig()
+                if q == "int8"
+                else Int4WeightOnlyConfig(group_size=32, int4_packing_format="opaque" if cpu else "tile_packed_to_4d")
+            )
+            quantize_(self.model, cfg, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and "lm_head" not in fqn)
+        else:
+            from optimum.quanto import freeze, qint4, qint8, quantize
+
+            quantize(self.model, weights=qint8 if q == "int8" else qint4, exclude=["lm_head"])
+            freeze(self.model)
+        self.info["quant_backend"] = backend
 
     def _load_draft_model(self, source: str, dtype: Any) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -203,6 +222,7 @@ class TransformersEngine(Engine):
             total_s=total,
             draft_proposed=self.tally["proposed"] - before["proposed"],
             draft_accepted=self.tally["accepted"] - before["accepted"],
+            token_ids=tuple(tuple(row[:n]) for row, n in zip(new, counts, strict=True)),
         )
 
     def lm_eval_model(self) -> Any:

@@ -11,6 +11,11 @@ from dataclasses import dataclass
 
 # Weight formats the transformers engine knows; llama.cpp levels are registered by that engine.
 TRANSFORMERS_QUANTIZATIONS = ("fp32", "bf16", "fp16", "int8", "int4")
+# llama.cpp levels, as its quantize tool spells them (engines/gguf_levels.py maps them to ftypes).
+LLAMACPP_LEVELS = (
+    "F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0",
+    "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "IQ4_NL", "Q3_K_M", "Q2_K",
+)  # fmt: skip
 DRAFT_KINDS = ("none", "prompt_lookup", "early_exit", "model")
 HARDWARE_KINDS = ("cpu", "cuda", "mps")
 
@@ -38,6 +43,11 @@ class DraftSpec:
         if not re.fullmatch(r"[1-9][0-9]*", arg):
             raise ValueError(f"{text!r}: {kind} takes a positive integer, e.g. {kind}:4")
         return cls(kind, n=int(arg))
+
+    @property
+    def model_format(self) -> str:
+        """For kind == "model": "gguf" (a .gguf file or a llama.cpp level of the target) or "hf"."""
+        return "gguf" if self.model in LLAMACPP_LEVELS or self.model.endswith(".gguf") else "hf"
 
     def __str__(self) -> str:
         if self.kind == "none":

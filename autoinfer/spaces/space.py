@@ -42,7 +42,7 @@ def drafts_for(config: Config, engine: str, batch_size: int) -> list[str]:
     spec = ENGINES.get(engine)
     if batch_size > spec.draft_max_batch:
         return ["none"]
-    return [d for d in config.space.draft if DraftSpec.parse(d).kind in spec.draft_kinds]
+    return [d for d in config.space.draft if spec.runs_draft(DraftSpec.parse(d))]
 
 
 def hardware_for(config: Config, engine: str) -> list[str]:

@@ -56,25 +56,37 @@ class Tracker:
         self.parent_id = self._parent_run()
         self._children: dict[int, str] | None = None
 
-    def _parent_run(self) -> str:
+    def _find_parents(self) -> list[Any]:
         flt = f"tags.`autoinfer.study` = '{self.study_name}' and tags.`autoinfer.role` = 'study'"
         runs = self.client.search_runs([self.experiment_id], filter_string=flt, max_results=50)
-        for r in runs:
-            if r.data.tags.get("autoinfer.storage") == self.storage:
-                self.client.update_run(r.info.run_id, status="RUNNING")
-                return str(r.info.run_id)
+        mine = [r for r in runs if r.data.tags.get("autoinfer.storage") == self.storage]
+        return sorted(mine, key=lambda r: (r.info.start_time, r.info.run_id))
+
+    def _parent_run(self) -> str:
+        """The study's parent run: found by tags (resume, other workers) or created."""
+        found = self._find_parents()
+        if found:
+            self.client.update_run(found[0].info.run_id, status="RUNNING")
+            return str(found[0].info.run_id)
         run = self.client.create_run(
             self.experiment_id,
             run_name=self.study_name,
             tags={"autoinfer.study": self.study_name, "autoinfer.role": "study", "autoinfer.storage": self.storage},
         )
         rid = str(run.info.run_id)
+        # Workers starting together may each create one: the earliest wins, the others step back.
+        first = self._find_parents()[0]
+        if str(first.info.run_id) != rid:
+            self.client.delete_run(rid)
+            return str(first.info.run_id)
         cfg = self.config.model_dump(mode="json")
         params = _flat("", {k: v for k, v in cfg.items() if k not in ("mlflow",)}, {})
         params["search.storage"] = self.storage
         self._log(rid, params=params, tags={f"machine.{k}": str(v) for k, v in fingerprint().items()})
         with tempfile.TemporaryDirectory() as d:
-            (Path(d) / "config.json").write_text(json.dumps(cfg, indent=1))
+            (Path(d) / "config.json").write_text(
+                json.dumps({**cfg, "search": {**cfg["search"], "storage": self.storage}}, indent=1)
+            )
             (Path(d) / "machine.json").write_text(json.dumps(fingerprint(), indent=1))
             self.client.log_artifacts(rid, d, "study")
         return rid
@@ -152,6 +164,7 @@ class Tracker:
             write_table(rows, out)
             write_plots(rows, out, self.study_name)
             self.client.log_artifacts(self.parent_id, d, "pareto")
+        self._children = None  # other workers may have logged trials since we last looked
         for number, rid in self.children().items():
             self.client.set_tag(rid, "pareto", "true" if number in ids else "false")
         self._log(self.parent_id, metrics={"n_trials": len(study.trials), "n_pareto": len(front)})

@@ -1,0 +1,200 @@
+"""The llama.cpp engine: GGUF quantization levels, B sequences decoded together, drafts.
+
+- Levels (F16, Q8_0, ..., Q4_0) are made from the source GGUF by llama.cpp's quantizer.
+- Batch: B prompts are decoded as B sequence ids of one context: one llama_decode per step
+  carries one token of every live sequence (continuous batching, not B sequential calls).
+- Drafts (batch size 1): prompt lookup (n-gram match in the history) or a draft GGUF (a file, or
+  a lower level of the target itself, `model:Q4_0`), verified greedily in one llama_decode.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from autoinfer.engines.base import Engine, GenerationResult
+from autoinfer.engines.gguf_levels import LEVELS, quantized_gguf
+from autoinfer.engines.llamacpp_runtime import LlamaRuntime
+from autoinfer.engines.sources import gguf_path, resolve_source
+from autoinfer.errors import TrialError
+
+PER_SEQUENCE_CTX = 512  # KV cells per sequence beyond max_new_tokens (chat prompts are ~50 tokens)
+MAX_NGRAM = 3  # prompt lookup matches the longest of the last 3..1 tokens
+
+
+def lookup_draft(history: list[int], n: int) -> list[int]:
+    """Prompt lookup: find the latest earlier occurrence of the history's tail, propose what followed."""
+    for size in range(min(MAX_NGRAM, len(history) - 1), 0, -1):
+        tail = history[-size:]
+        for start in range(len(history) - size - 1, -1, -1):
+            if history[start : start + size] == tail:
+                follow = history[start + size : start + size + n]
+                if follow:
+                    return follow
+    return []
+
+
+class LlamaCppEngine(Engine):
+    rt: LlamaRuntime
+    draft_rt: LlamaRuntime | None = None
+
+    def load(self) -> None:
+        src = gguf_path(self.config)
+        if src is None:
+            raise TrialError(
+                "the llama.cpp engine needs a GGUF source: set model.gguf_file "
+                "(converting an HF checkpoint to GGUF is not supported yet)"
+            )
+        hw = self.point.hardware_spec
+        threads = hw.index if hw.kind == "cpu" and hw.index else _cpu_count()
+        path, facts = quantized_gguf(src, self.point.quantization, threads)
+        self.info.update(facts)
+        self.info["gguf_file_bytes"] = path.stat().st_size
+        gpu_layers = -1 if hw.kind == "cuda" else 0  # everything offloaded where a GPU exists
+        n_seq = self.point.batch_size
+        self.n_ctx = max(2048, n_seq * (PER_SEQUENCE_CTX + self.config.workload.max_new_tokens))
+        self.rt = LlamaRuntime(path, self.n_ctx, n_seq, threads, gpu_layers)
+        self.formatter = self._chat_formatter()
+        d = self.point.draft_spec
+        if d.kind == "model":
+            self.draft_rt = LlamaRuntime(self._draft_path(d.model, src, threads), self.n_ctx, 1, threads, gpu_layers)
+            if self.draft_rt.n_vocab != self.rt.n_vocab:
+                raise TrialError(
+                    f"draft {d.model} has a vocabulary of {self.draft_rt.n_vocab}, target {self.rt.n_vocab}"
+                )
+        self.info["llama_threads"] = threads
+        self.info["n_ctx"] = self.n_ctx
+
+    def _draft_path(self, spec: str, src: Path, threads: int) -> Path:
+        if spec in LEVELS:
+            path, _ = quantized_gguf(src, spec, threads)
+            return path
+        p = Path(resolve_source(self.config, spec))
+        if not p.is_file():
+            raise TrialError(f"draft GGUF {spec!r} not found (give a level such as Q4_0 or a .gguf path)")
+        return p
+
+    def _chat_formatter(self) -> Any:
+        """The GGUF's own chat template, rendered the way transformers renders it (jinja2)."""
+        template = self.rt.meta("tokenizer.chat_template") if self.config.model.chat_template else None
+        if not template:
+            return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        bos = self.rt.token_text(self.rt.ll.llama_vocab_bos(self.rt.vocab))
+        return Jinja2ChatFormatter(template, eos_token=self.rt.token_text(self.rt.eos), bos_token=bos)
+
+    def _render(self, prompt: str) -> list[int]:
+        if self.formatter is not None:
+            text = self.formatter(messages=[{"role": "user", "content": prompt}]).prompt
+            return self.rt.tokenize(text, add_special=False)
+        return self.rt.tokenize(prompt, add_special=True)
+
+    def generate(self, prompts: list[str], max_new_tokens: int, ignore_eos: bool = False) -> GenerationResult:
+        toks = [self._render(p) for p in prompts]
+        self.rt.clear()
+        if self.draft_rt is not None:
+            self.draft_rt.clear()
+        start = time.perf_counter()
+        if self.point.draft_spec.kind != "none":
+            if len(prompts) != 1:
+                raise TrialError("llama.cpp drafts run at batch size 1")
+            return self._generate_drafted(toks[0], max_new_tokens, ignore_eos, start)
+        # Prompt: every sequence's tokens in one batch; logits only at each sequence's last token.
+        items = [(t, pos, s, pos == len(seq) - 1) for s, seq in enumerate(toks) for pos, t in enumerate(seq)]
+        rows = self.rt.decode(items)
+        nxt = [self.rt.argmax(r) for r in rows]
+        ttft = time.perf_counter() - start
+        out: list[list[int]] = [[t] for t in nxt]
+        done_at = [0.0] * len(toks)
+        live = []
+        for s, t in enumerate(nxt):
+            if (self.rt.is_eog(t) and not ignore_eos) or max_new_tokens == 1:
+                done_at[s] = ttft
+            else:
+                live.append(s)
+        while live:
+            rows = self.rt.decode([(out[s][-1], len(toks[s]) + len(out[s]) - 1, s, True) for s in live])
+            now = time.perf_counter() - start
+            still = []
+            for s, r in zip(live, rows, strict=True):
+                t = self.rt.argmax(r)
+                out[s].append(t)
+                if (self.rt.is_eog(t) and not ignore_eos) or len(out[s]) >= max_new_tokens:
+                    done_at[s] = now
+                else:
+                    still.append(s)
+            live = still
+        total = time.perf_counter() - start
+        return GenerationResult(
+            tuple(len(o) for o in out), ttft, tuple(done_at), total, token_ids=tuple(tuple(o) for o in out)
+        )
+
+    def _generate_drafted(self, prompt: list[int], max_new: int, ignore_eos: bool, start: float) -> GenerationResult:
+        rt, drt, d = self.rt, self.draft_rt, self.point.draft_spec
+        rows = rt.decode([(t, p, 0, p == len(prompt) - 1) for p, t in enumerate(prompt)])
+        if drt is not None:  # the draft model keeps the same history in its own context
+            drt.decode([(t, p, 0, False) for p, t in enumerate(prompt)])
+        out = [rt.argmax(rows[0])]
+        ttft = time.perf_counter() - start
+        proposed = accepted = 0
+        k = d.n if d.kind == "prompt_lookup" else 4  # draft-model proposals per step
+        while len(out) < max_new and (ignore_eos or not rt.is_eog(out[-1])):
+            pos = len(prompt) + len(out) - 1  # where out[-1] goes; it is not in the KV yet
+            room = max_new - len(out)
+            if drt is None:
+                draft = lookup_draft(prompt + out, min(k, room))
+            else:
+                draft = self._draft_model_tokens(drt, out[-1], pos, min(k, room))
+            rows = rt.decode([(out[-1], pos, 0, True)] + [(t, pos + 1 + i, 0, True) for i, t in enumerate(draft)])
+            got = 0
+            for i, r in enumerate(rows):
+                t = rt.argmax(r)
+                out.append(t)
+                if i == len(draft) or t != draft[i] or (rt.is_eog(t) and not ignore_eos) or len(out) >= max_new:
+                    break
+                got += 1
+            proposed += len(draft)
+            accepted += got
+            rt.truncate(0, pos + got + 1)  # drop KV of rejected draft tokens
+            if drt is not None:
+                drt.truncate(0, pos + got + 1)
+                if draft and got == len(draft):  # the draft never evaluated its own last proposal
+                    drt.decode([(draft[-1], pos + len(draft), 0, False)])
+        out = out[:max_new]
+        total = time.perf_counter() - start
+        return GenerationResult((len(out),), ttft, (total,), total, proposed, accepted, (tuple(out),))
+
+    @staticmethod
+    def _draft_model_tokens(drt: LlamaRuntime, last: int, pos: int, n: int) -> list[int]:
+        draft: list[int] = []
+        tok = last
+        for i in range(n):
+            (row,) = drt.decode([(tok, pos + i, 0, True)])
+            tok = drt.argmax(row)
+            draft.append(tok)
+        return draft
+
+    def lm_eval_model(self) -> Any:
+        from autoinfer.engines.llamacpp_lm import LlamaCppLM
+
+        return LlamaCppLM(self.rt)
+
+    def weight_bytes(self) -> int:
+        # llama_model_size: bytes of all weight tensors at their stored (quantized) types.
+        return self.rt.model_bytes()
+
+    def close(self) -> None:
+        self.rt.close()
+        if self.draft_rt is not None:
+            self.draft_rt.close()
+
+
+def _cpu_count() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+ENGINE = LlamaCppEngine

@@ -1,0 +1,176 @@
+"""Which Optuna sampler reaches the Pareto frontier fastest, replayed on real measurements.
+
+Input: a study in which every valid point of a config's space was measured (run the config with
+`search.sampler: grid` and `search.trials` >= the number of points). Each sampler then searches the
+same space many times (different seeds) with the real measured values looked up instead of
+re-measured, exactly as `autoinfer search` does (points already measured are answered from
+storage and do not count). Reported: the fraction of the true frontier's hypervolume found after
+N counted trials, mean over seeds.
+
+    python scripts/sampler_benchmark.py examples/smollm2-cpu.yaml --grid-storage sqlite:///mlruns/optuna.db \
+        --grid-study smollm2-cpu-grid --seeds 20 --trials 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+
+from autoinfer.config import SearchConfig, load_config
+from autoinfer.search.pareto import frontier_indices
+from autoinfer.search.samplers import make_sampler
+from autoinfer.spaces import enumerate_points, sample_point
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore")
+
+
+def hv2d(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
+    """Area dominated (minimisation) by points inside the reference box."""
+    pts = sorted(p for p in points if p[0] < ref[0] and p[1] < ref[1])
+    area, best_y = 0.0, ref[1]
+    for i, (x, y) in enumerate(pts):
+        best_y = min(best_y, y)
+        nxt = pts[i + 1][0] if i + 1 < len(pts) else ref[0]
+        area += (nxt - x) * (ref[1] - best_y)
+    return area
+
+
+def hypervolume(points: list[tuple[float, ...]], ref: tuple[float, ...]) -> float:
+    """Exact hypervolume for 1-3 minimised objectives (slicing along the last one)."""
+    if not points:
+        return 0.0
+    if len(ref) == 1:
+        return max(0.0, ref[0] - min(p[0] for p in points))
+    if len(ref) == 2:
+        return hv2d([(p[0], p[1]) for p in points], (ref[0], ref[1]))
+    zs = sorted({p[2] for p in points if p[2] < ref[2]})
+    total = 0.0
+    for i, z in enumerate(zs):
+        top = zs[i + 1] if i + 1 < len(zs) else ref[2]
+        total += (top - z) * hv2d([(p[0], p[1]) for p in points if p[2] <= z], (ref[0], ref[1]))
+    return total
+
+
+Table = dict[str, tuple[list[float], list[float]]]
+
+
+def load_table(config: Any, storage: str, study_name: str) -> Table:
+    """point key -> (objective values, constraint violations), from the grid study's trials."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    table: Table = {}
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        if "duplicate_of" in t.user_attrs:
+            continue
+        m = t.user_attrs["metrics"]
+        values = [float(m[o.name]) for o in config.objectives]
+        violations = [c.violation(m) for c in config.constraints]
+        table[json.dumps(t.user_attrs["point"], sort_keys=True)] = (values, violations)
+    return table
+
+
+def replay(
+    config: Any,
+    table: Table,
+    make: Callable[[int], optuna.samplers.BaseSampler],
+    seed: int,
+    n_trials: int,
+    score: Callable[[list[list[float]]], float],
+) -> list[float]:
+    """Search with real values looked up; return the hypervolume ratio after each counted trial."""
+    directions = [o.resolved_direction for o in config.objectives]
+    study = optuna.create_study(directions=directions, sampler=make(seed))
+    seen: set[str] = set()
+    found: list[list[float]] = []
+    curve: list[float] = []
+    asks = 0
+    while len(curve) < n_trials and asks < 50 * n_trials and len(seen) < len(table):
+        asks += 1
+        trial = study.ask()
+        key = json.dumps(sample_point(trial, config).as_dict(), sort_keys=True)
+        values, violations = table[key]
+        for c, v in zip(config.constraints, violations, strict=True):
+            trial.set_constraint(str(c), v)
+        study.tell(trial, values)
+        if key in seen:
+            continue  # answered from storage: no measurement spent
+        seen.add(key)
+        if all(v <= 0 for v in violations):
+            found.append(values)
+        curve.append(score(found))
+    while len(curve) < n_trials:
+        curve.append(curve[-1] if curve else 0.0)
+    return curve
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config")
+    ap.add_argument("--grid-storage", required=True)
+    ap.add_argument("--grid-study", required=True)
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--trials", type=int, default=15)
+    ap.add_argument("--json", help="also write the curves here")
+    args = ap.parse_args()
+    config = load_config(args.config)
+    table = load_table(config, args.grid_storage, args.grid_study)
+    n_points = len(enumerate_points(config))
+    if len(table) < n_points:
+        raise SystemExit(f"grid study has {len(table)} of {n_points} points; measure them all first")
+
+    # Normalise every objective to minimisation in [0, 1] over the measured grid.
+    maximize = [o.resolved_direction == "maximize" for o in config.objectives]
+    cols = list(zip(*[v for v, _ in table.values()], strict=True))
+    lo, hi = [min(c) for c in cols], [max(c) for c in cols]
+
+    def norm(v: list[float]) -> tuple[float, ...]:
+        out = []
+        for x, a, b, up in zip(v, lo, hi, maximize, strict=True):
+            z = (x - a) / (b - a) if b > a else 0.0
+            out.append(1.0 - z if up else z)
+        return tuple(out)
+
+    ref = tuple(1.1 for _ in maximize)
+    feasible = [v for v, viol in table.values() if all(x <= 0 for x in viol)]
+    front = [feasible[i] for i in frontier_indices(feasible, maximize)]
+    best = hypervolume([norm(v) for v in front], ref)
+
+    def score(found: list[list[float]]) -> float:
+        return hypervolume([norm(v) for v in found], ref) / best if best > 0 else 1.0
+
+    base = config.search
+    candidates: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+        "random": lambda s: optuna.samplers.RandomSampler(seed=s),
+        "tpe (autoinfer)": lambda s: make_sampler(base.model_copy(update={"sampler": "tpe", "seed": s}), args.trials),
+        "tpe (optuna default)": lambda s: optuna.samplers.TPESampler(seed=s),
+        "nsga2 pop=8": lambda s: make_sampler(SearchConfig(sampler="nsga2", population_size=8, seed=s), args.trials),
+        "nsga2 pop=50 (default)": lambda s: optuna.samplers.NSGAIISampler(seed=s),
+        "gp": lambda s: optuna.samplers.GPSampler(seed=s),
+    }
+    print(f"{len(table)} measured points, {len(front)} on the true frontier; {args.seeds} seeds per sampler")
+    marks = [m for m in (3, 5, 8, 10, 12, 15, 20) if m <= args.trials]
+    print(f"{'sampler':24s}" + "".join(f"  HV@{m:<3d}" for m in marks) + "  mean trials to 100%")
+    results = {}
+    for name, make in candidates.items():
+        curves = [replay(config, table, make, seed, args.trials, score) for seed in range(args.seeds)]
+        mean = [statistics.fmean(c[i] for c in curves) for i in range(args.trials)]
+        hits = [next((i + 1 for i, v in enumerate(c) if v >= 1 - 1e-9), math.inf) for c in curves]
+        reached = [h for h in hits if h != math.inf]
+        to_full = f"{statistics.fmean(reached):.1f} ({len(reached)}/{len(hits)} runs)" if reached else "never"
+        print(f"{name:24s}" + "".join(f"  {mean[m - 1]:6.3f}" for m in marks) + f"  {to_full}")
+        results[name] = {"mean_hv_ratio": mean, "trials_to_full": hits}
+    if args.json:
+        summary = {"points": len(table), "frontier": len(front), "seeds": args.seeds, "results": results}
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Two search workers sharing one study through PostgreSQL (started by scripts/start_postgres.sh)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from tests.conftest import base_config
+
+PG_URL = os.environ.get("AUTOINFER_TEST_PG", "postgresql://autoinfer:autoinfer@127.0.0.1:55432/autoinfer_test")
+
+
+def server_binaries() -> bool:
+    return bool(shutil.which("pg_ctl") or list(Path("/usr/lib/postgresql").glob("*/bin/postgres")))
+
+
+@pytest.fixture
+def pg_url() -> str:
+    if not server_binaries():
+        pytest.skip("PostgreSQL server binaries are not installed (scripts/start_postgres.sh installs them)")
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(PG_URL)
+    try:
+        with engine.connect() as c:
+            c.execute(sa.text("select 1"))
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"PostgreSQL is installed but not reachable at {PG_URL}: run scripts/start_postgres.sh ({e})")
+    return PG_URL
+
+
+def test_two_workers_share_a_study(pg_url: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    name = f"dist-{os.getpid()}-{tmp_path.name}"
+    cfg = base_config(
+        tiny_model_dir,
+        tmp_path,
+        accuracy={"tasks": []},
+        objectives=[{"name": "tokens_per_s"}],
+        search={"trials": 4, "sampler": "random", "storage": pg_url, "study_name": name, "seed": None},
+    )
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "autoinfer", "search", "c.yaml"]
+    workers = [
+        subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    outs = [w.communicate(timeout=900) for w in workers]
+    for w, (out, err) in zip(workers, outs, strict=True):
+        assert w.returncode == 0, out[-2000:] + err[-2000:]
+    study = optuna.load_study(study_name=name, storage=pg_url)
+    measured = [t for t in study.trials if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
+    # Each worker stops once the shared budget is met; together they may overshoot by one.
+    assert 4 <= len(measured) <= 5
+    assert {t.user_attrs["worker"].rsplit(":", 1)[1] for t in measured} == {str(w.pid) for w in workers}
+    client = MlflowClient(cfg["mlflow"]["tracking_uri"])
+    exp = client.get_experiment_by_name("autoinfer")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("autoinfer.role") == "study"]
+    assert len(parents) == 1
+    assert "***" in parents[0].data.params["search.storage"] and "autoinfer:autoinfer@" not in str(
+        parents[0].data.params
+    )
+    children = {int(r.data.tags["autoinfer.trial"]) for r in runs if "autoinfer.trial" in r.data.tags}
+    assert children == {t.number for t in study.trials}
+    optuna.delete_study(study_name=name, storage=pg_url)
