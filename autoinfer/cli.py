@@ -70,6 +70,7 @@ def _describe(t: Any) -> str:
 def search(
     config: ConfigArg,
     trials: Annotated[int | None, typer.Option(help="Override search.trials.")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Measure the points of failed trials again.")] = False,
 ) -> None:
     """Run (or resume) the search a config describes; every trial is measured for real."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -116,7 +117,7 @@ def search(
     )
     try:
         with progress:
-            study, _ = run_search(cfg, events)
+            study, _ = run_search(cfg, events, retry_failed=retry_failed)
     except KeyboardInterrupt:
         err.print("\ninterrupted: finished trials are saved; run the same command again to resume.")
         raise typer.Exit(130) from None

@@ -118,6 +118,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--trials", type=int, default=15)
     ap.add_argument("--json", help="also write the curves here")
+    ap.add_argument("--samplers", nargs="+", help="only these (names as printed)")
     args = ap.parse_args()
     config = load_config(args.config)
     table = load_table(config, args.grid_storage, args.grid_study)
@@ -152,13 +153,15 @@ def main() -> None:
         "tpe (optuna default)": lambda s: optuna.samplers.TPESampler(seed=s),
         "nsga2 pop=8": lambda s: make_sampler(SearchConfig(sampler="nsga2", population_size=8, seed=s), args.trials),
         "nsga2 pop=50 (default)": lambda s: optuna.samplers.NSGAIISampler(seed=s),
-        "gp": lambda s: optuna.samplers.GPSampler(seed=s),
+        "gp": lambda s: optuna.samplers.GPSampler(seed=s, warn_independent_sampling=False),
     }
     print(f"{len(table)} measured points, {len(front)} on the true frontier; {args.seeds} seeds per sampler")
     marks = [m for m in (3, 5, 8, 10, 12, 15, 20) if m <= args.trials]
     print(f"{'sampler':24s}" + "".join(f"  HV@{m:<3d}" for m in marks) + "  mean trials to 100%")
     results = {}
     for name, make in candidates.items():
+        if args.samplers and name.split(" ")[0] not in args.samplers and name not in args.samplers:
+            continue
         curves = [replay(config, table, make, seed, args.trials, score) for seed in range(args.seeds)]
         mean = [statistics.fmean(c[i] for c in curves) for i in range(args.trials)]
         hits = [next((i + 1 for i, v in enumerate(c) if v >= 1 - 1e-9), math.inf) for c in curves]

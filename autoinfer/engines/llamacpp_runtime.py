@@ -15,12 +15,34 @@ import numpy as np
 
 from autoinfer.errors import TrialError
 
+_LOG_CALLBACK: Any = None
+GGML_LOG_LEVEL_WARN = 3
+
+
+def quiet_llama_logs() -> None:
+    """Route llama.cpp's chatty load/graph logs away; warnings and errors still reach stderr."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is not None:
+        return
+    import sys
+
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        if level >= GGML_LOG_LEVEL_WARN and level != 5:  # 5 = continuation of the previous line
+            sys.stderr.write(text.decode(errors="replace"))
+
+    _LOG_CALLBACK = callback  # keep a reference: C holds only the pointer
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
 
 class LlamaRuntime:
     def __init__(self, path: Path, n_ctx: int, n_seq: int, threads: int, gpu_layers: int = 0) -> None:
         import llama_cpp
 
         self.ll = llama_cpp
+        quiet_llama_logs()
         llama_cpp.llama_backend_init()
         mp = llama_cpp.llama_model_default_params()
         mp.n_gpu_layers = gpu_layers

@@ -25,7 +25,7 @@ def make_sampler(cfg: SearchConfig, n_trials: int) -> optuna.samplers.BaseSample
         # The default population of 50 would make a tens-of-trials study pure random search.
         return optuna.samplers.NSGAIISampler(population_size=cfg.population_size, seed=seed)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
     if name in ("random", "grid"):
         # grid: every valid point is enqueued up front; the sampler only fills gaps.
         return optuna.samplers.RandomSampler(seed=seed)

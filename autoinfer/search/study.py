@@ -46,10 +46,23 @@ class Events:
     message: Callable[[str], None] = lambda m: None
 
 
+def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Open (and on first use create) the storage; workers starting together may race to create
+    its tables, and the loser sees an integrity/duplicate error: wait and try again."""
+    for i in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except Exception:  # sqlalchemy or driver errors of a creation race: re-raised at the end
+            if i == attempts - 1:
+                raise
+            time.sleep(0.5 * (i + 1))
+    raise AssertionError("unreachable")
+
+
 def open_study(config: Config) -> optuna.Study:
     storage_url = config.search.storage
     ensure_sqlite_dir(storage_url)
-    storage = optuna.storages.RDBStorage(storage_url)
+    storage = _rdb_storage(storage_url)
     directions: list[Any] = [o.resolved_direction for o in config.objectives]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group=True, metric names
@@ -70,11 +83,17 @@ def open_study(config: Config) -> optuna.Study:
     return study
 
 
-def counted(t: FrozenTrial) -> bool:
-    """Does this trial use up the trial budget? Measured or failed, yes; interrupted or repeats, no."""
-    if t.state == TrialState.COMPLETE:
-        return "duplicate_of" not in t.user_attrs
-    return t.state == TrialState.FAIL and not t.user_attrs.get("interrupted")
+def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials that use up the budget: measured or failed, not repeats, interruptions or retried failures."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    out = []
+    for t in trials:
+        if t.number in retried or "duplicate_of" in t.user_attrs:
+            continue
+        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted")):
+            out.append(t)
+    return out
 
 
 def recover_interrupted(study: optuna.Study) -> int:
@@ -93,6 +112,16 @@ def recover_interrupted(study: optuna.Study) -> int:
     return n
 
 
+def requeue_failed(study: optuna.Study) -> int:
+    """Queue the points of failed trials again (after fixing what made them fail)."""
+    n = 0
+    for t in counted_trials(study):
+        if t.state == TrialState.FAIL:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            n += 1
+    return n
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -105,8 +134,8 @@ def _alive(pid: int) -> bool:
 
 def _measured_points(study: optuna.Study) -> dict[str, int]:
     out: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-        if counted(t) and "point" in t.user_attrs:
+    for t in counted_trials(study):
+        if "point" in t.user_attrs:
             out.setdefault(_key(t.user_attrs["point"]), t.number)
     return out
 
@@ -170,7 +199,9 @@ def _finish_trial(study: optuna.Study, trial: optuna.Trial, config: Config, outc
     study.tell(trial, [float(v) for v in values if v is not None])
 
 
-def run_search(config: Config, events: Events | None = None) -> tuple[optuna.Study, Tracker]:
+def run_search(
+    config: Config, events: Events | None = None, retry_failed: bool = False
+) -> tuple[optuna.Study, Tracker]:
     from autoinfer.tracking.mlflow_tracker import Tracker  # here, not at import: tracking uses search.pareto
 
     ev = events or Events()
@@ -180,18 +211,18 @@ def run_search(config: Config, events: Events | None = None) -> tuple[optuna.Stu
     recovered = recover_interrupted(study)
     if recovered:
         ev.message(f"re-queued {recovered} interrupted trial(s)")
+    if retry_failed:
+        ev.message(f"re-queued {requeue_failed(study)} failed trial(s)")
     tracker.sync(study, logs)
     if config.search.sampler == "grid":
-        enqueue_grid(
-            study, config, config.search.trials - sum(1 for t in study.get_trials(deepcopy=False) if counted(t))
-        )
+        enqueue_grid(study, config, config.search.trials - len(counted_trials(study)))
     total_points = len(enumerate_points(config))
     budget = config.search.trials
     started = time.monotonic()
     rejections = 0
     payload_config = config.model_dump(mode="json")
     while True:
-        done = sum(1 for t in study.get_trials(deepcopy=False) if counted(t))
+        done = len(counted_trials(study))
         measured = _measured_points(study)
         if done >= budget:
             break

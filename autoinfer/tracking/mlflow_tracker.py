@@ -6,6 +6,7 @@ MlflowClient rather than the fluent API's global active run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import tempfile
@@ -25,6 +26,14 @@ from autoinfer.tracking.plots import trial_row, write_plots, write_table
 _STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.FAIL: "FAILED", TrialState.PRUNED: "KILLED"}
 
 
+def _start_lock(uri: str) -> Any:
+    if uri.startswith("sqlite:///"):
+        from filelock import FileLock
+
+        return FileLock(uri.removeprefix("sqlite:///") + ".lock")
+    return contextlib.nullcontext()
+
+
 def _flat(prefix: str, obj: Any, out: dict[str, str]) -> dict[str, str]:
     if isinstance(obj, dict):
         for k, v in obj.items():
@@ -42,18 +51,24 @@ class Tracker:
         self._mlflow = mlflow
         uri = config.mlflow.tracking_uri
         ensure_sqlite_dir(uri)
-        self.client = MlflowClient(tracking_uri=uri)
-        exp = self.client.get_experiment_by_name(config.mlflow.experiment)
-        if exp is None:
-            art = Path(config.mlflow.artifact_location).expanduser().resolve()
-            art.mkdir(parents=True, exist_ok=True)
-            self.experiment_id = self.client.create_experiment(config.mlflow.experiment, artifact_location=art.as_uri())
-        else:
-            self.experiment_id = exp.experiment_id
         self.config = config
         self.study_name = study_name
         self.storage = redact(storage)
-        self.parent_id = self._parent_run()
+        # Workers sharing a SQLite store must not create its tables, the experiment or the parent
+        # run at the same moment; a lock file beside the database serialises that start-up.
+        lock = _start_lock(uri)
+        with lock:
+            self.client = MlflowClient(tracking_uri=uri)
+            exp = self.client.get_experiment_by_name(config.mlflow.experiment)
+            if exp is None:
+                art = Path(config.mlflow.artifact_location).expanduser().resolve()
+                art.mkdir(parents=True, exist_ok=True)
+                self.experiment_id = self.client.create_experiment(
+                    config.mlflow.experiment, artifact_location=art.as_uri()
+                )
+            else:
+                self.experiment_id = exp.experiment_id
+            self.parent_id = self._parent_run()
         self._children: dict[int, str] | None = None
 
     def _find_parents(self) -> list[Any]:

