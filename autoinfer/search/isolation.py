@@ -26,6 +26,9 @@ class ChildOutcome:
 
 
 def _child_main(payload: dict[str, Any], conn: Any) -> None:
+    # Ctrl-C reaches the whole process group; the search process alone decides what it means
+    # (kill this child, record the trial as interrupted), so the child ignores it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Everything the libraries print goes to the trial's log file, not over the progress display.
     fd = os.open(payload["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)

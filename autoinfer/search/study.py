@@ -107,9 +107,17 @@ def recover_interrupted(study: optuna.Study) -> int:
         study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted (search process stopped)")
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        study.enqueue_trial(t.params, user_attrs=_retry_attrs(t))
         n += 1
     return n
+
+
+def _retry_attrs(t: FrozenTrial) -> dict[str, Any]:
+    """User attributes of a re-queued copy of `t` (the point lets grid search see it is queued)."""
+    attrs: dict[str, Any] = {"retry_of": t.number}
+    if "point" in t.user_attrs:
+        attrs["point"] = t.user_attrs["point"]
+    return attrs
 
 
 def requeue_failed(study: optuna.Study) -> int:
@@ -117,7 +125,7 @@ def requeue_failed(study: optuna.Study) -> int:
     n = 0
     for t in counted_trials(study):
         if t.state == TrialState.FAIL:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            study.enqueue_trial(t.params, user_attrs=_retry_attrs(t))
             n += 1
     return n
 
@@ -284,7 +292,7 @@ def run_search(
             trial.set_user_attr("interrupted", True)
             trial.set_user_attr("fail_reason", "interrupted by the user (Ctrl-C)")
             study.tell(trial, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            study.enqueue_trial(trial.params, user_attrs=_retry_attrs(study.trials[trial.number]))
             tracker.log_trial(study.trials[trial.number], str(log_path))
             tracker.finish("KILLED")
             raise
