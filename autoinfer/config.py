@@ -167,8 +167,8 @@ class EnergyConfig(_Strict):
 
 
 class TransformersConfig(_Strict):
-    # Weight-only int8/int4 backend. auto: the one scripts/quant_backend_benchmark.py measured
-    # faster on CPU here (see README); both are recorded per trial as info.quant_backend.
+    # Weight-only int8/int4 backend. auto: per (quantization, device) the one
+    # scripts/quant_backend_benchmark.py measured faster (README); recorded as info.quant_backend.
     int_backend: Literal["auto", "optimum-quanto", "torchao"] = "auto"
 
 

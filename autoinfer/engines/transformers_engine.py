@@ -17,9 +17,10 @@ from autoinfer.errors import TrialError
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "float32", "int4": "float32"}
 # Bits per weight of quantized Linear layers, for the roofline's bytes-per-step.
 _WEIGHT_BITS = {"int8": 8, "int4": 4}
-# Default int8/int4 backend (config transformers.int_backend: auto), from
-# scripts/quant_backend_benchmark.py on this project's CPU machines.
-AUTO_INT_BACKEND = "optimum-quanto"
+# transformers.int_backend: auto, from scripts/quant_backend_benchmark.py (2 cores, SmolLM2-135M):
+# int8 torchao 25.2 tok/s at batch 1 vs optimum-quanto 12.0 (76.6 vs 81.1 at batch 16); torchao 0.18
+# has no CPU packing for int4, where optimum-quanto runs (8.0 tok/s at batch 1).
+AUTO_INT_BACKEND = {("int8", "cpu"): "torchao", ("int4", "cpu"): "optimum-quanto"}
 
 
 class _StepClock:
@@ -126,16 +127,18 @@ class TransformersEngine(Engine):
         directly on the logits.
         """
         chosen = self.config.transformers.int_backend
-        backend: str = AUTO_INT_BACKEND if chosen == "auto" else chosen
+        kind = self.point.hardware_spec.kind
+        backend: str = AUTO_INT_BACKEND.get((q, kind), "torchao") if chosen == "auto" else chosen
+        if backend == "torchao" and q == "int4" and kind == "cpu":
+            raise TrialError("torchao has no CPU int4 weight packing; use transformers.int_backend: optimum-quanto")
         if backend == "torchao":
             import torch
             from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
 
-            cpu = self.point.hardware_spec.kind == "cpu"
             cfg = (
                 Int8WeightOnlyConfig()
                 if q == "int8"
-                else Int4WeightOnlyConfig(group_size=32, int4_packing_format="opaque" if cpu else "tile_packed_to_4d")
+                else Int4WeightOnlyConfig(group_size=32, int4_packing_format="tile_packed_to_4d")  # CUDA layout
             )
             quantize_(self.model, cfg, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and "lm_head" not in fqn)
         else:

@@ -11,11 +11,19 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any, Protocol
 
-from autoinfer.engines import ENGINES, TrialPoint
 from autoinfer.spaces.dimensions import DraftSpec, HardwareSpec
 
 if TYPE_CHECKING:
     from autoinfer.config import Config
+    from autoinfer.engines import EngineSpec, TrialPoint
+
+
+def _engine(name: str) -> EngineSpec:
+    # Imported here: engines/base.py imports spaces.dimensions, so a module-level import would
+    # make `import autoinfer.engines` and `import autoinfer.spaces` depend on each other's order.
+    from autoinfer.engines import ENGINES
+
+    return ENGINES.get(name)
 
 
 class Suggester(Protocol):
@@ -34,19 +42,19 @@ def _pick(trial: Suggester, name: str, choices: list[Any], full: list[Any], cond
 
 
 def quantizations_for(config: Config, engine: str, hardware: str) -> list[str]:
-    ok = ENGINES.get(engine).quantizations_for(HardwareSpec.parse(hardware))
+    ok = _engine(engine).quantizations_for(HardwareSpec.parse(hardware))
     return [q for q in config.space.quantization if q in ok]
 
 
 def drafts_for(config: Config, engine: str, batch_size: int) -> list[str]:
-    spec = ENGINES.get(engine)
+    spec = _engine(engine)
     if batch_size > spec.draft_max_batch:
         return ["none"]
     return [d for d in config.space.draft if spec.runs_draft(DraftSpec.parse(d))]
 
 
 def hardware_for(config: Config, engine: str) -> list[str]:
-    kinds = ENGINES.get(engine).hardware_kinds
+    kinds = _engine(engine).hardware_kinds
     return [h for h in config.space.hardware if HardwareSpec.parse(h).kind in kinds]
 
 
@@ -69,6 +77,8 @@ def sample_point(trial: Suggester, config: Config) -> TrialPoint:
         raise NoValidPoint(f"engine {engine} supports none of the drafts {s.draft}")
     else:
         draft = _pick(trial, "draft", drafts, s.draft, engine)
+    from autoinfer.engines import TrialPoint
+
     return TrialPoint(engine=engine, quantization=quant, draft=draft, batch_size=int(batch), hardware=hardware)
 
 

@@ -39,7 +39,7 @@ def make(model_dir: Path, tmp: Path, engine: str, quant: str, draft: str, batch:
 @pytest.mark.parametrize(("engine", "quant", "draft", "batch"), ENGINE_CASES)
 def test_engine_contract(tiny_model_dir: Path, tmp_path: Path, engine: str, quant: str, draft: str, batch: int) -> None:
     if quant in ("int8", "int4") and importlib.util.find_spec("optimum.quanto") is None:
-        pytest.skip("optimum-quanto not installed")
+        pytest.fail("optimum-quanto not installed (a dependency of autoinfer)")
     eng = make(tiny_model_dir, tmp_path, engine, quant, draft, batch)
     prompts = ["Write a haiku about autumn leaves.", "List five fruits.", "Name the planets."][:batch]
     g = eng.generate(prompts, max_new_tokens=12, ignore_eos=True)
@@ -59,6 +59,26 @@ def test_engine_contract(tiny_model_dir: Path, tmp_path: Path, engine: str, quan
     ((ll, greedy),) = lm.loglikelihood([req])
     assert ll < 0 and isinstance(greedy, bool)
     eng.close()
+
+
+@pytest.mark.parametrize(("quant", "backend"), [("int8", "optimum-quanto"), ("int8", "torchao"), ("int4", "auto")])
+def test_int_backends_run_and_are_recorded(tiny_model_dir: Path, tmp_path: Path, quant: str, backend: str) -> None:
+    data = base_config(tiny_model_dir, tmp_path, transformers={"int_backend": backend})
+    cfg = parse_config(data, base_dir=str(tmp_path))
+    eng = ENGINES.get("transformers").load_class()(cfg, TrialPoint("transformers", quant, "none", 2, "cpu:1"))
+    eng.load()
+    expected = {"auto": "optimum-quanto"}.get(backend, backend)
+    assert eng.info["quant_backend"] == expected
+    g = eng.generate(["List five fruits.", "Name the planets."], 6, ignore_eos=True)
+    assert g.new_tokens == (6, 6)
+
+
+def test_torchao_int4_on_cpu_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = base_config(tiny_model_dir, tmp_path, transformers={"int_backend": "torchao"})
+    cfg = parse_config(data, base_dir=str(tmp_path))
+    eng = ENGINES.get("transformers").load_class()(cfg, TrialPoint("transformers", "int4", "none", 1, "cpu:1"))
+    with pytest.raises(TrialError, match="no CPU int4"):
+        eng.load()
 
 
 def test_quantization_shrinks_weight_bytes(tiny_model_dir: Path, tmp_path: Path) -> None:
