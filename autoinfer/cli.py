@@ -89,7 +89,7 @@ def search(
 
     def started(n: int, point: Any, i: int, total: int) -> None:
         current["label"] = f"trial {n}: {point.quantization} {point.draft} b{point.batch_size} {point.hardware}"
-        progress.update(task, description=f"{current['label']} [load]", completed=i - 1)
+        progress.update(task, description=escape(f"{current['label']} · load"), completed=i - 1)
 
     def finished(t: Any) -> None:
         m = t.user_attrs.get("metrics", {})
@@ -111,7 +111,7 @@ def search(
 
     events = Events(
         trial_started=started,
-        stage=lambda s: progress.update(task, description=f"{current['label']} [{s}]"),
+        stage=lambda s: progress.update(task, description=escape(f"{current['label']} · {s}")),
         trial_finished=finished,
         message=lambda msg: progress.console.print(f"[yellow]{msg}"),
     )

@@ -200,8 +200,9 @@ class Config(_Strict):
     transformers: TransformersConfig = TransformersConfig()
     search: SearchConfig = SearchConfig()
     mlflow: MlflowConfig = MlflowConfig()
-    # Directory of the YAML file: relative model/data/prompt paths resolve against it.
-    base_dir: str = Field(".", exclude=True)
+    # Absolute directory of the YAML file: relative model/data/prompt paths resolve against it.
+    # Kept in dumps, so a trial process rebuilt from a dump resolves paths the same way.
+    base_dir: str = "."
 
     @field_validator("objectives")
     @classmethod
@@ -240,7 +241,7 @@ def parse_config(data: Any, source: str | None = None, base_dir: str = ".") -> C
     if not isinstance(data, dict):
         raise ConfigError("", "the top level must be a mapping (model:, space:, ...)", source)
     try:
-        config = Config.model_validate({**data, "base_dir": base_dir})
+        config = Config.model_validate({**data, "base_dir": str(Path(base_dir).resolve())})
     except ValidationError as e:
         err = e.errors()[0]
         msg = err["msg"].removeprefix("Value error, ")

@@ -124,3 +124,17 @@ def test_example_configs_validate() -> None:
     for example in sorted((root / "examples").glob("*.yaml")):
         c = load_config(example)
         assert check(c, str(example)) > 0
+
+
+def test_relative_paths_survive_the_trip_to_a_trial_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trial process rebuilds the config from a dump, possibly elsewhere: paths must not move."""
+    from autoinfer.config import Config
+
+    (tmp_path / "cfg").mkdir()
+    p = tmp_path / "cfg" / "c.yaml"
+    p.write_text(yaml.safe_dump({**MINIMAL, "workload": {"prompts": "../p.jsonl"}}))
+    monkeypatch.chdir(tmp_path / "cfg")
+    c = load_config("c.yaml")
+    monkeypatch.chdir("/")
+    again = Config.model_validate(c.model_dump(mode="json"))
+    assert again.resolve("../p.jsonl").resolve() == (tmp_path / "p.jsonl").resolve()

