@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +102,3 @@ def tiny_config(tiny_model_dir: Path, tmp_path: Path) -> Any:
     from autoinfer.config import parse_config
 
     return parse_config(base_config(tiny_model_dir, tmp_path), base_dir=str(tmp_path))
-
-
-def cpu_count() -> int:
-    return os.cpu_count() or 1

@@ -8,8 +8,9 @@ import time
 from autoinfer.cache import cache_dir
 
 
-def measure_bandwidth_gbs(device: str, threads: int, size_mb: int = 256, reps: int = 5) -> float:
-    """Best-of-`reps` read bandwidth in GB/s: summing a buffer much larger than any cache."""
+def measure_bandwidth_gbs(device: str, size_mb: int = 256, reps: int = 5) -> float:
+    """Best-of-`reps` read bandwidth in GB/s: summing a buffer much larger than any cache, with
+    however many threads this process runs (the caller has pinned them)."""
     import torch
 
     x = torch.ones(size_mb * (1 << 20) // 4, dtype=torch.float32, device=device)
@@ -35,7 +36,7 @@ def cached_bandwidth_gbs(device: str, threads: int) -> tuple[float, str]:
         table = {}
     if key in table:
         return float(table[key]), "cached"
-    bw = measure_bandwidth_gbs(device, threads)
+    bw = measure_bandwidth_gbs(device)
     table[key] = bw
     path.write_text(json.dumps(table, indent=1))
     return bw, "measured"

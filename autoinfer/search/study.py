@@ -140,9 +140,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _measured_points(study: optuna.Study) -> dict[str, int]:
+def _measured_points(counted: list[FrozenTrial]) -> dict[str, int]:
+    """Point key -> number of the first trial that measured (or failed) it."""
     out: dict[str, int] = {}
-    for t in counted_trials(study):
+    for t in counted:
         if "point" in t.user_attrs:
             out.setdefault(_key(t.user_attrs["point"]), t.number)
     return out
@@ -170,7 +171,7 @@ def _cached_accuracy(study: optuna.Study, key: str) -> dict[str, Any] | None:
 
 def enqueue_grid(study: optuna.Study, config: Config, limit: int) -> int:
     """Queue up to `limit` valid points not yet measured or queued, in enumeration order."""
-    done = set(_measured_points(study))
+    done = set(_measured_points(counted_trials(study)))
     queued = {_key(t.user_attrs.get("point", {})) for t in study.get_trials(states=(TrialState.WAITING,))}
     n = 0
     for params, point in enumerate_points(config):
@@ -246,8 +247,9 @@ def run_search(
     rejections = 0
     payload_config = config.model_dump(mode="json")
     while True:
-        done = len(counted_trials(study))
-        measured = _measured_points(study)
+        counted = counted_trials(study)
+        done = len(counted)
+        measured = _measured_points(counted)
         if done >= budget:
             break
         if len(measured) >= total_points:

@@ -45,10 +45,8 @@ def _flat(prefix: str, obj: Any, out: dict[str, str]) -> dict[str, str]:
 
 class Tracker:
     def __init__(self, config: Config, study_name: str, storage: str) -> None:
-        import mlflow
         from mlflow.tracking import MlflowClient
 
-        self._mlflow = mlflow
         uri = config.mlflow.tracking_uri
         ensure_sqlite_dir(uri)
         self.config = config
