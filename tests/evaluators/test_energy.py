@@ -56,15 +56,16 @@ def test_contract_every_meter_yields_a_frozen_labelled_reading(tmp_path: Path) -
             r.energy_j = 1.0  # type: ignore[misc]
 
 
-def test_cpu_estimate_scales_with_cpu_time_and_watts() -> None:
+def test_cpu_estimate_is_cpu_seconds_times_watts() -> None:
+    t0 = time.process_time()
     with CpuTimeEstimate(10.0).measure() as box:
         burn(0.3)
+    cpu_s = time.process_time() - t0
     r = box.reading
     assert r is not None
     assert r.source == "estimated:cpu-time" and "assumed" in r.detail
-    # a busy single thread: ~0.3 CPU-s x 10 W
-    assert 1.5 < r.energy_j < 4.5
-    assert 5.0 < r.mean_power_w < 15.0
+    assert r.energy_j == pytest.approx(10.0 * cpu_s, rel=0.05, abs=0.02)
+    assert r.energy_j > 0.5  # the busy loop did burn CPU time (however loaded the machine is)
     with CpuTimeEstimate(10.0).measure() as idle:
         time.sleep(0.3)
     assert idle.reading is not None and idle.reading.energy_j < r.energy_j / 5
