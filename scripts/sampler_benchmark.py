@@ -7,8 +7,10 @@ re-measured, exactly as `autoinfer search` does (points already measured are ans
 storage and do not count). Reported: the fraction of the true frontier's hypervolume found after
 N counted trials, mean over seeds.
 
-    python scripts/sampler_benchmark.py examples/smollm2-cpu.yaml --grid-storage sqlite:///mlruns/optuna.db \
-        --grid-study smollm2-cpu-grid --seeds 20 --trials 15
+    python scripts/sampler_benchmark.py examples/smollm2-cpu.yaml \
+        --grid-csv scripts/results/smollm2-cpu-grid-trials.csv --seeds 20 --trials 15
+
+The CSV kept in scripts/results/ is the 30-point grid measured on 2026-11-22 (see README).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import optuna
 
 from autoinfer.config import SearchConfig, load_config
+from autoinfer.metrics import METRICS
 from autoinfer.search.pareto import frontier_indices
 from autoinfer.search.samplers import make_sampler
 from autoinfer.spaces import enumerate_points, sample_point
@@ -60,6 +63,21 @@ def hypervolume(points: list[tuple[float, ...]], ref: tuple[float, ...]) -> floa
 
 
 Table = dict[str, tuple[list[float], list[float]]]
+
+
+def load_csv(config: Any, path: str) -> Table:
+    """The same table from a `trials.csv` artifact (pareto/trials.csv of a grid study's MLflow run)."""
+    import csv
+
+    table: Table = {}
+    keys = ("engine", "quantization", "draft", "batch_size", "hardware")
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            point = {k: int(row[k]) if k == "batch_size" else row[k] for k in keys}
+            m = {k: float(v) for k, v in row.items() if k in METRICS and v}
+            values = [m[o.name] for o in config.objectives]
+            table[json.dumps(point, sort_keys=True)] = (values, [c.violation(m) for c in config.constraints])
+    return table
 
 
 def load_table(config: Any, storage: str, study_name: str) -> Table:
@@ -113,15 +131,21 @@ def replay(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config")
-    ap.add_argument("--grid-storage", required=True)
-    ap.add_argument("--grid-study", required=True)
+    ap.add_argument("--grid-storage", help="Optuna storage URL of the grid study")
+    ap.add_argument("--grid-study", help="its study name")
+    ap.add_argument("--grid-csv", help="or: a trials.csv of the grid study (e.g. scripts/results/*.csv)")
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--trials", type=int, default=15)
     ap.add_argument("--json", help="also write the curves here")
     ap.add_argument("--samplers", nargs="+", help="only these (names as printed)")
     args = ap.parse_args()
     config = load_config(args.config)
-    table = load_table(config, args.grid_storage, args.grid_study)
+    if args.grid_csv:
+        table = load_csv(config, args.grid_csv)
+    elif args.grid_storage and args.grid_study:
+        table = load_table(config, args.grid_storage, args.grid_study)
+    else:
+        raise SystemExit("give --grid-csv, or --grid-storage with --grid-study")
     n_points = len(enumerate_points(config))
     if len(table) < n_points:
         raise SystemExit(f"grid study has {len(table)} of {n_points} points; measure them all first")
