@@ -39,8 +39,7 @@ def accuracy_key(config: Config, point: TrialPoint) -> str:
 
 def set_threads(point: TrialPoint) -> int:
     """Pin intra-op threads before torch or llama.cpp start their pools."""
-    hw = point.hardware_spec
-    n = hw.index if hw.kind == "cpu" and hw.index else (os.cpu_count() or 1)
+    n = point.hardware_spec.threads
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n)
     return n

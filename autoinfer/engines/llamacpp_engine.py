@@ -47,7 +47,7 @@ class LlamaCppEngine(Engine):
                 "(converting an HF checkpoint to GGUF is not supported yet)"
             )
         hw = self.point.hardware_spec
-        threads = hw.index if hw.kind == "cpu" and hw.index else _cpu_count()
+        threads = hw.threads
         path, facts = quantized_gguf(src, self.point.quantization, threads)
         self.info.update(facts)
         self.info["gguf_file_bytes"] = path.stat().st_size
@@ -189,12 +189,6 @@ class LlamaCppEngine(Engine):
         self.rt.close()
         if self.draft_rt is not None:
             self.draft_rt.close()
-
-
-def _cpu_count() -> int:
-    import os
-
-    return os.cpu_count() or 1
 
 
 ENGINE = LlamaCppEngine

@@ -6,6 +6,7 @@ Parsing is pure (no I/O): whether a target exists on this machine is checked lat
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -76,6 +77,13 @@ class HardwareSpec:
         if kind == "cuda" and idx is None:
             idx = "0"
         return cls(kind, None if idx is None else int(idx))
+
+    @property
+    def threads(self) -> int:
+        """CPU threads a trial on this target runs: N for cpu:N, else every core."""
+        if self.kind == "cpu" and self.index:
+            return self.index
+        return os.cpu_count() or 1
 
     @property
     def torch_device(self) -> str:
