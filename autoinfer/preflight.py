@@ -17,7 +17,23 @@ def check(config: Config, source: str | None = None) -> int:
         problem = target_problem(HardwareSpec.parse(h))
         if problem:
             raise ConfigError(f"space.hardware[{i}]", problem, source)
+    from autoinfer.engines import ENGINES
+
+    for i, name in enumerate(config.space.engine):
+        engine = ENGINES.get(name)
+        if importlib.util.find_spec(engine.package) is None:
+            raise ConfigError(
+                f"space.engine[{i}]", f"{name} needs the {engine.package!r} package: {engine.install_hint}", source
+            )
     m = config.model
+    if "llama.cpp" in config.space.engine and not m.gguf_file:
+        from autoinfer.engines.gguf_convert import converter_script
+        from autoinfer.errors import TrialError
+
+        try:
+            converter_script()  # an HF checkpoint reaches llama.cpp through its converter
+        except TrialError as e:
+            raise ConfigError("model.source", str(e), source) from None
     if m.source.startswith("package:"):
         name = m.source.removeprefix("package:")
         if importlib.util.find_spec(name) is None:

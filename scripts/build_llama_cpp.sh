@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build llama-cpp-python from source with pinned CPU flags, once per (version, flags), and install it.
+# Build llama-cpp-python from source with pinned CPU flags, once per (version, flags), install it,
+# and keep the matching llama.cpp converter (convert_hf_to_gguf.py) beside the venv.
 #
 # Why pinned flags: a default build uses -march=native; on this project's CI VMs that build
 # segfaulted in quantized prompt evaluation with n_batch > 1. A portable build with AVX512 on and
@@ -11,19 +12,37 @@ FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=
 PIP=.venv/bin/pip
 PYBIN=.venv/bin/python
 
+SHARE=".venv/share/autoinfer/llama.cpp-$LLAMA_CPP_VERSION"  # the converter, beside the venv
+
 if [ "$($PYBIN -c 'import llama_cpp; print(llama_cpp.__version__)' 2>/dev/null || true)" = "$LLAMA_CPP_VERSION" ] \
-   && [ -f .venv/.llama_cpp_flags ] && [ "$(cat .venv/.llama_cpp_flags)" = "$FLAGS" ]; then
+   && [ -f .venv/.llama_cpp_flags ] && [ "$(cat .venv/.llama_cpp_flags)" = "$FLAGS" ] \
+   && [ -f "$SHARE/convert_hf_to_gguf.py" ]; then
   exit 0
 fi
 key=$(printf '%s %s' "$LLAMA_CPP_VERSION" "$FLAGS" | sha256sum | cut -c1-16)
 wheels="${AUTOINFER_CACHE:-$HOME/.cache/autoinfer}/wheels/llama-cpp-$key"
+mkdir -p "$wheels"
+# One source archive serves twice: the wheel is built from it, and its vendored llama.cpp
+# supplies convert_hf_to_gguf.py (HF checkpoint -> GGUF) of exactly the version we run.
+sdist="$wheels/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz"
+if [ ! -f "$sdist" ]; then
+  $PIP download -q --no-cache-dir --no-binary :all: --no-deps "llama-cpp-python==$LLAMA_CPP_VERSION" -d "$wheels"
+fi
 if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   echo "building llama-cpp-python $LLAMA_CPP_VERSION from source (4-12 min on 2 cores)..."
-  mkdir -p "$wheels"
   # --no-cache-dir: pip's own wheel cache ignores CMAKE_ARGS and could hand back a native build.
   CMAKE_ARGS="$FLAGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-    $PIP wheel -q --no-cache-dir --no-deps "llama-cpp-python==$LLAMA_CPP_VERSION" -w "$wheels"
+    $PIP wheel -q --no-cache-dir --no-deps "$sdist" -w "$wheels"
 fi
 $PIP install -q --force-reinstall --no-deps "$wheels"/llama_cpp_python-*.whl
 $PIP install -q "diskcache>=5.6" "jinja2>=2.11" "numpy>=1.20" "typing-extensions>=4.5"
+
+# The converter and what it imports beyond our own dependencies (torch, transformers, numpy,
+# pyyaml, tqdm, requests): its package (conversion/), the matching gguf-py, and sentencepiece.
+rm -rf "$SHARE.tmp" && mkdir -p "$SHARE.tmp"
+vendor="llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp"
+tar -xzf "$sdist" -C "$SHARE.tmp" --strip-components=3 \
+  "$vendor/convert_hf_to_gguf.py" "$vendor/conversion" "$vendor/gguf-py" "$vendor/LICENSE"
+rm -rf "$SHARE" && mv "$SHARE.tmp" "$SHARE"
+$PIP install -q "sentencepiece>=0.1.98,<0.3.0"
 echo "$FLAGS" > .venv/.llama_cpp_flags

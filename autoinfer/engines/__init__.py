@@ -27,6 +27,8 @@ ENGINES.register("llama.cpp")(
         hardware_kinds=("cpu", "cuda"),
         draft_max_batch=1,
         draft_model_format="gguf",
+        package="llama_cpp",
+        install_hint="run scripts/build_llama_cpp.sh (builds llama-cpp-python with pinned CPU flags)",
     )
 )
 

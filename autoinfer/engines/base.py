@@ -61,6 +61,9 @@ class EngineSpec:
     draft_model_format: str = "hf"
     # Quantizations the engine cannot run on a hardware kind, e.g. {"cpu": ("fp16",)}.
     unsupported: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The Python package the engine imports, and how to get it (checked before a study starts).
+    package: str = "torch"
+    install_hint: str = "pip install autoinfer"
 
     def quantizations_for(self, hardware: HardwareSpec) -> tuple[str, ...]:
         bad = self.unsupported.get(hardware.kind, ())

@@ -1,6 +1,7 @@
 """The llama.cpp engine: GGUF quantization levels, B sequences decoded together, drafts.
 
-- Levels (F16, Q8_0, ..., Q4_0) are made from the source GGUF by llama.cpp's quantizer.
+- Levels (F16, Q8_0, ..., Q4_0) are made from the source GGUF by llama.cpp's quantizer; an HF
+  checkpoint is first converted to an unquantized GGUF by llama.cpp's converter (gguf_convert).
 - Batch: B prompts are decoded as B sequence ids of one context: one llama_decode per step
   carries one token of every live sequence (continuous batching, not B sequential calls).
 - Drafts (batch size 1): prompt lookup (n-gram match in the history) or a draft GGUF (a file, or
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autoinfer.engines.base import Engine, GenerationResult
+from autoinfer.engines.gguf_convert import base_type, converted_gguf, local_checkpoint
 from autoinfer.engines.gguf_levels import LEVELS, quantized_gguf
 from autoinfer.engines.llamacpp_runtime import LlamaRuntime
 from autoinfer.engines.sources import gguf_path, resolve_source
@@ -40,14 +42,13 @@ class LlamaCppEngine(Engine):
     draft_rt: LlamaRuntime | None = None
 
     def load(self) -> None:
-        src = gguf_path(self.config)
-        if src is None:
-            raise TrialError(
-                "the llama.cpp engine needs a GGUF source: set model.gguf_file "
-                "(converting an HF checkpoint to GGUF is not supported yet)"
-            )
         hw = self.point.hardware_spec
         threads = hw.threads
+        src = gguf_path(self.config)
+        if src is None:  # an HF checkpoint: one unquantized GGUF first, the levels from it
+            checkpoint = local_checkpoint(self.config)
+            src, facts = converted_gguf(checkpoint, base_type(checkpoint, self.point.quantization))
+            self.info.update(facts)
         path, facts = quantized_gguf(src, self.point.quantization, threads)
         self.info.update(facts)
         self.info["gguf_file_bytes"] = path.stat().st_size

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from autoinfer.cache import cache_dir, file_digest
 from autoinfer.errors import TrialError
@@ -51,13 +51,32 @@ def gguf_path(config: Config) -> Path | None:
     return path
 
 
+# Bump when the cached checkpoint's layout changes, so old entries are rebuilt instead of reused.
+# v2: tied output embeddings stored under the input embedding's name; `architectures` written.
+CHECKPOINT_FORMAT = 2
+
+
+def _untied_state(model: Any) -> dict[str, Any]:
+    """The state dict with tied output embeddings left out, kept under the input embedding's name.
+
+    That is how hub checkpoints store tied weights; keeping `lm_head.weight` instead (what
+    safetensors' save_model picks) loads in transformers but yields a GGUF with no token_embd.
+    """
+    state = dict(model.state_dict())
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    if out is not None and inp is not None and out.weight is inp.weight:
+        names = {id(m): n for n, m in model.named_modules()}
+        state.pop(f"{names[id(out)]}.weight", None)
+    return {k: v.contiguous() for k, v in state.items()}
+
+
 def dequantized_checkpoint(config: Config) -> tuple[str, dict[str, str]]:
     """Return (loadable directory or hub id, facts to log). GGUFs become a cached HF checkpoint."""
     gguf = gguf_path(config)
     if gguf is None:
         return resolve_source(config), {"source_format": "hf"}
     digest = file_digest(gguf)
-    target = cache_dir("dequantized") / digest[:20]
+    target = cache_dir("dequantized") / f"{digest[:20]}-v{CHECKPOINT_FORMAT}"
     facts = {"source_format": f"gguf:{gguf.name}", "source_sha256": digest}
     if (target / "done.json").exists():
         facts["dequantized_cache"] = "hit"
@@ -72,11 +91,15 @@ def dequantized_checkpoint(config: Config) -> tuple[str, dict[str, str]]:
     # Build in a temporary sibling and rename, so a crash never leaves a half-written cache entry.
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
+        # A plain checkpoint, as a hub repo would hold it: the architecture named (converters such
+        # as llama.cpp's convert_hf_to_gguf.py dispatch on it) and no GGUF quantization_config.
+        model.config.architectures = [type(model).__name__]
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.config.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        # save_model drops tied duplicates (lm_head = embed_tokens) that save_file refuses.
-        safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
+        safetensors.torch.save_file(_untied_state(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "done.json").write_text(json.dumps(facts))
         if target.exists():
             shutil.rmtree(target)
