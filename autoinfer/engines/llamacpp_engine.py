@@ -11,9 +11,11 @@
 from __future__ import annotations
 
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from autoinfer.cache import file_digest
 from autoinfer.engines.base import Engine, GenerationResult
 from autoinfer.engines.gguf_convert import base_type, converted_gguf, local_checkpoint
 from autoinfer.engines.gguf_levels import LEVELS, quantized_gguf
@@ -23,6 +25,7 @@ from autoinfer.errors import TrialError
 
 PER_SEQUENCE_CTX = 512  # KV cells per sequence beyond max_new_tokens (chat prompts are ~50 tokens)
 MAX_NGRAM = 3  # prompt lookup matches the longest of the last 3..1 tokens
+DRAFT_MODEL_TOKENS = 4  # tokens a draft GGUF proposes per verification step
 
 
 def lookup_draft(history: list[int], n: int) -> list[int]:
@@ -52,6 +55,9 @@ class LlamaCppEngine(Engine):
         path, facts = quantized_gguf(src, self.point.quantization, threads)
         self.info.update(facts)
         self.info["gguf_file_bytes"] = path.stat().st_size
+        self.info["gguf_path"] = str(path)  # what `autoinfer export` tells users to ship
+        self.info["gguf_sha256"] = file_digest(path)
+        self.info["llama_cpp_python"] = metadata.version("llama_cpp_python")
         gpu_layers = -1 if hw.kind == "cuda" else 0  # everything offloaded where a GPU exists
         n_seq = self.point.batch_size
         self.n_ctx = max(2048, n_seq * (PER_SEQUENCE_CTX + self.config.workload.max_new_tokens))
@@ -59,13 +65,17 @@ class LlamaCppEngine(Engine):
         self.formatter = self._chat_formatter()
         d = self.point.draft_spec
         if d.kind == "model":
-            self.draft_rt = LlamaRuntime(self._draft_path(d.model, src, threads), self.n_ctx, 1, threads, gpu_layers)
+            draft_path = self._draft_path(d.model, src, threads)
+            self.info["draft_gguf_path"] = str(draft_path)
+            self.draft_rt = LlamaRuntime(draft_path, self.n_ctx, 1, threads, gpu_layers)
             if self.draft_rt.n_vocab != self.rt.n_vocab:
                 raise TrialError(
                     f"draft {d.model} has a vocabulary of {self.draft_rt.n_vocab}, target {self.rt.n_vocab}"
                 )
         self.info["llama_threads"] = threads
         self.info["n_ctx"] = self.n_ctx
+        self.info["n_gpu_layers"] = gpu_layers
+        self.info["draft_tokens_per_step"] = DRAFT_MODEL_TOKENS if d.kind == "model" else d.n
 
     def _draft_path(self, spec: str, src: Path, threads: int) -> Path:
         if spec in LEVELS:
@@ -140,7 +150,7 @@ class LlamaCppEngine(Engine):
         out = [rt.argmax(rows[0])]
         ttft = time.perf_counter() - start
         proposed = accepted = 0
-        k = d.n if d.kind == "prompt_lookup" else 4  # draft-model proposals per step
+        k = d.n if d.kind == "prompt_lookup" else DRAFT_MODEL_TOKENS
         while len(out) < max_new and (ignore_eos or not rt.is_eog(out[-1])):
             pos = len(prompt) + len(out) - 1  # where out[-1] goes; it is not in the KV yet
             room = max_new - len(out)

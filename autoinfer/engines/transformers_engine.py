@@ -7,6 +7,7 @@ a draft with a larger batch for this engine.
 
 from __future__ import annotations
 
+import importlib.metadata
 import time
 from typing import Any
 
@@ -119,6 +120,9 @@ class TransformersEngine(Engine):
         if d.kind != "none":
             _count_acceptance(self.model, self.tally)
         self.info["torch_threads"] = torch.get_num_threads()
+        self.info["dtype"] = _DTYPES[q]
+        self.info["torch"] = torch.__version__
+        self.info["transformers"] = importlib.metadata.version("transformers")
 
     def _quantize(self, q: str) -> None:
         """Weight-only quantization of every Linear layer but lm_head (activations stay float).

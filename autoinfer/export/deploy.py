@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 
 from autoinfer.config import Config
 from autoinfer.errors import AutoinferError
+from autoinfer.export.runtime import runtime_block
 from autoinfer.search.pareto import pareto_trials
 
 
@@ -31,15 +32,16 @@ def deployment_config(config: Config, study: optuna.Study, number: int | None = 
         why = "chosen by --trial"
     point = trial.user_attrs["point"]
     info = trial.user_attrs.get("info", {})
-    m = config.model
+    model = {k: v for k, v in config.model.model_dump().items() if v is not None}
     return {
-        "model": {k: v for k, v in m.model_dump().items() if v is not None},
+        "model": model,
         "engine": point["engine"],
         "quantization": point["quantization"],
         "draft": point["draft"],
         "batch_size": point["batch_size"],
         "hardware": point["hardware"],
         "generation": {"max_new_tokens": config.workload.max_new_tokens, "do_sample": False},
+        "runtime": runtime_block(model, point, info),
         "measured": {
             "study": config.study_name,
             "trial": trial.number,

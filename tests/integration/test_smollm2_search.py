@@ -6,6 +6,7 @@ for trial and that every number is measured. A few minutes on 2 cores.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import subprocess
@@ -127,3 +128,17 @@ def test_both_engines_in_one_study(tmp_path: Path) -> None:
     info = by_engine["llama.cpp"].user_attrs["info"]
     assert info["gguf_level"] == "Q8_0" and info["requantized_from"] == "Q4_1"
     assert "accuracy_reused_from_trial" not in info  # its own accuracy, not the transformers one
+    # The export names what was measured: the GGUF file itself for llama.cpp, load/generate args otherwise.
+    for engine, t in by_engine.items():
+        out = tmp_path / f"deploy-{t.number}.yaml"
+        cmd = [sys.executable, "-m", "autoinfer", "export", "c.yaml", "--trial", str(t.number), "--out", str(out)]
+        r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        rt = yaml.safe_load(out.read_text())["runtime"]
+        if engine == "llama.cpp":
+            gguf = Path(rt["gguf"]["path"])
+            assert gguf.is_file() and rt["gguf"]["bytes"] == gguf.stat().st_size
+            assert rt["gguf"]["sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest()
+            assert rt["gguf"]["made_from"] == "Q4_1" and " -np 4 " in rt["serve"]
+        else:
+            assert rt["load"]["dtype"] == "bfloat16" and rt["load"]["gguf_file"] == cfg["model"]["gguf_file"]

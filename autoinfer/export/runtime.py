@@ -1,0 +1,85 @@
+"""How to run a measured configuration outside autoinfer, per engine.
+
+Built only from what the trial recorded (its point and `info`), so the export describes the
+exact files and settings that were measured, not a re-derivation of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autoinfer.spaces.dimensions import DraftSpec
+
+
+def runtime_block(model: dict[str, Any], point: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    if point["engine"] == "llama.cpp":
+        return _llamacpp(point, info)
+    return _transformers(model, point, info)
+
+
+def _llamacpp(point: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    path = info.get("gguf_path")
+    if path is None:  # a trial from before the path was recorded
+        return {"note": "this trial did not record its GGUF path; re-run it to export the file"}
+    draft = DraftSpec.parse(point["draft"])
+    b = int(point["batch_size"])
+    block: dict[str, Any] = {
+        "gguf": {
+            "path": path,
+            "sha256": info.get("gguf_sha256"),
+            "bytes": info.get("gguf_file_bytes"),
+            "level": info.get("gguf_level"),
+            # Where the level was made from: a quantized source means two roundings, not one.
+            "made_from": info.get("requantized_from") or info.get("gguf_converted_to") or info.get("gguf_source_level"),
+        },
+        "llama_cpp_python": info.get("llama_cpp_python"),
+        "context": {
+            "n_ctx": info.get("n_ctx"),
+            "n_seq_max": b,
+            "kv_unified": True,
+            "n_threads": info.get("llama_threads"),
+            "n_gpu_layers": info.get("n_gpu_layers", 0),
+        },
+    }
+    # llama-server of the same llama.cpp (the one vendored in that llama-cpp-python release).
+    cmd = ["llama-server", "-m", path, "-t", str(info.get("llama_threads")), "-c", str(info.get("n_ctx"))]
+    cmd += ["-np", str(b), "-kvu", "-ngl", str(info.get("n_gpu_layers", 0))]
+    if draft.kind == "model":
+        block["draft_gguf"] = info.get("draft_gguf_path")
+        n = info.get("draft_tokens_per_step")
+        cmd += ["--spec-type", "draft-simple", "-md", str(info.get("draft_gguf_path")), "--spec-draft-n-max", str(n)]
+    elif draft.kind == "prompt_lookup":
+        # llama-server's n-gram drafting matches a fixed-length n-gram; ours tries the last 3, 2,
+        # then 1 tokens. Close, not identical: its acceptance rate may differ from the measured one.
+        cmd += ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "3"]
+        cmd += ["--spec-ngram-simple-size-m", str(draft.n)]
+        block["serve_note"] = "prompt lookup in llama-server is close to, not the same as, the measured drafter"
+    block["serve"] = " ".join(cmd)
+    return block
+
+
+def _transformers(model: dict[str, Any], point: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    draft = DraftSpec.parse(point["draft"])
+    load: dict[str, Any] = {"pretrained": model.get("source"), "dtype": info.get("dtype")}
+    if model.get("gguf_file"):
+        load["gguf_file"] = model["gguf_file"]  # transformers dequantizes it on load
+    if info.get("quant_backend"):
+        # Weight-only, every Linear but lm_head, as the trial did (autoinfer.engines.transformers_engine).
+        q = point["quantization"]
+        load["weight_quantization"] = {"backend": info["quant_backend"], "type": q, "skip": "lm_head"}
+    generate: dict[str, Any] = {"do_sample": False}
+    if draft.kind == "prompt_lookup":
+        generate["prompt_lookup_num_tokens"] = draft.n
+    elif draft.kind == "early_exit":
+        generate["assistant_early_exit"] = draft.n
+    elif draft.kind == "model":
+        generate["assistant_model"] = draft.model
+        if info.get("draft_same_tokenizer") is False:
+            generate["assistant_tokenizer"] = draft.model  # universal assisted generation
+    return {
+        "transformers": info.get("transformers"),
+        "torch": info.get("torch"),
+        "torch_threads": info.get("torch_threads"),
+        "load": load,
+        "generate": generate,
+    }

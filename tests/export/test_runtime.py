@@ -1,0 +1,53 @@
+"""The export's runtime block: what a user runs to reproduce the measured configuration."""
+
+from __future__ import annotations
+
+from autoinfer.export.runtime import runtime_block
+
+LLAMA_INFO = {
+    "gguf_path": "/c/x-Q8_0.gguf",
+    "gguf_sha256": "ab" * 32,
+    "gguf_file_bytes": 123,
+    "gguf_level": "Q8_0",
+    "requantized_from": "Q4_1",
+    "llama_threads": 2,
+    "n_ctx": 4096,
+    "n_gpu_layers": 0,
+}
+
+
+def point(engine: str, quant: str, draft: str = "none", batch: int = 1) -> dict[str, object]:
+    return {"engine": engine, "quantization": quant, "draft": draft, "batch_size": batch, "hardware": "cpu:2"}
+
+
+def test_llamacpp_block_names_the_file_and_the_server_flags() -> None:
+    rt = runtime_block({}, point("llama.cpp", "Q8_0", batch=8), LLAMA_INFO)
+    assert rt["gguf"]["made_from"] == "Q4_1" and rt["context"]["n_seq_max"] == 8
+    assert rt["serve"] == "llama-server -m /c/x-Q8_0.gguf -t 2 -c 4096 -np 8 -kvu -ngl 0"
+
+
+def test_llamacpp_drafts_map_to_speculative_flags() -> None:
+    info = {**LLAMA_INFO, "draft_gguf_path": "/c/x-Q4_0.gguf", "draft_tokens_per_step": 4}
+    rt = runtime_block({}, point("llama.cpp", "Q8_0", "model:Q4_0"), info)
+    assert rt["serve"].endswith("--spec-type draft-simple -md /c/x-Q4_0.gguf --spec-draft-n-max 4")
+    rt = runtime_block({}, point("llama.cpp", "Q8_0", "prompt_lookup:5"), LLAMA_INFO)
+    assert "--spec-ngram-simple-size-m 5" in rt["serve"] and "serve_note" in rt
+
+
+def test_llamacpp_trial_without_recorded_path_says_so() -> None:
+    assert "note" in runtime_block({}, point("llama.cpp", "Q8_0"), {})
+
+
+def test_transformers_block_gives_load_and_generate_arguments() -> None:
+    model = {"source": "org/m", "gguf_file": "m.gguf"}
+    info = {"dtype": "float32", "quant_backend": "torchao", "torch": "2.13.0", "transformers": "5.0"}
+    rt = runtime_block(model, point("transformers", "int8", "prompt_lookup:3"), info)
+    assert rt["load"] == {
+        "pretrained": "org/m",
+        "dtype": "float32",
+        "gguf_file": "m.gguf",
+        "weight_quantization": {"backend": "torchao", "type": "int8", "skip": "lm_head"},
+    }
+    assert rt["generate"] == {"do_sample": False, "prompt_lookup_num_tokens": 3}
+    rt = runtime_block(model, point("transformers", "bf16", "model:org/small"), {"draft_same_tokenizer": False})
+    assert rt["generate"]["assistant_model"] == rt["generate"]["assistant_tokenizer"] == "org/small"
