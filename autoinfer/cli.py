@@ -42,19 +42,24 @@ def _fmt(v: Any, spec: str = ".3g") -> str:
 
 
 def _frontier_table(study: Any, title: str) -> Table:
-    from autoinfer.search.pareto import pareto_trials
+    from autoinfer.evaluators.accuracy import deltas_vs_most_accurate
+    from autoinfer.search.pareto import measured_trials, pareto_trials
 
+    deltas = deltas_vs_most_accurate(measured_trials(study))
+    best = f" vs #{int(deltas[-1][0])}" if deltas else ""
     table = Table(title=title)
-    for col in ("#", "engine", "quant", "draft", "batch", "hardware", "correct tok/J", "accuracy", "tok/s",
-                "ttft p50 s", "energy source"):  # fmt: skip
+    for col in ("#", "engine", "quant", "draft", "batch", "hardware", "correct tok/J", "accuracy",
+                f"Δacc{best} (paired)", "tok/s", "ttft p50 s", "energy source"):  # fmt: skip
         table.add_column(col)
     front = sorted(pareto_trials(study), key=lambda t: -t.user_attrs.get("metrics", {}).get("correct_tokens_per_j", 0))
     for t in front:
         m, p, info = t.user_attrs.get("metrics", {}), t.user_attrs.get("point", {}), t.user_attrs.get("info", {})
         acc = f"{_fmt(m.get('accuracy'))} ± {_fmt(m.get('accuracy_stderr'), '.2f')}" if "accuracy" in m else "-"
+        d = deltas.get(t.number)
+        delta = f"{d[0]:+.3f} ± {d[1]:.3f}" if d else "-"
         table.add_row(
             str(t.number), p.get("engine", ""), p.get("quantization", ""), p.get("draft", ""),
-            str(p.get("batch_size", "")), p.get("hardware", ""), _fmt(m.get("correct_tokens_per_j")), acc,
+            str(p.get("batch_size", "")), p.get("hardware", ""), _fmt(m.get("correct_tokens_per_j")), acc, delta,
             _fmt(m.get("tokens_per_s"), ".1f"), _fmt(m.get("ttft_p50_s")), info.get("energy_source", ""),
         )  # fmt: skip
     return table

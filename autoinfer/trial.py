@@ -99,6 +99,7 @@ def run_trial(
         metrics["roofline_pct"] = 100.0 * (bytes_per_step / tp.tpot_p50_s) / (bw * 1e9)
     info["bandwidth_source"] = f"{bw_how}: sum over a 256 MB fp32 buffer, {threads} threads"
 
+    items: dict[str, list[float]] = {}  # per task, each item's score (paired comparisons)
     if config.accuracy.tasks:
         if reused_accuracy is not None:
             acc = reused_accuracy
@@ -108,7 +109,14 @@ def run_trial(
             from autoinfer.evaluators.accuracy import evaluate_accuracy
 
             res = evaluate_accuracy(engine.lm_eval_model(), config)
-            acc = {"accuracy": res.accuracy, "stderr": res.stderr, "samples": res.samples, "per_task": res.per_task}
+            acc = {
+                "accuracy": res.accuracy,
+                "stderr": res.stderr,
+                "samples": res.samples,
+                "per_task": res.per_task,
+                "items": res.items,
+            }
+        items = acc.get("items") or {}
         metrics["accuracy"] = acc["accuracy"]
         metrics["accuracy_stderr"] = acc["stderr"]
         metrics["accuracy_samples"] = float(acc["samples"])
@@ -116,7 +124,7 @@ def run_trial(
         # Correct tokens per joule: tokens the model would get right, per joule spent making them.
         metrics["correct_tokens_per_j"] = acc["accuracy"] * tp.generated_tokens / e.energy_j if e.energy_j else 0.0
     engine.close()
-    return {"metrics": metrics, "info": info}
+    return {"metrics": metrics, "info": info, "accuracy_items": items}
 
 
 def run_payload(payload: dict[str, Any], stage: Callable[[str], None]) -> dict[str, Any]:

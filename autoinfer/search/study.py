@@ -164,6 +164,7 @@ def _cached_accuracy(study: optuna.Study, key: str) -> dict[str, Any] | None:
                 "stderr": m.get("accuracy_stderr", float("nan")),
                 "samples": int(m.get("accuracy_samples", 0)),
                 "per_task": t.user_attrs.get("info", {}).get("accuracy_per_task", {}),
+                "items": t.user_attrs.get("accuracy_items", {}),
                 "trial": t.number,
             }
     return None
@@ -197,6 +198,8 @@ def _finish_trial(study: optuna.Study, trial: optuna.Trial, config: Config, outc
     info = outcome.result["info"]
     trial.set_user_attr("metrics", metrics)
     trial.set_user_attr("info", info)
+    if outcome.result.get("accuracy_items"):
+        trial.set_user_attr("accuracy_items", outcome.result["accuracy_items"])
     for c in config.constraints:
         trial.set_constraint(str(c), c.violation(metrics))
     values = [metrics.get(o.name) for o in config.objectives]

@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoinfer.config import Config
+from autoinfer.evaluators.accuracy import deltas_vs_most_accurate
 from autoinfer.hardware import fingerprint
 from autoinfer.search.pareto import is_feasible, measured_trials, pareto_trials
 from autoinfer.search.storage import ensure_sqlite_dir, redact
@@ -158,6 +159,8 @@ class Tracker:
         self._log(rid, metrics=metrics, params=params)
         if log_path and Path(log_path).is_file():
             self.client.log_artifact(rid, log_path, "logs")
+        if t.user_attrs.get("accuracy_items"):  # each scored item, for paired comparisons offline
+            self.client.log_dict(rid, t.user_attrs["accuracy_items"], "accuracy/items.json")
         self.client.set_terminated(rid, _STATUS.get(t.state, "FAILED"))
         self.children()[t.number] = rid
 
@@ -171,7 +174,9 @@ class Tracker:
     def update_pareto(self, study: optuna.Study) -> list[FrozenTrial]:
         front = pareto_trials(study)
         ids = {t.number for t in front}
-        rows = [trial_row(t, t.number in ids, is_feasible(t)) for t in measured_trials(study)]
+        trials = measured_trials(study)
+        deltas = deltas_vs_most_accurate(trials)
+        rows = [trial_row(t, t.number in ids, is_feasible(t), deltas) for t in trials]
         with tempfile.TemporaryDirectory() as d:
             out = Path(d)
             write_table(rows, out)

@@ -11,12 +11,16 @@ from optuna.trial import FrozenTrial
 
 COLUMNS = [
     "trial", "engine", "quantization", "draft", "batch_size", "hardware",
-    "correct_tokens_per_j", "accuracy", "accuracy_stderr", "tokens_per_s", "ttft_p50_s",
+    "correct_tokens_per_j", "accuracy", "accuracy_stderr",
+    "accuracy_vs_best", "accuracy_vs_best_se", "accuracy_best_trial", "tokens_per_s", "ttft_p50_s",
     "latency_p50_s", "j_per_token", "energy_source", "acceptance_rate", "feasible", "pareto",
 ]  # fmt: skip
 
 
-def trial_row(t: FrozenTrial, pareto: bool, feasible: bool) -> dict[str, Any]:
+def trial_row(
+    t: FrozenTrial, pareto: bool, feasible: bool, deltas: dict[int, tuple[float, float, int]] | None = None
+) -> dict[str, Any]:
+    """One trial as a table row; `deltas` from deltas_vs_most_accurate adds paired accuracy deltas."""
     m = t.user_attrs.get("metrics", {})
     p = t.user_attrs.get("point", {})
     info = t.user_attrs.get("info", {})
@@ -24,6 +28,9 @@ def trial_row(t: FrozenTrial, pareto: bool, feasible: bool) -> dict[str, Any]:
     for k in COLUMNS:
         if k in m:
             row[k] = m[k]
+    if deltas and t.number in deltas:
+        row["accuracy_vs_best"], row["accuracy_vs_best_se"], _ = deltas[t.number]
+        row["accuracy_best_trial"] = int(deltas[-1][0])
     row["energy_source"] = info.get("energy_source", "")
     row["feasible"] = feasible
     row["pareto"] = pareto

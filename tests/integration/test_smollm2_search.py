@@ -6,6 +6,7 @@ for trial and that every number is measured. A few minutes on 2 cores.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import importlib.util
 import os
@@ -71,9 +72,15 @@ def test_optuna_and_mlflow_agree_and_numbers_are_real(smollm2_study: tuple[Path,
         assert 0 < m["roofline_pct"] < 100
         if t.user_attrs["point"]["draft"] != "none":
             assert 0 <= m["acceptance_rate"] <= 1
+        items = t.user_attrs["accuracy_items"]["arc_easy"]  # kept (also when reused) for paired deltas
+        assert len(items) == 20 and sum(items) / 20 == pytest.approx(m["accuracy"])
+        assert "accuracy/items.json" in {a.path for a in client.list_artifacts(child[t.number].info.run_id, "accuracy")}
     assert len({round(t.user_attrs["metrics"]["tokens_per_s"], 3) for t in done}) == 3
     arts = {a.path for a in client.list_artifacts(parent[0].info.run_id, "pareto")}
     assert "pareto/pareto.png" in arts and "pareto/frontier.csv" in arts
+    front = client.download_artifacts(parent[0].info.run_id, "pareto/trials.csv", str(work))
+    rows = list(csv.DictReader(Path(front).read_text().splitlines()))
+    assert all(r["accuracy_vs_best"] != "" for r in rows) and {r["accuracy_best_trial"] for r in rows} != {""}
 
 
 def test_pareto_and_export_commands(smollm2_study: tuple[Path, dict[str, object]]) -> None:
