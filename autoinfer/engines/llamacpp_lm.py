@@ -26,8 +26,15 @@ class LlamaCppLM(TemplateLM):
     def eot_token_id(self) -> int:
         return int(self.rt.eos)
 
+    @property
+    def prefix_token_id(self) -> int:
+        # What an empty context is conditioned on: BOS for models that start with it (Gemma), as HFLM does.
+        return int(self.rt.bos) if self.rt.add_bos else int(self.rt.eos)
+
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
-        return self.rt.tokenize(string, add_special=bool(add_special_tokens))
+        # None (lm-eval's default) = the model's own rule, as the HF tokenizer applies it: llama.cpp
+        # adds BOS only where the GGUF says add_bos_token (Gemma yes, SmolLM2 no).
+        return self.rt.tokenize(string, add_special=True if add_special_tokens is None else add_special_tokens)
 
     def _score(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
         """Sum of log p(continuation | context) and whether greedy decoding would produce it."""
@@ -49,8 +56,7 @@ class LlamaCppLM(TemplateLM):
         out = []
         for req in requests:
             (text,) = req.args
-            toks = self.tok_encode(text)
-            total, _ = self._score([self.eot_token_id], toks)
+            total, _ = self._score([self.prefix_token_id], self.tok_encode(text, add_special_tokens=False))
             out.append(total)
         return out
 

@@ -69,6 +69,8 @@ class LlamaRuntime:
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, n_seq)
         self.eos = llama_cpp.llama_vocab_eos(self.vocab)
+        self.bos = llama_cpp.llama_vocab_bos(self.vocab)
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))  # GGUF tokenizer.ggml.add_bos_token
 
     # -- text <-> tokens
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
