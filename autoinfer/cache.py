@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -44,3 +47,20 @@ def tree_digest(directory: Path) -> str:
     for f in sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")):
         h.update(f"{f.name}\0{file_digest(f)}\n".encode())
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_file(target: Path) -> Iterator[Path]:
+    """A temporary path beside `target`, renamed onto it only if the block finishes.
+
+    Concurrent trials make the same cache entries; a rename is atomic, so a reader sees a whole
+    file or none, and a crash (or Ctrl-C) mid-write leaves no half file under the real name.
+    """
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

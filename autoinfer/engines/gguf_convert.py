@@ -17,12 +17,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autoinfer.cache import cache_dir, tree_digest
+from autoinfer.cache import atomic_file, cache_dir, tree_digest
 from autoinfer.engines.sources import resolve_source
 from autoinfer.errors import TrialError
 
@@ -98,11 +97,9 @@ def converted_gguf(checkpoint: Path, outtype: str) -> tuple[Path, dict[str, str]
     if target.exists():
         facts["gguf_conversion_cache"] = "hit"
         return target, facts
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".gguf")
-    os.close(fd)
-    cmd = [sys.executable, str(script), str(checkpoint), "--outfile", tmp, "--outtype", outtype.lower()]
-    try:
-        print(f"converting {checkpoint} to a {outtype} GGUF with llama.cpp's converter", flush=True)
+    print(f"converting {checkpoint} to a {outtype} GGUF with llama.cpp's converter", flush=True)
+    with atomic_file(target) as tmp:
+        cmd = [sys.executable, str(script), str(checkpoint), "--outfile", str(tmp), "--outtype", outtype.lower()]
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=CONVERT_TIMEOUT_S, check=False)
         except subprocess.TimeoutExpired:
@@ -111,9 +108,5 @@ def converted_gguf(checkpoint: Path, outtype: str) -> tuple[Path, dict[str, str]
             last = [ln for ln in r.stderr.strip().splitlines() if ln.strip()][-1:] or [f"exit {r.returncode}"]
             print(r.stderr[-4000:], file=sys.stderr, flush=True)  # kept in the trial's log artifact
             raise TrialError(f"llama.cpp's converter could not convert {checkpoint}: {last[0]}")
-        os.replace(tmp, target)  # atomic: a concurrent trial never sees half a file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     facts["gguf_conversion_cache"] = "miss"
     return target, facts

@@ -7,12 +7,10 @@ f32 and quantizes it again, so the result also carries the source's rounding; tr
 
 from __future__ import annotations
 
-import os
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from autoinfer.cache import cache_dir, file_digest
+from autoinfer.cache import atomic_file, cache_dir, file_digest
 from autoinfer.errors import TrialError
 from autoinfer.spaces.dimensions import LLAMACPP_LEVELS
 
@@ -69,15 +67,9 @@ def quantized_gguf(source: Path, level: str, threads: int) -> tuple[Path, dict[s
     params.ftype = LEVELS[level]
     params.nthread = threads
     params.allow_requantize = True
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".gguf")
-    os.close(fd)
-    try:
-        rc = llama_cpp.llama_model_quantize(str(source).encode(), tmp.encode(), params)
+    with atomic_file(target) as tmp:
+        rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)
         if rc != 0:
             raise TrialError(f"llama.cpp could not quantize {source.name} to {level} (code {rc})")
-        os.replace(tmp, target)  # atomic: a concurrent trial never sees half a file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     facts["gguf_cache"] = "miss"
     return target, facts

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autoinfer.cache import cache_dir, file_digest
+from autoinfer.cache import atomic_file, cache_dir, file_digest
 from autoinfer.errors import TrialError
 
 if TYPE_CHECKING:
@@ -52,12 +52,8 @@ def package_model_dir(name: str, gguf_file: str | None) -> Path:
         return d
     out = cache_dir("packages", name)
     if not (out / gguf_file).is_file():
-        tmp = out / f".{gguf_file}.{os.getpid()}"
-        try:
+        with atomic_file(out / gguf_file) as tmp:
             assemble(output_path=tmp, overwrite=True)
-            os.replace(tmp, out / gguf_file)  # atomic: a concurrent trial sees all of it or nothing
-        finally:
-            tmp.unlink(missing_ok=True)
     return out
 
 
