@@ -58,6 +58,7 @@ def atomic_file(target: Path) -> Iterator[Path]:
     """
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; cached and exported files are ordinary readable files
     try:
         yield Path(tmp)
         os.replace(tmp, target)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from autoinfer.errors import AutoinferError
+from autoinfer.errors import AutoinferError, ConfigError
 
 app = typer.Typer(
     add_completion=False,
@@ -196,12 +196,23 @@ def export(
     config: ConfigArg,
     trial: Annotated[int | None, typer.Option(help="Trial number (default: best frontier trial).")] = None,
     out: Annotated[Path | None, typer.Option(help="Write YAML here instead of stdout.")] = None,
+    copy_files: Annotated[
+        bool, typer.Option(help="Copy the measured GGUF file(s) next to --out (sha256-checked).")
+    ] = False,
 ) -> None:
     """Write the deployment config of a frontier trial, with the measurements behind it."""
     from autoinfer.export import deployment_config, to_yaml
+    from autoinfer.export.runtime import copy_files as copy_runtime_files
 
     cfg = _load(config, preflight=False)
-    text = to_yaml(deployment_config(cfg, _study(cfg), trial))
+    data = deployment_config(cfg, _study(cfg), trial)
+    if copy_files:
+        if out is None:
+            raise ConfigError("--copy-files", "needs --out (the files go next to the deployment config)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for f in copy_runtime_files(data["runtime"], out.parent):
+            err.print(f"copied {f}")
+    text = to_yaml(data)
     if out:
         out.write_text(text)
         err.print(f"wrote {out}")

@@ -6,8 +6,12 @@ exact files and settings that were measured, not a re-derivation of them.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
+from autoinfer.cache import atomic_file, file_digest
+from autoinfer.errors import AutoinferError
 from autoinfer.spaces.dimensions import DraftSpec
 
 
@@ -83,3 +87,31 @@ def _transformers(model: dict[str, Any], point: dict[str, Any], info: dict[str, 
         "load": load,
         "generate": generate,
     }
+
+
+def copy_files(runtime: dict[str, Any], dest: Path) -> list[Path]:
+    """Copy the GGUF files a llama.cpp runtime block names into `dest` and point the block at them.
+
+    The copies are checked against the sha256 recorded by the trial, so what ships is byte for
+    byte what was measured. Returns the copied paths; a transformers block names no files.
+    """
+    gguf = runtime.get("gguf")
+    if not gguf:
+        return []
+    copied = []
+    for src_text in filter(None, [gguf.get("path"), runtime.get("draft_gguf")]):
+        src = Path(src_text)
+        if not src.is_file():
+            raise AutoinferError(f"{src} is gone from the cache; re-run that trial to make it again")
+        target = dest / src.name
+        if not target.exists() or target.stat().st_size != src.stat().st_size:
+            with atomic_file(target) as tmp:
+                shutil.copyfile(src, tmp)
+        runtime["serve"] = runtime["serve"].replace(src_text, target.name)
+        copied.append(target)
+    if file_digest(copied[0]) != gguf.get("sha256"):
+        raise AutoinferError(f"{copied[0]} does not match the sha256 the trial recorded")
+    gguf["path"] = copied[0].name  # relative to the deployment config
+    if runtime.get("draft_gguf"):
+        runtime["draft_gguf"] = copied[-1].name
+    return copied

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from autoinfer.export.runtime import runtime_block
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from autoinfer.errors import AutoinferError
+from autoinfer.export.runtime import copy_files, runtime_block
 
 LLAMA_INFO = {
     "gguf_path": "/c/x-Q8_0.gguf",
@@ -51,3 +57,20 @@ def test_transformers_block_gives_load_and_generate_arguments() -> None:
     assert rt["generate"] == {"do_sample": False, "prompt_lookup_num_tokens": 3}
     rt = runtime_block(model, point("transformers", "bf16", "model:org/small"), {"draft_same_tokenizer": False})
     assert rt["generate"]["assistant_model"] == rt["generate"]["assistant_tokenizer"] == "org/small"
+
+
+def test_copy_files_ships_the_measured_bytes_or_refuses(tmp_path: Path) -> None:
+    src = tmp_path / "cache" / "m-Q8_0.gguf"
+    src.parent.mkdir()
+    src.write_bytes(b"GGUF" + b"\x00" * 100)
+    info = {**LLAMA_INFO, "gguf_path": str(src), "gguf_sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
+    rt = runtime_block({}, point("llama.cpp", "Q8_0"), info)
+    ship = tmp_path / "ship"
+    ship.mkdir()
+    assert copy_files(rt, ship) == [ship / "m-Q8_0.gguf"]
+    assert rt["gguf"]["path"] == "m-Q8_0.gguf" and rt["serve"].startswith("llama-server -m m-Q8_0.gguf ")
+    assert (ship / "m-Q8_0.gguf").read_bytes() == src.read_bytes()
+    bad = runtime_block({}, point("llama.cpp", "Q8_0"), {**info, "gguf_sha256": "0" * 64})
+    with pytest.raises(AutoinferError, match="does not match the sha256"):
+        copy_files(bad, tmp_path / "cache")  # same dir: the file is there, but not what was measured
+    assert copy_files(runtime_block({}, point("transformers", "bf16"), {}), ship) == []

@@ -139,11 +139,12 @@ def test_both_engines_in_one_study(tmp_path: Path) -> None:
     for engine, t in by_engine.items():
         out = tmp_path / f"deploy-{t.number}.yaml"
         cmd = [sys.executable, "-m", "autoinfer", "export", "c.yaml", "--trial", str(t.number), "--out", str(out)]
-        r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+        r = subprocess.run([*cmd, "--copy-files"], cwd=tmp_path, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         rt = yaml.safe_load(out.read_text())["runtime"]
-        if engine == "llama.cpp":
-            gguf = Path(rt["gguf"]["path"])
+        if engine == "llama.cpp":  # the measured GGUF now sits next to deploy.yaml, named relative to it
+            gguf = out.parent / rt["gguf"]["path"]
+            assert rt["serve"].startswith(f"llama-server -m {rt['gguf']['path']} ")
             assert gguf.is_file() and rt["gguf"]["bytes"] == gguf.stat().st_size
             assert rt["gguf"]["sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest()
             assert rt["gguf"]["made_from"] == "Q4_1" and " -np 4 " in rt["serve"]
