@@ -35,9 +35,8 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     digest = h.hexdigest()
-    tmp = memo.with_suffix(f".{os.getpid()}")
-    tmp.write_text(digest)
-    os.replace(tmp, memo)  # atomic: concurrent trials never read half a digest
+    with atomic_file(memo) as tmp:  # concurrent trials never read half a digest
+        tmp.write_text(digest)
     return digest
 
 

@@ -75,7 +75,9 @@ class LlamaCppEngine(Engine):
         self.info["llama_threads"] = threads
         self.info["n_ctx"] = self.n_ctx
         self.info["n_gpu_layers"] = gpu_layers
-        self.info["draft_tokens_per_step"] = DRAFT_MODEL_TOKENS if d.kind == "model" else d.n
+        # Tokens proposed per verification step: prompt_lookup:N says N; a draft GGUF proposes a fixed number.
+        self.draft_k = DRAFT_MODEL_TOKENS if d.kind == "model" else d.n
+        self.info["draft_tokens_per_step"] = self.draft_k
 
     def _draft_path(self, spec: str, src: Path, threads: int) -> Path:
         if spec in LEVELS:
@@ -143,21 +145,20 @@ class LlamaCppEngine(Engine):
         )
 
     def _generate_drafted(self, prompt: list[int], max_new: int, ignore_eos: bool, start: float) -> GenerationResult:
-        rt, drt, d = self.rt, self.draft_rt, self.point.draft_spec
+        rt, drt = self.rt, self.draft_rt
         rows = rt.decode([(t, p, 0, p == len(prompt) - 1) for p, t in enumerate(prompt)])
         if drt is not None:  # the draft model keeps the same history in its own context
             drt.decode([(t, p, 0, False) for p, t in enumerate(prompt)])
         out = [rt.argmax(rows[0])]
         ttft = time.perf_counter() - start
         proposed = accepted = 0
-        k = d.n if d.kind == "prompt_lookup" else DRAFT_MODEL_TOKENS
         while len(out) < max_new and (ignore_eos or not rt.is_eog(out[-1])):
             pos = len(prompt) + len(out) - 1  # where out[-1] goes; it is not in the KV yet
             room = max_new - len(out)
             if drt is None:
-                draft = lookup_draft(prompt + out, min(k, room))
+                draft = lookup_draft(prompt + out, min(self.draft_k, room))
             else:
-                draft = self._draft_model_tokens(drt, out[-1], pos, min(k, room))
+                draft = self._draft_model_tokens(drt, out[-1], pos, min(self.draft_k, room))
             rows = rt.decode([(out[-1], pos, 0, True)] + [(t, pos + 1 + i, 0, True) for i, t in enumerate(draft)])
             got = 0
             for i, r in enumerate(rows):

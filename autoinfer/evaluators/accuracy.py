@@ -29,10 +29,12 @@ def paired_delta(a: dict[str, list[float]], b: dict[str, list[float]]) -> tuple[
     much smaller standard error than the two accuracies' own: 0.47 +- 0.05 vs 0.49 +- 0.05 can
     still be a real 0.02 +- 0.01 drop. Tasks are averaged like `accuracy` is (equal weight).
     """
+    if not a or set(a) != set(b):
+        return None  # not the same tasks: no paired comparison
     deltas, variances, n_total = [], [], 0
     for task, xs in a.items():
-        ys = b.get(task)
-        if not ys or len(ys) != len(xs) or len(xs) < 2:
+        ys = b[task]
+        if len(ys) != len(xs) or len(xs) < 2:
             return None  # not the same items: no paired comparison
         d = [x - y for x, y in zip(xs, ys, strict=True)]
         n = len(d)
@@ -40,8 +42,6 @@ def paired_delta(a: dict[str, list[float]], b: dict[str, list[float]]) -> tuple[
         variances.append(sum((v - mean) ** 2 for v in d) / (n - 1) / n)
         deltas.append(mean)
         n_total += n
-    if not deltas or set(a) != set(b):
-        return None
     k = len(deltas)
     return sum(deltas) / k, math.sqrt(sum(variances)) / k, n_total
 
