@@ -41,39 +41,40 @@ def _fmt(v: Any, spec: str = ".3g") -> str:
     return format(v, spec) if isinstance(v, (int, float)) else "-"
 
 
-def _frontier_table(study: Any, title: str) -> Table:
-    from autoinfer.evaluators.accuracy import deltas_vs_most_accurate
-    from autoinfer.search.pareto import measured_trials, pareto_trials
+def _frontier_table(study: Any, config: Any, title: str) -> Table:
+    from autoinfer.search.pareto import deltas_vs_most_accurate, measured_trials, pareto_front
 
-    deltas = deltas_vs_most_accurate(measured_trials(study))
+    trials = measured_trials(study)
+    deltas = deltas_vs_most_accurate(trials)
     # Narrow enough for an 80-column terminal: one configuration column, short headers.
-    front = sorted(pareto_trials(study), key=lambda t: -t.user_attrs.get("metrics", {}).get("correct_tokens_per_j", 0))
-    sources = sorted({t.user_attrs.get("info", {}).get("energy_source", "?") for t in front})
+    front = sorted(pareto_front(config, trials), key=lambda m: -m.record.metrics.get("correct_tokens_per_j", 0))
+    sources = sorted({m.record.provenance.energy_source for m in front})
     notes = [f"energy: {', '.join(sources)}"] if sources else []
     if deltas:
-        notes.append(f"Δacc: paired over the same items, vs the most accurate trial #{int(deltas[-1][0])}")
+        ref = next(iter(deltas.values())).reference
+        notes.append(f"Δacc: paired over the same items, vs the most accurate trial #{ref}")
     table = Table(title=title, caption="\n".join(notes) or None)
     table.add_column("#", no_wrap=True)
     table.add_column("configuration")  # wraps between words
     for col in ("correct\ntok/J", "accuracy", "Δacc", "tok/s", "ttft\np50 s"):
         table.add_column(col, no_wrap=True, justify="right")
-    for t in front:
-        m = t.user_attrs.get("metrics", {})
-        acc = f"{_fmt(m.get('accuracy'))}±{_fmt(m.get('accuracy_stderr'), '.2f')}" if "accuracy" in m else "-"
-        d = deltas.get(t.number)
-        delta = f"{d[0]:+.3f}±{d[1]:.3f}" if d else "-"
+    for m in front:
+        x = m.record.metrics
+        acc = f"{_fmt(x.get('accuracy'))}±{_fmt(x.get('accuracy_stderr'), '.2f')}" if "accuracy" in x else "-"
+        d = deltas.get(m.number)
+        delta = f"{d.delta:+.3f}±{d.stderr:.3f}" if d else "-"
         table.add_row(
-            str(t.number), _describe(t, with_number=False), _fmt(m.get("correct_tokens_per_j")), acc, delta,
-            _fmt(m.get("tokens_per_s"), ".1f"), _fmt(m.get("ttft_p50_s")),
+            str(m.number), m.record.point.label(), _fmt(x.get("correct_tokens_per_j")), acc, delta,
+            _fmt(x.get("tokens_per_s"), ".1f"), _fmt(x.get("ttft_p50_s")),
         )  # fmt: skip
     return table
 
 
-def _describe(t: Any, with_number: bool = True) -> str:
-    p = t.user_attrs.get("point", {})
-    parts = [p.get(k) for k in ("engine", "quantization", "draft")] + [f"b{p.get('batch_size')}", p.get("hardware")]
-    text = " ".join(str(x) for x in parts)
-    return f"#{t.number} {text}" if with_number else text
+def _describe(t: Any) -> str:
+    from autoinfer.record import point_of
+
+    point = point_of(t)
+    return f"#{t.number} {point.label() if point else ''}".strip()
 
 
 @app.command()
@@ -81,13 +82,19 @@ def search(
     config: ConfigArg,
     trials: Annotated[int | None, typer.Option(help="Override search.trials.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Measure the points of failed trials again.")] = False,
+    fresh: Annotated[
+        bool, typer.Option(help="Start (or resume) a study of its own for this exact setup, named after its hash.")
+    ] = False,
 ) -> None:
     """Run (or resume) the search a config describes; every trial is measured for real."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from autoinfer.preflight import notes
     from autoinfer.search.study import Events, run_search
 
     cfg = _load(config)
+    for note in notes(cfg):
+        err.print(f"[yellow]note:[/] {escape(note)}")
     if trials is not None:
         cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"trials": trials})})
     progress = Progress(
@@ -98,20 +105,22 @@ def search(
     current = {"label": ""}
 
     def started(n: int, point: Any, i: int, total: int) -> None:
-        current["label"] = f"trial {n}: {point.quantization} {point.draft} b{point.batch_size} {point.hardware}"
+        current["label"] = f"trial {n}: {point.label()}"
         progress.update(task, description=escape(f"{current['label']} · load"), completed=i - 1)
 
     def finished(t: Any) -> None:
-        m = t.user_attrs.get("metrics", {})
-        if t.state.name == "COMPLETE":
-            src = t.user_attrs.get("info", {}).get("energy_source", "?")
+        from autoinfer.record import record_of
+
+        rec = record_of(t)
+        if t.state.name == "COMPLETE" and rec is not None:
+            m = rec.metrics
             acc = f"acc {_fmt(m.get('accuracy'))}±{_fmt(m.get('accuracy_stderr'), '.2f')}" if "accuracy" in m else ""
-            reuse = " (acc reused)" if "accuracy_reused_from_trial" in t.user_attrs.get("info", {}) else ""
+            reuse = " (acc reused)" if rec.accuracy is not None and rec.accuracy.reused_from_trial is not None else ""
             rate = m.get("acceptance_rate")
             acc_rate = f", accept {rate:.0%}" if rate is not None else ""
             line = (
                 f"{_describe(t)}: {_fmt(m.get('tokens_per_s'), '.1f')} tok/s, {acc}{reuse}, "
-                f"{_fmt(m.get('correct_tokens_per_j'))} correct tok/J ({src}){acc_rate}"
+                f"{_fmt(m.get('correct_tokens_per_j'))} correct tok/J ({rec.provenance.energy_source}){acc_rate}"
             )
             progress.console.print(f"[green]✓[/] {escape(line)}")
         else:
@@ -127,11 +136,13 @@ def search(
     )
     try:
         with progress:
-            study, _ = run_search(cfg, events, retry_failed=retry_failed)
+            study, tracker = run_search(cfg, events, retry_failed=retry_failed, fresh=fresh)
     except KeyboardInterrupt:
         err.print("\ninterrupted: finished trials are saved; run the same command again to resume.")
         raise typer.Exit(130) from None
-    console.print(_frontier_table(study, f"Pareto frontier of {cfg.study_name}"))
+    except ConfigError as e:
+        raise ConfigError(e.where, e.message, e.source or str(config)) from None
+    console.print(_frontier_table(study, cfg, f"Pareto frontier of {tracker.study_name}"))
     console.print(
         f"Review every trial: [bold]mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri}[/]\n"
         f"Deployment config: [bold]autoinfer export {config}[/]"
@@ -188,7 +199,7 @@ def pareto(config: ConfigArg) -> None:
     """Print the Pareto frontier of a config's study from its storage."""
     cfg = _load(config, preflight=False)
     study = _study(cfg)
-    console.print(_frontier_table(study, f"Pareto frontier of {cfg.study_name} ({len(study.trials)} trials)"))
+    console.print(_frontier_table(study, cfg, f"Pareto frontier of {cfg.study_name} ({len(study.trials)} trials)"))
 
 
 @app.command()

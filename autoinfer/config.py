@@ -77,6 +77,9 @@ class SpaceConfig(_Strict):
 class WorkloadConfig(_Strict):
     # `builtin:chat` (mixed short prompts shipped with autoinfer) or a JSONL file with a "prompt" key.
     prompts: str = "builtin:chat"
+    # How many of those prompts make the fixed set every trial generates (default: all of them).
+    # Every batch size runs the same set, so it must hold at least the largest batch size.
+    prompt_count: int | None = Field(None, ge=1, le=100000)
     max_new_tokens: int = Field(64, ge=1, le=32768)
     repeats: int = Field(3, ge=1, le=1000)
     warmup: int = Field(1, ge=0, le=100)
@@ -263,6 +266,22 @@ def _cross_checks(config: Config, source: str | None) -> Config:
             raise ConfigError(
                 f"space.quantization[{i}]", f"{did_you_mean(q, known)} for engines {config.space.engine}", source
             )
+    from autoinfer.evaluators.workload import builtin_size
+
+    largest = max(config.space.batch_size)
+    wl = config.workload
+    available = builtin_size(wl.prompts)
+    count = wl.prompt_count if wl.prompt_count is not None else available
+    if count is not None and count < largest:
+        where = "workload.prompt_count" if wl.prompt_count is not None else "workload.prompts"
+        raise ConfigError(
+            where,
+            f"the prompt set has {count} prompts but space.batch_size goes up to {largest}; every batch size "
+            f"generates the same set, so it needs at least {largest} prompts",
+            source,
+        )
+    if available is not None and wl.prompt_count is not None and wl.prompt_count > available:
+        raise ConfigError("workload.prompt_count", f"{wl.prompts} holds only {available} prompts", source)
     uses = {o.name for o in config.objectives} | {c.metric for c in config.constraints}
     needs = sorted(uses & {"accuracy", "accuracy_stderr", "correct_tokens_per_j"})
     if needs and not config.accuracy.tasks:

@@ -1,11 +1,13 @@
-"""Every metric a trial can report, with its unit and the direction that is better.
+"""Every metric a trial can report, declared once with its unit and the direction that is better.
 
 Objectives and constraints in the config name these; an unknown name is a config error with a
-"did you mean" hint.
+"did you mean" hint. A trial that emits a key not declared here is a bug: `check_declared` refuses
+it before anything is stored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -20,21 +22,45 @@ class Metric:
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in [
-        Metric("tokens_per_s", "tok/s", "max", "generated tokens counted in the outputs / wall time"),
-        Metric("ttft_p50_s", "s", "min", "median time to first generated token"),
-        Metric("tpot_p50_s", "s", "min", "median time per output token after the first"),
-        Metric("latency_p50_s", "s", "min", "median request latency (prompt in -> last token out)"),
-        Metric("latency_p95_s", "s", "min", "95th percentile request latency"),
-        Metric("peak_memory_gb", "GB", "min", "peak resident (CPU) or allocated (GPU) memory"),
-        Metric("tokens_per_s_cv", "1", "min", "coefficient of variation of tokens/s across repeats"),
-        Metric("energy_j", "J", "min", "energy over the measured repeats"),
-        Metric("mean_power_w", "W", "min", "energy_j / measured wall time"),
-        Metric("j_per_token", "J/tok", "min", "energy_j / generated tokens"),
-        Metric("accuracy", "1", "max", "lm-eval primary metric (acc) averaged over tasks"),
-        Metric("accuracy_stderr", "1", "min", "lm-eval bootstrap/analytic stderr of accuracy"),
-        Metric("correct_tokens_per_j", "tok/J", "max", "accuracy * tokens_per_s / mean_power_w"),
-        Metric("acceptance_rate", "1", "max", "accepted draft tokens / proposed draft tokens"),
-        Metric("roofline_pct", "%", "max", "decode speed as % of the weight-streaming bandwidth bound"),
+        # speed, over the fixed prompt set (same prompts and tokens budget for every batch size)
+        Metric("tokens_per_s", "tok/s", "max", "generated tokens counted in the outputs / wall time of the repeats"),
+        Metric("tokens_per_s_cv", "1", "min", "std / mean of tokens/s across repeats of the same prompt set"),
+        Metric("ttft_p50_s", "s", "min", "median per-request time from handing its batch over to its first token"),
+        Metric("tpot_p50_s", "s", "min", "median per-request (last token - first token) / (tokens - 1)"),
+        Metric("latency_p50_s", "s", "min", "median per-request time from handing its batch over to its last token"),
+        Metric("latency_p95_s", "s", "min", "95th percentile of the same"),
         Metric("generated_tokens", "tok", "max", "tokens generated over the measured repeats"),
+        Metric("wall_s", "s", "min", "wall time of the measured repeats"),
+        # memory
+        Metric("peak_memory_gb", "GB", "min", "peak memory while generating (not while loading or quantizing)"),
+        Metric("load_peak_memory_gb", "GB", "min", "peak memory from process start to the end of loading"),
+        # energy
+        Metric("energy_j", "J", "min", "energy over the measured repeats (read energy_source)"),
+        Metric("mean_power_w", "W", "min", "energy_j / wall time of the measured repeats"),
+        Metric("j_per_token", "J/tok", "min", "energy_j / generated tokens"),
+        # accuracy, on the trial's own loaded model
+        Metric("accuracy", "1", "max", "lm-eval metric (acc by default) averaged over tasks"),
+        Metric("accuracy_stderr", "1", "min", "stderr of accuracy"),
+        Metric("accuracy_samples", "items", "max", "items scored, summed over tasks"),
+        Metric("correct_tokens_per_j", "tok/J", "max", "accuracy * generated_tokens / energy_j"),
+        # drafts
+        Metric("acceptance_rate", "1", "max", "accepted draft tokens / proposed draft tokens"),
+        Metric("draft_proposed", "tok", "max", "draft tokens proposed over the measured repeats"),
+        Metric("draft_accepted", "tok", "max", "of which the target accepted"),
+        # roofline
+        Metric("roofline_pct", "%", "max", "bytes streamed per decode second / measured bandwidth"),
+        Metric("weight_bytes", "B", "min", "target weight bytes read per forward pass"),
+        Metric("draft_weight_bytes", "B", "min", "draft weight bytes read per draft step (0: no weights)"),
+        Metric("bandwidth_gbs", "GB/s", "max", "measured memory read bandwidth of the target"),
     ]
 }
+
+
+class UndeclaredMetric(ValueError):
+    """A trial reported a metric that metrics.METRICS does not declare."""
+
+
+def check_declared(names: Iterable[str]) -> None:
+    unknown = sorted(set(names) - set(METRICS))
+    if unknown:
+        raise UndeclaredMetric(f"undeclared metric(s) {unknown}: declare them in autoinfer/metrics.py")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 from autoinfer.config import Config
 from autoinfer.errors import ConfigError
 from autoinfer.hardware import target_problem
 from autoinfer.spaces import HardwareSpec, enumerate_points
 from autoinfer.spaces.dimensions import DraftSpec
+from autoinfer.spaces.space import hardware_for
 
 
 def check(config: Config, source: str | None = None) -> int:
@@ -58,12 +60,50 @@ def check(config: Config, source: str | None = None) -> int:
                 raise ConfigError(
                     f"accuracy.tasks[{i}].data_files.{split}", f"{config.resolve(path)} does not exist", source
                 )
-    p = config.workload.prompts
-    if not p.startswith("builtin:") and not config.resolve(p).is_file():
-        raise ConfigError("workload.prompts", f"{config.resolve(p)} does not exist", source)
-    if p.startswith("builtin:") and p != "builtin:chat":
-        raise ConfigError("workload.prompts", f"unknown built-in prompt set {p!r} (known: builtin:chat)", source)
+    _check_prompts(config, source)
+    for i, name in enumerate(config.space.engine):
+        if not hardware_for(config, name):
+            _, why = ENGINES.get(name).hardware_here()
+            msg = f"{name} can run on none of {config.space.hardware}" + (f": {why}" if why else "")
+            raise ConfigError(f"space.engine[{i}]", msg, source)
     n = len(enumerate_points(config))
     if n == 0:
         raise ConfigError("space", "no combination of engine, hardware, quantization and draft can run", source)
     return n
+
+
+def _check_prompts(config: Config, source: str | None) -> None:
+    from autoinfer.errors import TrialError
+    from autoinfer.evaluators.workload import BUILTIN_SETS, load_prompts
+
+    p = config.workload.prompts
+    if p.startswith("builtin:") and p not in BUILTIN_SETS:
+        raise ConfigError("workload.prompts", f"unknown built-in set {p!r} (known: {', '.join(BUILTIN_SETS)})", source)
+    if not p.startswith("builtin:") and not config.resolve(p).is_file():
+        raise ConfigError("workload.prompts", f"{config.resolve(p)} does not exist", source)
+    try:
+        n = len(load_prompts(p, Path(config.base_dir)))
+    except TrialError as e:
+        raise ConfigError("workload.prompts", str(e), source) from None
+    need = max(config.space.batch_size)
+    count = config.workload.prompt_count
+    if count is not None and count > n:
+        raise ConfigError("workload.prompt_count", f"{count} is more than the {n} prompts in {p}", source)
+    if (count or n) < need:
+        msg = f"{p} holds {n} prompts but space.batch_size goes up to {need}; every batch size generates the same set"
+        raise ConfigError("workload.prompts", msg, source)
+
+
+def notes(config: Config) -> list[str]:
+    """Things worth saying before a study starts that are not errors (points left out, and why)."""
+    from autoinfer.engines import ENGINES
+
+    out = []
+    for name in config.space.engine:
+        spec = ENGINES.get(name)
+        usable, why = spec.hardware_here()
+        dropped = [h for h in config.space.hardware if HardwareSpec.parse(h).kind in spec.hardware_kinds
+                   and HardwareSpec.parse(h).kind not in usable]  # fmt: skip
+        if dropped:
+            out.append(f"{name} × {', '.join(dropped)} left out: {why}")
+    return out

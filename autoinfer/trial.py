@@ -1,4 +1,5 @@
-"""What one trial does, inside its own process: load, measure throughput+energy, accuracy, derive.
+"""What one trial does, inside its own process: load, measure speed, memory and energy, check a
+draft against plain decoding, score accuracy, and return one typed record.
 
 Runs in a spawned child (see `search.isolation`), so thread counts are set before torch loads and
 a segfault or OOM kill takes down this process only.
@@ -6,35 +7,18 @@ a segfault or OOM kill takes down this process only.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from autoinfer.config import Config
-from autoinfer.engines import ENGINES, TrialPoint
-
-
-def accuracy_key(config: Config, point: TrialPoint) -> str:
-    """What accuracy depends on: weights, quantization, engine, device kind and the eval itself.
-
-    Draft and batch size do not change greedy logits, nor does the CPU thread count.
-    """
-    acc = config.accuracy
-    parts = {
-        "model": [config.model.source, config.model.gguf_file, config.model.revision],
-        "engine": point.engine,
-        "quantization": point.quantization,
-        "device": point.hardware_spec.kind,
-        "tasks": [t.model_dump() for t in acc.tasks],
-        "limit": acc.limit,
-        "num_fewshot": acc.num_fewshot,
-        "metric": acc.metric,
-    }
-    return json.dumps(parts, sort_keys=True)
+from autoinfer.engines import ENGINES, Engine, TrialPoint
+from autoinfer.errors import TrialError
+from autoinfer.evaluators.accuracy import AccuracyResult
+from autoinfer.record import Provenance, TrialRecord
 
 
 def set_threads(point: TrialPoint) -> int:
@@ -45,90 +29,148 @@ def set_threads(point: TrialPoint) -> int:
     return n
 
 
+def first_divergence(
+    drafted: tuple[tuple[int, ...], ...], plain: tuple[tuple[int, ...], ...]
+) -> tuple[int, int] | None:
+    """(prompt index, token index) where drafted output first differs from plain, None if identical."""
+    for i, (a, b) in enumerate(zip(drafted, plain, strict=True)):
+        if a != b:
+            j = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            return i, j
+    return None
+
+
+def check_lossless(engine: Engine, prompts: list[str], drafted: tuple[tuple[int, ...], ...]) -> str:
+    """Greedy speculative decoding must produce exactly what plain greedy decoding of the same
+    target produces, token for token and to full length; anything else is a broken draft path."""
+    from autoinfer.evaluators.throughput import generate_set, outputs_of
+
+    wl = engine.config.workload
+    plain = outputs_of(generate_set(engine, prompts, engine.point.batch_size, wl.max_new_tokens, wl.ignore_eos, False))
+    where = first_divergence(drafted, plain)
+    if where is not None:
+        i, j = where
+        a, b = drafted[i], plain[i]
+        raise TrialError(
+            f"draft is not lossless: prompt {i} differs from plain greedy decoding at token {j}"
+            f" (drafted {a[j] if j < len(a) else 'end'}, plain {b[j] if j < len(b) else 'end'})"
+        )
+    return f"{len(plain)} prompts, {sum(map(len, plain))} tokens identical to plain greedy decoding"
+
+
 def run_trial(
     config: Config,
     point: TrialPoint,
-    reused_accuracy: dict[str, Any] | None,
+    identity: str,
+    accuracy_key: str,
+    reused_accuracy: AccuracyResult | None,
     stage: Callable[[str], None],
-) -> dict[str, Any]:
+) -> TrialRecord:
     threads = set_threads(point)
-    spec = ENGINES.get(point.engine)
+    hw = point.hardware_spec
     if point.engine == "transformers":
         import torch
 
         torch.set_num_threads(threads)
     from autoinfer.evaluators.bandwidth import cached_bandwidth_gbs
     from autoinfer.evaluators.energy import meter_for
+    from autoinfer.evaluators.memory import generation_window, load_peak
     from autoinfer.evaluators.throughput import measure_throughput
-    from autoinfer.evaluators.workload import load_prompts
+    from autoinfer.evaluators.workload import load_prompts, prompt_set
+
+    gpu_handle = None
+    if hw.kind == "cuda" and point.engine != "transformers":
+        from autoinfer.gpu import nvml_handle
+
+        gpu_handle, _ = nvml_handle(hw.index or 0)
 
     stage("load")
-    engine = spec.load_class()(config, point)
+    engine = ENGINES.get(point.engine).load_class()(config, point)
     engine.load()
+    loaded = load_peak(hw.kind, point.engine, hw.torch_device, gpu_handle)
     wl = config.workload
-    prompts = load_prompts(wl.prompts, Path(config.base_dir))
-    meter, meter_reason = meter_for(point.hardware_spec, config.energy.cpu_watts_per_core)
+    prompts = prompt_set(load_prompts(wl.prompts, Path(config.base_dir)), wl.prompt_count)
+    meter, meter_reason = meter_for(hw, config.energy.cpu_watts_per_core)
     stage("throughput+energy")
-    tp = measure_throughput(
-        engine, prompts, point.batch_size, wl.max_new_tokens, wl.repeats, wl.warmup, meter, wl.ignore_eos
-    )
-    metrics: dict[str, float] = {
-        k: float(v) for k, v in asdict(tp).items() if isinstance(v, (int, float)) and v is not None
-    }
+    with generation_window(hw.kind, point.engine, hw.torch_device, gpu_handle) as mem:
+        tp = measure_throughput(
+            engine, prompts, point.batch_size, wl.max_new_tokens, wl.repeats, wl.warmup, meter, wl.ignore_eos
+        )
+    assert mem.reading is not None
+    drafted = point.draft_spec.kind != "none"
+    lossless: bool | None = None
+    draft_check = ""
+    if drafted:
+        stage("lossless check")
+        draft_check = check_lossless(engine, prompts, tp.outputs)
+        lossless = True
+
     e = tp.energy
-    metrics["energy_j"] = e.energy_j
-    metrics["mean_power_w"] = e.mean_power_w
-    metrics["j_per_token"] = e.energy_j / tp.generated_tokens if tp.generated_tokens else math.inf
-    info: dict[str, Any] = dict(engine.info)
-    info.update(
-        energy_source=e.source,
-        energy_detail=e.detail,
-        energy_meter_reason=meter_reason,
-        measured_repeats=tp.repeats,
-        measured_sequences=tp.sequences,
-        warmup=wl.warmup,
-        threads=threads,
-    )
+    metrics: dict[str, float] = {
+        "tokens_per_s": tp.tokens_per_s,
+        "tokens_per_s_cv": tp.tokens_per_s_cv,
+        "ttft_p50_s": tp.ttft_p50_s,
+        "tpot_p50_s": tp.tpot_p50_s,
+        "latency_p50_s": tp.latency_p50_s,
+        "latency_p95_s": tp.latency_p95_s,
+        "generated_tokens": float(tp.generated_tokens),
+        "wall_s": tp.wall_s,
+        "peak_memory_gb": mem.reading.peak_gb,
+        "load_peak_memory_gb": loaded.peak_gb,
+        "energy_j": e.energy_j,
+        "mean_power_w": e.mean_power_w,
+        "j_per_token": e.energy_j / tp.generated_tokens if tp.generated_tokens else math.inf,
+    }
+    if drafted:
+        metrics["acceptance_rate"] = tp.acceptance_rate or 0.0
+        metrics["draft_proposed"] = float(tp.draft_proposed)
+        metrics["draft_accepted"] = float(tp.draft_accepted)
 
-    bytes_per_step = engine.weight_bytes()
-    bw, bw_how = cached_bandwidth_gbs(point.hardware_spec.torch_device, threads)
-    metrics["weight_bytes"] = float(bytes_per_step)
-    metrics["bandwidth_gbs"] = bw
-    if tp.tpot_p50_s > 0 and not math.isnan(tp.tpot_p50_s):
-        # One decode step streams every weight once; at the bandwidth limit it takes bytes / bw.
-        metrics["roofline_pct"] = 100.0 * (bytes_per_step / tp.tpot_p50_s) / (bw * 1e9)
-    info["bandwidth_source"] = f"{bw_how}: sum over a 256 MB fp32 buffer, {threads} threads"
+    # Roofline: what decoding streamed (target weights once per forward pass, draft weights once
+    # per draft step) per second of decoding, against the measured bandwidth.
+    target_bytes, draft_bytes = engine.weight_bytes(), engine.draft_weight_bytes()
+    bw, bw_how = cached_bandwidth_gbs(hw.torch_device, threads)
+    metrics.update(weight_bytes=float(target_bytes), draft_weight_bytes=float(draft_bytes), bandwidth_gbs=bw)
+    if tp.decode_s > 0 and tp.target_passes > 0:
+        streamed = tp.target_passes * target_bytes + tp.draft_steps * draft_bytes
+        metrics["roofline_pct"] = 100.0 * streamed / tp.decode_s / (bw * 1e9)
 
-    items: dict[str, list[float]] = {}  # per task, each item's score (paired comparisons)
+    accuracy: AccuracyResult | None = None
     if config.accuracy.tasks:
         if reused_accuracy is not None:
-            acc = reused_accuracy
-            info["accuracy_reused_from_trial"] = acc["trial"]
+            accuracy = reused_accuracy
         else:
             stage("accuracy")
             from autoinfer.evaluators.accuracy import evaluate_accuracy
 
-            res = evaluate_accuracy(engine.lm_eval_model(), config)
-            acc = {
-                "accuracy": res.accuracy,
-                "stderr": res.stderr,
-                "samples": res.samples,
-                "per_task": res.per_task,
-                "items": res.items,
-            }
-        items = acc.get("items") or {}
-        metrics["accuracy"] = acc["accuracy"]
-        metrics["accuracy_stderr"] = acc["stderr"]
-        metrics["accuracy_samples"] = float(acc["samples"])
-        info["accuracy_per_task"] = acc["per_task"]
+            accuracy = dataclasses.replace(evaluate_accuracy(engine.lm_eval_model(), config), key=accuracy_key)
+        metrics["accuracy"] = accuracy.accuracy
+        metrics["accuracy_stderr"] = accuracy.stderr
+        metrics["accuracy_samples"] = float(accuracy.samples)
         # Correct tokens per joule: tokens the model would get right, per joule spent making them.
-        metrics["correct_tokens_per_j"] = acc["accuracy"] * tp.generated_tokens / e.energy_j if e.energy_j else 0.0
+        metrics["correct_tokens_per_j"] = accuracy.accuracy * tp.generated_tokens / e.energy_j
     engine.close()
-    return {"metrics": metrics, "info": info, "accuracy_items": items}
+    provenance = Provenance(
+        identity=identity,
+        energy_source=e.source,
+        energy_detail=e.detail,
+        energy_meter_reason=meter_reason,
+        memory_source=mem.reading.source,
+        threads=threads,
+        prompts=tp.prompts,
+        repeats=tp.repeats,
+        warmup=wl.warmup,
+        sequences=tp.sequences,
+        bandwidth_source=f"{bw_how}: sum over a 256 MB fp32 buffer, {threads} threads",
+        draft_lossless=lossless,
+        draft_check=draft_check,
+        engine=dict(engine.info),
+    )
+    return TrialRecord(point, metrics, provenance, accuracy)
 
 
-def run_payload(payload: dict[str, Any], stage: Callable[[str], None]) -> dict[str, Any]:
+def run_payload(payload: dict[str, Any], stage: Callable[[str], None]) -> TrialRecord:
     """Child-process entry point: rebuild the config and point from plain data, run the trial."""
     config = Config.model_validate(payload["config"])
     point = TrialPoint(**payload["point"])
-    return run_trial(config, point, payload.get("reused_accuracy"), stage)
+    return run_trial(config, point, payload["identity"], payload["accuracy_key"], payload.get("reused_accuracy"), stage)

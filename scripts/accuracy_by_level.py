@@ -15,7 +15,8 @@ import time
 
 from autoinfer.config import parse_config
 from autoinfer.engines import ENGINES, TrialPoint
-from autoinfer.evaluators.accuracy import evaluate_accuracy, paired_delta
+from autoinfer.evaluators.accuracy import evaluate_accuracy
+from autoinfer.search.pareto import paired_delta
 from autoinfer.trial import set_threads
 
 DEFAULT_LEVELS = ["F16", "Q8_0", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K"]

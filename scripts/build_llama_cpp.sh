@@ -9,6 +9,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LLAMA_CPP_VERSION=0.3.36
 FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF"
+
+# The CUDA variant (llama.cpp x cuda:I trials offload every layer to that GPU): built where nvcc and
+# an NVIDIA GPU are both present. AUTOINFER_LLAMACPP_CUDA=1 forces it (set AUTOINFER_CUDA_ARCHS, e.g.
+# "80;90", when no GPU is visible at build time), =0 keeps the CPU build. It is cached under its own
+# key like the CPU build; expect a much longer first build. `autoinfer validate` says when the
+# installed build cannot offload, and the space then leaves llama.cpp x cuda out.
+cuda="${AUTOINFER_LLAMACPP_CUDA:-auto}"
+if [ "$cuda" = auto ]; then
+  cuda=0
+  if command -v nvcc >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then cuda=1; fi
+fi
+if [ "$cuda" = 1 ]; then
+  FLAGS="$FLAGS -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=${AUTOINFER_CUDA_ARCHS:-native}"
+  echo "llama.cpp: building the CUDA variant ($FLAGS)"
+fi
 PIP=.venv/bin/pip
 PYBIN=.venv/bin/python
 

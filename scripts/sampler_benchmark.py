@@ -82,15 +82,16 @@ def load_csv(config: Any, path: str) -> Table:
 
 def load_table(config: Any, storage: str, study_name: str) -> Table:
     """point key -> (objective values, constraint violations), from the grid study's trials."""
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    from autoinfer.search.pareto import measured_trials
+
     table: Table = {}
-    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
-        if "duplicate_of" in t.user_attrs:
-            continue
-        m = t.user_attrs["metrics"]
-        values = [float(m[o.name]) for o in config.objectives]
-        violations = [c.violation(m) for c in config.constraints]
-        table[json.dumps(t.user_attrs["point"], sort_keys=True)] = (values, violations)
+    for m in measured_trials(optuna.load_study(study_name=study_name, storage=storage)):
+        x = m.record.metrics
+        values = [float(x[o.name]) for o in config.objectives]
+        table[json.dumps(m.record.point.as_dict(), sort_keys=True)] = (
+            values,
+            [c.violation(x) for c in config.constraints],
+        )
     return table
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ARC_DIR = REPO.parent / "shared" / "data" / "arc_easy"
+
+# The fake engine registers itself in this process, in spawned trial processes (which inherit the
+# environment and sys.path) and in CLI subprocesses (which need the repository on PYTHONPATH).
+os.environ["AUTOINFER_PLUGINS"] = "tests.fake_engine"
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+import tests.fake_engine  # noqa: E402, F401 - registers "fake" here even if autoinfer was imported first
 
 
 @pytest.fixture(autouse=True)
@@ -57,6 +64,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_key_value_heads=2,
         max_position_embeddings=512,
         tie_word_embeddings=True,
+        initializer_range=0.3,  # the default 0.02 makes a model that repeats one token whatever the prompt
         eos_token_id=tok.eos_token_id,
         bos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
@@ -72,6 +80,42 @@ def base_config(model_dir: Path, tmp: Path, **over: Any) -> dict[str, Any]:
         "model": {"source": str(model_dir), "chat_template": False},
         "space": {
             "quantization": ["fp32", "bf16"],
+            "draft": ["none", "prompt_lookup:2"],
+            "batch_size": [1, 2],
+            "hardware": ["cpu:1"],
+        },
+        "workload": {"max_new_tokens": 8, "repeats": 2, "warmup": 0},
+        "accuracy": {
+            "tasks": [{"name": "arc_easy", "data_files": {"test": str(ARC_DIR / "test.jsonl")}}],
+            "limit": 4,
+            "batch_size": 4,
+        },
+        "objectives": [
+            {"name": "correct_tokens_per_j", "direction": "maximize"},
+            {"name": "tokens_per_s", "direction": "maximize"},
+        ],
+        "search": {"trials": 3, "seed": 1, "storage": f"sqlite:///{tmp}/optuna.db", "study_name": "t"},
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp}/mlflow.db", "artifact_location": str(tmp / "artifacts")},
+    }
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def fake_config(tmp: Path, **over: Any) -> dict[str, Any]:
+    """A config dict for the fake engine (no model loaded): seconds per trial."""
+    model = tmp / "fake-model"  # its content digest is the study's weights identity
+    model.mkdir(exist_ok=True)
+    if not (model / "weights.bin").exists():
+        (model / "weights.bin").write_bytes(b"fake weights")
+    cfg: dict[str, Any] = {
+        "model": {"source": str(model), "chat_template": False},
+        "space": {
+            "engine": ["fake"],
+            "quantization": ["fp32", "int8"],
             "draft": ["none", "prompt_lookup:2"],
             "batch_size": [1, 2],
             "hardware": ["cpu:1"],

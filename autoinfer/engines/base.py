@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,10 @@ class TrialPoint:
     @property
     def hardware_spec(self) -> HardwareSpec:
         return HardwareSpec.parse(self.hardware)
+
+    def label(self) -> str:
+        """How a point is shown everywhere (progress, tables, plots, MLflow run names)."""
+        return f"{self.engine} {self.quantization} {self.draft} b{self.batch_size} {self.hardware}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +69,20 @@ class EngineSpec:
     # The Python package the engine imports, and how to get it (checked before a study starts).
     package: str = "torch"
     install_hint: str = "pip install autoinfer"
+    # Packages whose versions change what the engine measures (part of the study identity).
+    version_packages: tuple[str, ...] = ()
+    # Settings resolved per point that change a score beyond the point itself (e.g. the int8 backend).
+    accuracy_settings: Callable[[Config, TrialPoint], dict[str, Any]] = lambda config, point: {}
+    # Hardware kinds this installation can actually use (e.g. a CPU-only llama.cpp build cannot offload);
+    # None: every kind in hardware_kinds. Returns (usable kinds, why the others are not).
+    usable_hardware: Callable[[], tuple[tuple[str, ...], str]] | None = None
+
+    def hardware_here(self) -> tuple[tuple[str, ...], str]:
+        """The hardware kinds this engine can run on as installed, and why others are left out."""
+        if self.usable_hardware is None:
+            return self.hardware_kinds, ""
+        kinds, why = self.usable_hardware()
+        return tuple(k for k in self.hardware_kinds if k in kinds), why
 
     def quantizations_for(self, hardware: HardwareSpec) -> tuple[str, ...]:
         bad = self.unsupported.get(hardware.kind, ())
@@ -84,15 +103,50 @@ ENGINES: Registry[EngineSpec] = Registry("engine")
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """One batched generate call, timed from the moment the prompts are handed to the engine."""
+    """One batched generate call, timed from the moment the prompts are handed to the engine.
 
-    new_tokens: tuple[int, ...]  # tokens actually produced per sequence (up to and incl. EOS)
-    ttft_s: float  # time to the first generated token of the batch
-    latency_s: tuple[float, ...]  # per sequence: start -> its last token
+    Every generated token carries the time it became available, so a step that emits several
+    tokens (an accepted draft) gives them all the same timestamp, and per-token figures (TPOT,
+    latency) need no assumption about how many tokens a step made.
+    """
+
+    token_ids: tuple[tuple[int, ...], ...]  # per sequence, up to and including EOS, never padding
+    token_times: tuple[tuple[float, ...], ...]  # per sequence, seconds since start, one per token
     total_s: float  # wall time of the whole call
+    # Forward passes of the target after the one that produced the first token (plain decoding: one
+    # per step for the whole batch; drafted: one per verification), and draft forward passes in
+    # the same window. The roofline counts weight bytes per pass, not per emitted token.
+    target_passes: int = 0
+    draft_steps: int = 0
     draft_proposed: int = 0  # draft tokens proposed (speculative decoding only)
     draft_accepted: int = 0  # of which the target model accepted
-    token_ids: tuple[tuple[int, ...], ...] = ()  # the generated tokens per sequence (for checks)
+
+    def __post_init__(self) -> None:
+        if len(self.token_ids) != len(self.token_times):
+            raise ValueError("token_ids and token_times must list the same sequences")
+        for ids, times in zip(self.token_ids, self.token_times, strict=True):
+            if len(ids) != len(times):
+                raise ValueError("every generated token needs one timestamp")
+
+    @property
+    def new_tokens(self) -> tuple[int, ...]:
+        return tuple(len(ids) for ids in self.token_ids)
+
+    @property
+    def ttft_s(self) -> tuple[float, ...]:
+        """Per sequence: start -> its first token."""
+        return tuple(t[0] for t in self.token_times if t)
+
+    @property
+    def latency_s(self) -> tuple[float, ...]:
+        """Per sequence: start -> its last token."""
+        return tuple(t[-1] for t in self.token_times if t)
+
+    @property
+    def decode_s(self) -> float:
+        """From the batch's first token to its last: the window the target_passes ran in."""
+        firsts, lasts = self.ttft_s, self.latency_s
+        return max(lasts) - min(firsts) if firsts else 0.0
 
 
 class Engine(abc.ABC):
@@ -102,14 +156,19 @@ class Engine(abc.ABC):
         self.config = config
         self.point = point
         self.info: dict[str, Any] = {}  # facts worth logging (backend used, source dtype, ...)
+        # Token ids that end a sequence besides the model's own end-of-generation tokens.
+        self.stop_tokens: set[int] = set()
 
     @abc.abstractmethod
     def load(self) -> None:
         """Load weights in the trial's quantization onto its hardware."""
 
     @abc.abstractmethod
-    def generate(self, prompts: list[str], max_new_tokens: int, ignore_eos: bool = False) -> GenerationResult:
-        """Generate for all prompts concurrently as one batch, using the trial's draft."""
+    def generate(
+        self, prompts: list[str], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True
+    ) -> GenerationResult:
+        """Greedy generation for all prompts as one batch; with the trial's draft unless draft=False
+        (plain decoding of the same loaded target, which a drafted trial is checked against)."""
 
     @abc.abstractmethod
     def lm_eval_model(self) -> Any:
@@ -117,7 +176,11 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def weight_bytes(self) -> int:
-        """Bytes of weights read per decode step (for the memory-bandwidth roofline)."""
+        """Bytes of target weights read per forward pass (for the memory-bandwidth roofline)."""
+
+    def draft_weight_bytes(self) -> int:
+        """Bytes of weights read per draft step: 0 for drafts that read none (prompt lookup)."""
+        return 0
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release memory; the child process exits afterwards anyway."""

@@ -59,15 +59,16 @@ class LlamaCppEngine(Engine):
         self.info["gguf_sha256"] = file_digest(path)
         self.info["llama_cpp_python"] = metadata.version("llama_cpp_python")
         gpu_layers = -1 if hw.kind == "cuda" else 0  # everything offloaded where a GPU exists
+        main_gpu = (hw.index or 0) if hw.kind == "cuda" else 0
         n_seq = self.point.batch_size
         self.n_ctx = max(2048, n_seq * (PER_SEQUENCE_CTX + self.config.workload.max_new_tokens))
-        self.rt = LlamaRuntime(path, self.n_ctx, n_seq, threads, gpu_layers)
+        self.rt = LlamaRuntime(path, self.n_ctx, n_seq, threads, gpu_layers, main_gpu)
         self.formatter = self._chat_formatter()
         d = self.point.draft_spec
         if d.kind == "model":
             draft_path = self._draft_path(d.model, src, threads)
             self.info["draft_gguf_path"] = str(draft_path)
-            self.draft_rt = LlamaRuntime(draft_path, self.n_ctx, 1, threads, gpu_layers)
+            self.draft_rt = LlamaRuntime(draft_path, self.n_ctx, 1, threads, gpu_layers, main_gpu)
             if self.draft_rt.n_vocab != self.rt.n_vocab:
                 raise TrialError(
                     f"draft {d.model} has a vocabulary of {self.draft_rt.n_vocab}, target {self.rt.n_vocab}"
@@ -75,6 +76,7 @@ class LlamaCppEngine(Engine):
         self.info["llama_threads"] = threads
         self.info["n_ctx"] = self.n_ctx
         self.info["n_gpu_layers"] = gpu_layers
+        self.info["main_gpu"] = main_gpu
         # Tokens proposed per verification step: prompt_lookup:N says N; a draft GGUF proposes a fixed number.
         self.draft_k = DRAFT_MODEL_TOKENS if d.kind == "model" else d.n
         self.info["draft_tokens_per_step"] = self.draft_k
@@ -104,45 +106,43 @@ class LlamaCppEngine(Engine):
             return self.rt.tokenize(text, add_special=False)
         return self.rt.tokenize(prompt, add_special=True)
 
-    def generate(self, prompts: list[str], max_new_tokens: int, ignore_eos: bool = False) -> GenerationResult:
+    def _stops(self, token: int) -> bool:
+        return token in self.stop_tokens or self.rt.is_eog(token)
+
+    def generate(
+        self, prompts: list[str], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True
+    ) -> GenerationResult:
         toks = [self._render(p) for p in prompts]
         self.rt.clear()
         if self.draft_rt is not None:
             self.draft_rt.clear()
         start = time.perf_counter()
-        if self.point.draft_spec.kind != "none":
+        if draft and self.point.draft_spec.kind != "none":
             if len(prompts) != 1:
                 raise TrialError("llama.cpp drafts run at batch size 1")
             return self._generate_drafted(toks[0], max_new_tokens, ignore_eos, start)
         # Prompt: every sequence's tokens in one batch; logits only at each sequence's last token.
         items = [(t, pos, s, pos == len(seq) - 1) for s, seq in enumerate(toks) for pos, t in enumerate(seq)]
         rows = self.rt.decode(items)
-        nxt = [self.rt.argmax(r) for r in rows]
-        ttft = time.perf_counter() - start
-        out: list[list[int]] = [[t] for t in nxt]
-        done_at = [0.0] * len(toks)
-        live = []
-        for s, t in enumerate(nxt):
-            if (self.rt.is_eog(t) and not ignore_eos) or max_new_tokens == 1:
-                done_at[s] = ttft
-            else:
-                live.append(s)
+        now = time.perf_counter() - start
+        out: list[list[int]] = [[self.rt.argmax(r)] for r in rows]
+        times: list[list[float]] = [[now] for _ in rows]
+        live = [s for s, o in enumerate(out) if not ((self._stops(o[0]) and not ignore_eos) or max_new_tokens == 1)]
+        passes = 0
         while live:
             rows = self.rt.decode([(out[s][-1], len(toks[s]) + len(out[s]) - 1, s, True) for s in live])
+            passes += 1
             now = time.perf_counter() - start
             still = []
             for s, r in zip(live, rows, strict=True):
                 t = self.rt.argmax(r)
                 out[s].append(t)
-                if (self.rt.is_eog(t) and not ignore_eos) or len(out[s]) >= max_new_tokens:
-                    done_at[s] = now
-                else:
+                times[s].append(now)
+                if not ((self._stops(t) and not ignore_eos) or len(out[s]) >= max_new_tokens):
                     still.append(s)
             live = still
         total = time.perf_counter() - start
-        return GenerationResult(
-            tuple(len(o) for o in out), ttft, tuple(done_at), total, token_ids=tuple(tuple(o) for o in out)
-        )
+        return GenerationResult(tuple(map(tuple, out)), tuple(map(tuple, times)), total, target_passes=passes)
 
     def _generate_drafted(self, prompt: list[int], max_new: int, ignore_eos: bool, start: float) -> GenerationResult:
         rt, drt = self.rt, self.draft_rt
@@ -150,21 +150,25 @@ class LlamaCppEngine(Engine):
         if drt is not None:  # the draft model keeps the same history in its own context
             drt.decode([(t, p, 0, False) for p, t in enumerate(prompt)])
         out = [rt.argmax(rows[0])]
-        ttft = time.perf_counter() - start
-        proposed = accepted = 0
-        while len(out) < max_new and (ignore_eos or not rt.is_eog(out[-1])):
+        times = [time.perf_counter() - start]
+        proposed = accepted = passes = draft_steps = 0
+        while len(out) < max_new and (ignore_eos or not self._stops(out[-1])):
             pos = len(prompt) + len(out) - 1  # where out[-1] goes; it is not in the KV yet
             room = max_new - len(out)
             if drt is None:
                 draft = lookup_draft(prompt + out, min(self.draft_k, room))
             else:
                 draft = self._draft_model_tokens(drt, out[-1], pos, min(self.draft_k, room))
+                draft_steps += len(draft)
             rows = rt.decode([(out[-1], pos, 0, True)] + [(t, pos + 1 + i, 0, True) for i, t in enumerate(draft)])
+            passes += 1
+            now = time.perf_counter() - start
             got = 0
             for i, r in enumerate(rows):
                 t = rt.argmax(r)
                 out.append(t)
-                if i == len(draft) or t != draft[i] or (rt.is_eog(t) and not ignore_eos) or len(out) >= max_new:
+                times.append(now)  # every token this verification emitted is out now
+                if i == len(draft) or t != draft[i] or (self._stops(t) and not ignore_eos) or len(out) >= max_new:
                     break
                 got += 1
             proposed += len(draft)
@@ -174,9 +178,9 @@ class LlamaCppEngine(Engine):
                 drt.truncate(0, pos + got + 1)
                 if draft and got == len(draft):  # the draft never evaluated its own last proposal
                     drt.decode([(draft[-1], pos + len(draft), 0, False)])
-        out = out[:max_new]
+                    draft_steps += 1
         total = time.perf_counter() - start
-        return GenerationResult((len(out),), ttft, (total,), total, proposed, accepted, (tuple(out),))
+        return GenerationResult((tuple(out),), (tuple(times),), total, passes, draft_steps, proposed, accepted)
 
     @staticmethod
     def _draft_model_tokens(drt: LlamaRuntime, last: int, pos: int, n: int) -> list[int]:
@@ -196,6 +200,9 @@ class LlamaCppEngine(Engine):
     def weight_bytes(self) -> int:
         # llama_model_size: bytes of all weight tensors at their stored (quantized) types.
         return self.rt.model_bytes()
+
+    def draft_weight_bytes(self) -> int:
+        return self.draft_rt.model_bytes() if self.draft_rt is not None else 0
 
     def close(self) -> None:
         self.rt.close()

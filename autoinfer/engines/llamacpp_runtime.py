@@ -38,7 +38,9 @@ def quiet_llama_logs() -> None:
 
 
 class LlamaRuntime:
-    def __init__(self, path: Path, n_ctx: int, n_seq: int, threads: int, gpu_layers: int = 0) -> None:
+    def __init__(
+        self, path: Path, n_ctx: int, n_seq: int, threads: int, gpu_layers: int = 0, main_gpu: int = 0
+    ) -> None:
         import llama_cpp
 
         self.ll = llama_cpp
@@ -46,6 +48,11 @@ class LlamaRuntime:
         llama_cpp.llama_backend_init()
         mp = llama_cpp.llama_model_default_params()
         mp.n_gpu_layers = gpu_layers
+        if gpu_layers:
+            # The whole model on the trial's own device (cuda:I), not split over every visible GPU:
+            # the energy and memory of that one device are what the trial reads.
+            mp.split_mode = llama_cpp.LLAMA_SPLIT_MODE_NONE
+            mp.main_gpu = main_gpu
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mp)
         if not self.model:
             raise TrialError(f"llama.cpp could not load {path}")

@@ -8,12 +8,16 @@ a draft with a larger batch for this engine.
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from autoinfer.engines.base import Engine, GenerationResult
+from autoinfer.engines.base import Engine, GenerationResult, TrialPoint
 from autoinfer.engines.sources import dequantized_checkpoint, resolve_source
 from autoinfer.errors import TrialError
+
+if TYPE_CHECKING:
+    from autoinfer.config import Config
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "float32", "int4": "float32"}
 # Bits per weight of quantized Linear layers, for the roofline's bytes-per-step.
@@ -24,33 +28,55 @@ _WEIGHT_BITS = {"int8": 8, "int4": 4}
 AUTO_INT_BACKEND = {("int8", "cpu"): "torchao", ("int4", "cpu"): "optimum-quanto"}
 
 
-class _StepClock:
-    """A streamer that timestamps every decoding step (the first `put` is the prompt itself)."""
+def resolved_int_backend(config: Config, point: TrialPoint) -> str | None:
+    """The weight-quantization backend a point runs (None when its weights are not int8/int4).
 
-    def __init__(self) -> None:
+    Part of the accuracy key: torchao and optimum-quanto round weights differently.
+    """
+    if point.quantization not in _WEIGHT_BITS:
+        return None
+    chosen = config.transformers.int_backend
+    if chosen != "auto":
+        return chosen
+    return AUTO_INT_BACKEND.get((point.quantization, point.hardware_spec.kind), "torchao")
+
+
+class _StepClock:
+    """A streamer that timestamps every decoding step (the first `put` is the prompt itself).
+
+    Assisted generation emits several tokens per step; `tokens` keeps how many, so each token gets
+    the time of the step that produced it. `proposed_at_first` snapshots the draft tally when the
+    first token comes out, so draft work after it can be told from draft work before it.
+    """
+
+    def __init__(self, tally: dict[str, int]) -> None:
         self.start = time.perf_counter()
+        self.tally = tally
         self.times: list[float] = []  # seconds since start, one per step
         self.tokens: list[int] = []  # tokens per sequence delivered at that step
+        self.proposed_at_first = tally["proposed"]
         self._seen_prompt = False
 
     def put(self, value: Any) -> None:
         if not self._seen_prompt:
             self._seen_prompt = True
             return
+        if not self.times:
+            self.proposed_at_first = self.tally["proposed"]
         self.times.append(time.perf_counter() - self.start)
         self.tokens.append(int(value.shape[-1]) if value.dim() > 1 else 1)
 
     def end(self) -> None:
         pass
 
-    def time_of_token(self, n: int) -> float:
-        """When the n-th generated token (1-based) of a sequence came out."""
-        count = 0
+    def token_times(self, n: int) -> tuple[float, ...]:
+        """When each of a sequence's first n generated tokens came out."""
+        out: list[float] = []
         for t, k in zip(self.times, self.tokens, strict=True):
-            count += k
-            if count >= n:
-                return t
-        return self.times[-1] if self.times else 0.0
+            out.extend([t] * k)
+            if len(out) >= n:
+                break
+        return tuple(out[:n])
 
 
 def _count_acceptance(model: Any, tally: dict[str, int]) -> None:
@@ -79,6 +105,33 @@ def _count_acceptance(model: Any, tally: dict[str, int]) -> None:
         return gen
 
     model._get_candidate_generator = wrapped
+
+
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+
+def _streamed_bytes(model: Any, quantization: str, below_layer: int | None = None) -> int:
+    """Bytes streamed from memory per forward pass: every weight once.
+
+    An untied embedding table is skipped (a lookup reads B rows, not the table); a tied one is the
+    lm_head and is read in full. named_parameters() already lists tied weights once. With
+    `below_layer=K`, decoder layers K and up are skipped (an early-exit draft step).
+    """
+    import torch
+
+    tied = bool(model.config.get_text_config().tie_word_embeddings)
+    total = 0.0
+    for name, p in model.named_parameters():
+        is_embed = "embed" in name
+        if is_embed and not tied:
+            continue
+        layer = _LAYER.search(name)
+        if below_layer is not None and layer and int(layer.group(1)) >= below_layer:
+            continue
+        quantized = quantization in _WEIGHT_BITS and p.dim() == 2 and not is_embed and "lm_head" not in name
+        bits = _WEIGHT_BITS[quantization] if quantized else 8 * torch.empty((), dtype=p.dtype).element_size()
+        total += p.numel() * bits / 8
+    return int(total)
 
 
 class TransformersEngine(Engine):
@@ -130,9 +183,8 @@ class TransformersEngine(Engine):
         lm_head stays in full precision: small models tie it to the embedding, and its errors land
         directly on the logits.
         """
-        chosen = self.config.transformers.int_backend
         kind = self.point.hardware_spec.kind
-        backend: str = AUTO_INT_BACKEND.get((q, kind), "torchao") if chosen == "auto" else chosen
+        backend = resolved_int_backend(self.config, self.point)
         if backend == "torchao" and q == "int4" and kind == "cpu":
             raise TrialError("torchao has no CPU int4 weight packing; use transformers.int_backend: optimum-quanto")
         if backend == "torchao":
@@ -188,19 +240,25 @@ class TransformersEngine(Engine):
             return kw
         return {}
 
-    def generate(self, prompts: list[str], max_new_tokens: int, ignore_eos: bool = False) -> GenerationResult:
+    def generate(
+        self, prompts: list[str], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True
+    ) -> GenerationResult:
         import torch
 
         texts = [self._render(p) for p in prompts]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = enc.to(self.point.hardware_spec.torch_device)
         before = dict(self.tally)
-        clock = _StepClock()
+        clock = _StepClock(self.tally)
+        eos = self.model.generation_config.eos_token_id
+        stops = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id} | self.stop_tokens
+        stops.discard(None)
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
             "do_sample": False,
             "streamer": clock,
-            **self._draft_kwargs(),
+            "eos_token_id": sorted(stops),
+            **(self._draft_kwargs() if draft else {}),
         }
         if ignore_eos:
             kwargs["min_new_tokens"] = max_new_tokens
@@ -210,26 +268,26 @@ class TransformersEngine(Engine):
         if self.point.hardware_spec.kind == "cuda":
             torch.cuda.synchronize()
         total = time.perf_counter() - clock.start
-        new = out[:, enc["input_ids"].shape[1] :].tolist()
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
-        counts = []
-        for row in new:
+        ids: list[tuple[int, ...]] = []
+        for row in out[:, enc["input_ids"].shape[1] :].tolist():
             n = len(row)
             if not ignore_eos:
                 for i, t in enumerate(row):
-                    if t in eos_ids:  # EOS counts as produced; the padding after it does not
+                    if t in stops:  # EOS counts as produced; the padding after it does not
                         n = i + 1
                         break
-            counts.append(n)
+            ids.append(tuple(row[:n]))
+        proposed = self.tally["proposed"] - before["proposed"]
+        drafted = draft and self.point.draft_spec.kind != "none"
+        reads_weights = drafted and self.point.draft_spec.kind in ("model", "early_exit")
         return GenerationResult(
-            new_tokens=tuple(counts),
-            ttft_s=clock.times[0] if clock.times else total,
-            latency_s=tuple(clock.time_of_token(n) for n in counts),
+            token_ids=tuple(ids),
+            token_times=tuple(clock.token_times(len(r)) for r in ids),
             total_s=total,
-            draft_proposed=self.tally["proposed"] - before["proposed"],
+            target_passes=max(len(clock.times) - 1, 0),
+            draft_steps=self.tally["proposed"] - clock.proposed_at_first if reads_weights else 0,
+            draft_proposed=proposed,
             draft_accepted=self.tally["accepted"] - before["accepted"],
-            token_ids=tuple(tuple(row[:n]) for row, n in zip(new, counts, strict=True)),
         )
 
     def lm_eval_model(self) -> Any:
@@ -243,24 +301,15 @@ class TransformersEngine(Engine):
         )
 
     def weight_bytes(self) -> int:
-        """Bytes streamed from memory per decode step: every weight once.
+        return _streamed_bytes(self.model, self.point.quantization)
 
-        An untied embedding table is skipped (a lookup reads B rows, not the table); a tied one
-        is the lm_head and is read in full. named_parameters() already lists tied weights once.
-        """
-        import torch
-
-        q = self.point.quantization
-        tied = bool(self.model.config.get_text_config().tie_word_embeddings)
-        total = 0.0
-        for name, p in self.model.named_parameters():
-            is_embed = "embed" in name
-            if is_embed and not tied:
-                continue
-            quantized = q in _WEIGHT_BITS and p.dim() == 2 and not is_embed and "lm_head" not in name
-            bits = _WEIGHT_BITS[q] if quantized else 8 * torch.empty((), dtype=p.dtype).element_size()
-            total += p.numel() * bits / 8
-        return int(total)
+    def draft_weight_bytes(self) -> int:
+        d = self.point.draft_spec
+        if d.kind == "model":
+            return _streamed_bytes(self.draft_model, "")  # the assistant runs unquantized, in the trial's dtype
+        if d.kind == "early_exit":  # the first K layers, then the final norm and lm_head
+            return _streamed_bytes(self.model, self.point.quantization, below_layer=d.n)
+        return 0
 
     def close(self) -> None:
         self.model = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,48 +19,8 @@ class AccuracyResult:
     per_task: dict[str, dict[str, float]] = field(default_factory=dict)
     # Per task, each item's score in doc order: lets two trials be compared on the same items.
     items: dict[str, list[float]] = field(default_factory=dict)
-
-
-def paired_delta(a: dict[str, list[float]], b: dict[str, list[float]]) -> tuple[float, float, int] | None:
-    """Mean of a - b over the items both were scored on, its standard error, and the item count.
-
-    Two quantizations of one model mostly get the same items right, so the paired difference has a
-    much smaller standard error than the two accuracies' own: 0.47 +- 0.05 vs 0.49 +- 0.05 can
-    still be a real 0.02 +- 0.01 drop. Tasks are averaged like `accuracy` is (equal weight).
-    """
-    if not a or set(a) != set(b):
-        return None  # not the same tasks: no paired comparison
-    deltas, variances, n_total = [], [], 0
-    for task, xs in a.items():
-        ys = b[task]
-        if len(ys) != len(xs) or len(xs) < 2:
-            return None  # not the same items: no paired comparison
-        d = [x - y for x, y in zip(xs, ys, strict=True)]
-        n = len(d)
-        mean = sum(d) / n
-        variances.append(sum((v - mean) ** 2 for v in d) / (n - 1) / n)
-        deltas.append(mean)
-        n_total += n
-    k = len(deltas)
-    return sum(deltas) / k, math.sqrt(sum(variances)) / k, n_total
-
-
-def deltas_vs_most_accurate(trials: Sequence[Any]) -> dict[int, tuple[float, float, int]]:
-    """For each trial (Optuna FrozenTrial), paired accuracy minus that of the most accurate trial.
-
-    The key is the trial number, the value (delta, stderr, items) with the reference's own trial
-    number stored under -1 as (reference, 0, 0). Trials scored on other items are left out.
-    """
-    scored = [t for t in trials if t.user_attrs.get("accuracy_items") and "accuracy" in t.user_attrs.get("metrics", {})]
-    if not scored:
-        return {}
-    ref = max(scored, key=lambda t: t.user_attrs["metrics"]["accuracy"])
-    out: dict[int, tuple[float, float, int]] = {-1: (float(ref.number), 0.0, 0)}
-    for t in scored:
-        d = paired_delta(t.user_attrs["accuracy_items"], ref.user_attrs["accuracy_items"])
-        if d is not None:
-            out[t.number] = d
-    return out
+    key: str = ""  # everything the score depends on (autoinfer.identity.accuracy_key)
+    reused_from_trial: int | None = None  # set when this trial reused another trial's evaluation
 
 
 def task_spec(task: TaskConfig, config: Config, manager: Any) -> str | dict[str, Any]:

@@ -1,13 +1,15 @@
-"""Energy meters: NVML (GPU counter), RAPL (CPU package counter), or a labelled CPU-time estimate.
+"""Energy meters: NVML (GPU counter), RAPL (CPU package counters), or a labelled CPU-time estimate.
 
 Each meter is used as a context manager around the measured work and yields a box whose
 `.reading` is a frozen `EnergyReading` once the block exits. `source` always says how the joules
-were obtained: `measured:nvml`, `measured:rapl`, or `estimated:cpu-time`.
+were obtained: `measured:nvml`, `measured:rapl`, or `estimated:cpu-time`. A window that reads 0 J
+fails the trial: an efficiency divided by zero joules would rank first and mean nothing.
 """
 
 from __future__ import annotations
 
 import abc
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,9 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoinfer.errors import TrialError
 from autoinfer.spaces.dimensions import HardwareSpec
 
 RAPL_ROOT = Path("/sys/class/powercap")
+# RAPL counters wrap at max_energy_range_uj (~262 kJ on Intel: ~11 min at 400 W; AMD's can be
+# smaller). Sampling every few seconds sees at most one wrap between reads, however long the window.
+RAPL_POLL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,7 @@ class EnergyReading:
         return self.energy_j / self.duration_s if self.duration_s > 0 else float("nan")
 
 
-class _Box:
+class EnergyBox:
     reading: EnergyReading | None = None
 
 
@@ -46,26 +52,39 @@ class EnergyMeter(abc.ABC):
     def _stop(self, state: Any, duration_s: float) -> EnergyReading: ...
 
     @contextmanager
-    def measure(self) -> Iterator[_Box]:
-        box = _Box()
+    def measure(self) -> Iterator[EnergyBox]:
+        box = EnergyBox()
         state = self._start()
         t0 = time.perf_counter()
-        yield box
-        box.reading = self._stop(state, time.perf_counter() - t0)
+        try:
+            yield box
+        except BaseException:
+            self._stop(state, time.perf_counter() - t0)  # release pollers, then let it propagate
+            raise
+        reading = self._stop(state, time.perf_counter() - t0)
+        if not reading.energy_j > 0:
+            raise TrialError(
+                f"energy meter {reading.source} read {reading.energy_j:g} J over {reading.duration_s:.2f} s"
+                f" ({reading.detail}): no energy figure to rank by"
+            )
+        box.reading = reading
 
 
 class NvmlMeter(EnergyMeter):
-    """GPU board energy from NVML's total-energy counter (millijoules since driver load; Volta+)."""
+    """GPU board energy from NVML's total-energy counter (millijoules since driver load; Volta+).
+
+    The board counter includes the GPU's idle power for the whole window, not only the work's.
+    """
 
     source = "measured:nvml"
 
     def __init__(self, index: int) -> None:
         import pynvml  # from nvidia-ml-py
 
-        pynvml.nvmlInit()
+        from autoinfer.gpu import nvml_handle
+
         self._nvml = pynvml
-        self.index = index
-        self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self.handle, self.gpu = nvml_handle(index)
         pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)  # raises where unsupported
 
     def _start(self) -> int:
@@ -73,47 +92,93 @@ class NvmlMeter(EnergyMeter):
 
     def _stop(self, state: int, duration_s: float) -> EnergyReading:
         mj = int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)) - state
-        name = self._nvml.nvmlDeviceGetName(self.handle)
-        return EnergyReading(mj / 1000.0, duration_s, self.source, f"GPU {self.index} ({name})")
+        g = self.gpu
+        detail = f"cuda:{g.cuda_index} = {g.name} {g.uuid} (PCI {g.pci_bus_id}, matched by {g.how}); board incl. idle"
+        return EnergyReading(mj / 1000.0, duration_s, self.source, detail)
 
 
-def rapl_domains(root: Path = RAPL_ROOT) -> list[Path]:
-    """Top-level package domains (intel-rapl:N) whose counter this process can read."""
+@dataclass(frozen=True)
+class RaplDomain:
+    path: Path
+    name: str  # package-N or dram
+    range_uj: int  # the counter wraps back to 0 here
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def rapl_domains(root: Path = RAPL_ROOT) -> list[RaplDomain]:
+    """The readable RAPL domains whose sum is the CPU's energy: every `package-N`, plus `dram`.
+
+    Picked by name, not position: `psys` (the whole platform, where present) already contains the
+    packages and would count them twice; `core`/`uncore` sub-domains are inside their package;
+    `dram` is outside it, as a sub-domain of a package or at the top level.
+    """
     found = []
     for d in sorted(root.glob("intel-rapl:*")):
-        if d.name.count(":") != 1:
-            continue  # sub-domains (core, uncore, dram) are already inside the package count
-        try:
-            int((d / "energy_uj").read_text())
-        except (OSError, ValueError):
+        name = _read_text(d / "name") or ""
+        top = d.name.count(":") == 1
+        if not ((top and name.startswith("package")) or name == "dram"):
             continue
-        found.append(d)
+        energy, wrap = _read_text(d / "energy_uj"), _read_text(d / "max_energy_range_uj")
+        if energy is None or not energy.isdigit() or wrap is None or not wrap.isdigit():
+            continue  # not readable by this user (usual since 2020 for non-root)
+        found.append(RaplDomain(d, name, int(wrap)))
     return found
 
 
 class RaplMeter(EnergyMeter):
-    """CPU package energy from Linux powercap RAPL counters (whole sockets, all processes)."""
+    """CPU package (+ DRAM) energy from Linux powercap RAPL counters: whole sockets, all processes.
+
+    A poller samples the counters every `poll_s` seconds and adds up the increments, so a window
+    longer than a counter's wrap period is still counted in full.
+    """
 
     source = "measured:rapl"
 
-    def __init__(self, domains: list[Path]) -> None:
+    def __init__(self, domains: list[RaplDomain], poll_s: float = RAPL_POLL_S) -> None:
         if not domains:
             raise OSError("no readable RAPL package domain")
         self.domains = domains
-        self.ranges = [int((d / "max_energy_range_uj").read_text()) for d in domains]
+        self.poll_s = poll_s
+        self._lock = threading.Lock()
+        self._last: list[int] = []
+        self._total_uj = 0
 
     def _read(self) -> list[int]:
-        return [int((d / "energy_uj").read_text()) for d in self.domains]
+        return [int((d.path / "energy_uj").read_text()) for d in self.domains]
 
-    def _start(self) -> list[int]:
-        return self._read()
+    def sample(self) -> None:
+        """Add what each counter advanced since the last sample (at most one wrap in between)."""
+        with self._lock:
+            now = self._read()
+            for last, cur, d in zip(self._last, now, self.domains, strict=True):
+                self._total_uj += cur - last if cur >= last else cur + d.range_uj - last
+            self._last = now
 
-    def _stop(self, state: list[int], duration_s: float) -> EnergyReading:
-        total_uj = 0
-        for before, after, wrap in zip(state, self._read(), self.ranges, strict=True):
-            total_uj += after - before if after >= before else after + wrap - before  # counter wrapped
-        names = ",".join(d.name for d in self.domains)
-        return EnergyReading(total_uj / 1e6, duration_s, self.source, f"packages {names}")
+    def _start(self) -> tuple[threading.Event, threading.Thread]:
+        self._last, self._total_uj = self._read(), 0
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.wait(self.poll_s):
+                self.sample()
+
+        thread = threading.Thread(target=poll, daemon=True)
+        thread.start()
+        return stop, thread
+
+    def _stop(self, state: tuple[threading.Event, threading.Thread], duration_s: float) -> EnergyReading:
+        stop, thread = state
+        stop.set()
+        thread.join()
+        self.sample()
+        names = ",".join(f"{d.path.name}={d.name}" for d in self.domains)
+        return EnergyReading(self._total_uj / 1e6, duration_s, self.source, f"RAPL {names}")
 
 
 class CpuTimeEstimate(EnergyMeter):
@@ -143,7 +208,7 @@ def meter_for(hardware: HardwareSpec, watts_per_core: float) -> tuple[EnergyMete
     elif hardware.kind == "cpu":
         domains = rapl_domains()
         if domains:
-            return RaplMeter(domains), "RAPL package counters"
+            return RaplMeter(domains), "RAPL counters (" + ", ".join(d.name for d in domains) + ")"
         reason = f"no readable RAPL counter under {RAPL_ROOT}"
     else:
         reason = f"no energy counter for {hardware.kind}"

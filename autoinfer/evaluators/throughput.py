@@ -1,32 +1,41 @@
-"""Throughput, latency and memory of one loaded engine, measured under an energy meter."""
+"""Throughput and latency of one loaded engine over the fixed prompt set, under an energy meter.
+
+Every trial generates the same prompts with the same token budget, in batches of its own size B,
+so tokens/s and joules compare like for like across batch sizes. A repeat is one pass over the
+whole set; the CV is over repeats of that same work.
+"""
 
 from __future__ import annotations
 
-import resource
 import statistics
 from dataclasses import dataclass
 
 from autoinfer.engines.base import Engine, GenerationResult
 from autoinfer.evaluators.energy import EnergyMeter, EnergyReading
-from autoinfer.evaluators.workload import batch_for_repeat
+from autoinfer.evaluators.workload import batches
 
 
 @dataclass(frozen=True)
 class ThroughputResult:
     tokens_per_s: float  # generated tokens (counted) / wall seconds, over all measured repeats
     tokens_per_s_cv: float  # std / mean of per-repeat tokens/s
-    ttft_p50_s: float
-    tpot_p50_s: float
-    latency_p50_s: float
+    ttft_p50_s: float  # per request: its batch's start -> its first token
+    tpot_p50_s: float  # per request: (last - first token) / (tokens - 1)
+    latency_p50_s: float  # per request: its batch's start -> its last token
     latency_p95_s: float
-    peak_memory_gb: float
     generated_tokens: int
     wall_s: float
     repeats: int
-    sequences: int  # requests measured (repeats x batch size)
+    prompts: int  # size of the prompt set, generated once per repeat
+    sequences: int  # requests measured (repeats x prompts)
     acceptance_rate: float | None  # None when no draft ran
     draft_proposed: int
     draft_accepted: int
+    # For the roofline: forward passes after each batch's first token and the seconds they took.
+    target_passes: int
+    draft_steps: int
+    decode_s: float
+    outputs: tuple[tuple[int, ...], ...]  # the first measured repeat's token ids, one per prompt
     energy: EnergyReading
 
 
@@ -41,13 +50,15 @@ def percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def peak_memory_gb(device_kind: str) -> float:
-    if device_kind == "cuda":
-        import torch
+def generate_set(
+    engine: Engine, prompts: list[str], batch_size: int, max_new_tokens: int, ignore_eos: bool, draft: bool = True
+) -> list[GenerationResult]:
+    """One pass over the prompt set in batches of `batch_size`."""
+    return [engine.generate(b, max_new_tokens, ignore_eos, draft) for b in batches(prompts, batch_size)]
 
-        return torch.cuda.max_memory_allocated() / 1e9
-    # ru_maxrss is in KiB on Linux: the peak resident set of this trial process.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+def outputs_of(runs: list[GenerationResult]) -> tuple[tuple[int, ...], ...]:
+    return tuple(ids for g in runs for ids in g.token_ids)
 
 
 def measure_throughput(
@@ -60,39 +71,45 @@ def measure_throughput(
     meter: EnergyMeter,
     ignore_eos: bool = False,
 ) -> ThroughputResult:
+    """`warmup` unmeasured batches, then `repeats` measured passes over the whole prompt set."""
+    sets = batches(prompts, batch_size)
     for w in range(warmup):
-        engine.generate(batch_for_repeat(prompts, batch_size, w), max_new_tokens, ignore_eos)
-    runs: list[GenerationResult] = []
+        engine.generate(sets[w % len(sets)], max_new_tokens, ignore_eos)
+    passes: list[list[GenerationResult]] = []
     with meter.measure() as box:
-        for r in range(repeats):
-            runs.append(engine.generate(batch_for_repeat(prompts, batch_size, warmup + r), max_new_tokens, ignore_eos))
+        for _ in range(repeats):
+            passes.append(generate_set(engine, prompts, batch_size, max_new_tokens, ignore_eos))
     assert box.reading is not None
+    runs = [g for p in passes for g in p]
     tokens = sum(sum(g.new_tokens) for g in runs)
     wall = sum(g.total_s for g in runs)
-    per_repeat = [sum(g.new_tokens) / g.total_s for g in runs]
+    per_repeat = [sum(sum(g.new_tokens) for g in p) / sum(g.total_s for g in p) for p in passes]
     mean = statistics.fmean(per_repeat)
     cv = statistics.pstdev(per_repeat) / mean if len(per_repeat) > 1 and mean > 0 else 0.0
-    tpots = [
-        (lat - g.ttft_s) / (n - 1) for g in runs for n, lat in zip(g.new_tokens, g.latency_s, strict=True) if n > 1
-    ]
-    latencies = [lat for g in runs for lat in g.latency_s]
+    ttfts = [t[0] for g in runs for t in g.token_times if t]
+    latencies = [t[-1] for g in runs for t in g.token_times if t]
+    tpots = [(t[-1] - t[0]) / (len(t) - 1) for g in runs for t in g.token_times if len(t) > 1]
     proposed = sum(g.draft_proposed for g in runs)
     accepted = sum(g.draft_accepted for g in runs)
     drafted = engine.point.draft_spec.kind != "none"
     return ThroughputResult(
         tokens_per_s=tokens / wall if wall > 0 else 0.0,
         tokens_per_s_cv=cv,
-        ttft_p50_s=percentile([g.ttft_s for g in runs], 50),
+        ttft_p50_s=percentile(ttfts, 50),
         tpot_p50_s=percentile(tpots, 50),
         latency_p50_s=percentile(latencies, 50),
         latency_p95_s=percentile(latencies, 95),
-        peak_memory_gb=peak_memory_gb(engine.point.hardware_spec.kind),
         generated_tokens=tokens,
         wall_s=wall,
         repeats=repeats,
+        prompts=len(prompts),
         sequences=len(latencies),
         acceptance_rate=(accepted / proposed if proposed else 0.0) if drafted else None,
         draft_proposed=proposed,
         draft_accepted=accepted,
+        target_passes=sum(g.target_passes for g in runs),
+        draft_steps=sum(g.draft_steps for g in runs),
+        decode_s=sum(g.decode_s for g in runs),
+        outputs=outputs_of(passes[0]),
         energy=box.reading,
     )

@@ -29,11 +29,19 @@ BUILTIN_CHAT = [
 ]
 
 
+BUILTIN_SETS: dict[str, list[str]] = {"builtin:chat": BUILTIN_CHAT}
+
+
+def builtin_size(spec: str) -> int | None:
+    """How many prompts a built-in set holds (None for a file, whose size preflight reads)."""
+    return len(BUILTIN_SETS[spec]) if spec in BUILTIN_SETS else None
+
+
 def load_prompts(spec: str, base_dir: Path) -> list[str]:
-    if spec == "builtin:chat":
-        return list(BUILTIN_CHAT)
+    if spec in BUILTIN_SETS:
+        return list(BUILTIN_SETS[spec])
     if spec.startswith("builtin:"):
-        raise TrialError(f"workload.prompts: unknown built-in set {spec!r} (known: builtin:chat)")
+        raise TrialError(f"workload.prompts: unknown built-in set {spec!r} (known: {', '.join(BUILTIN_SETS)})")
     path = Path(spec) if Path(spec).is_absolute() else base_dir / spec
     prompts = []
     with open(path) as f:
@@ -48,7 +56,13 @@ def load_prompts(spec: str, base_dir: Path) -> list[str]:
     return prompts
 
 
-def batch_for_repeat(prompts: list[str], batch_size: int, repeat: int) -> list[str]:
-    """B prompts for one repeat, walking round the set so repeats see different prompts."""
-    start = repeat * batch_size
-    return [prompts[(start + i) % len(prompts)] for i in range(batch_size)]
+def prompt_set(prompts: list[str], count: int | None) -> list[str]:
+    """The fixed set every trial generates: the first `count` prompts (all when None)."""
+    if count is not None and count > len(prompts):
+        raise TrialError(f"workload.prompt_count is {count} but the prompt source holds {len(prompts)}")
+    return prompts[:count] if count is not None else list(prompts)
+
+
+def batches(prompts: list[str], batch_size: int) -> list[list[str]]:
+    """The set in consecutive batches of B (the last one shorter when B does not divide it)."""
+    return [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]

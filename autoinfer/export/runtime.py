@@ -48,6 +48,8 @@ def _llamacpp(point: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     # llama-server of the same llama.cpp (the one vendored in that llama-cpp-python release).
     cmd = ["llama-server", "-m", path, "-t", str(info.get("llama_threads")), "-c", str(info.get("n_ctx"))]
     cmd += ["-np", str(b), "-kvu", "-ngl", str(info.get("n_gpu_layers", 0))]
+    if info.get("n_gpu_layers"):  # one device, as measured (llama-server numbers devices as CUDA does)
+        cmd += ["-sm", "none", "-mg", str(info.get("main_gpu", 0))]
     if draft.kind == "model":
         block["draft_gguf"] = info.get("draft_gguf_path")
         n = info.get("draft_tokens_per_step")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -12,20 +13,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# What the child runs: a "module:function" taking (payload, stage callback) and returning a dict.
+# What the child runs: a "module:function" taking (payload, stage callback) and returning a result
+# (a TrialRecord for real trials; anything picklable for tests).
 DEFAULT_ENTRY = "autoinfer.trial:run_payload"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
 class ChildOutcome:
     ok: bool
-    result: dict[str, Any] | None
+    result: Any
     reason: str  # empty when ok
     log_path: str
     duration_s: float
 
 
-def _child_main(payload: dict[str, Any], conn: Any) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when the search process dies, however it dies.
+
+    Without this a `kill -9` of the search leaves its trial running, still holding cores and
+    memory, and overlapping the next run's first trial. Linux only (prctl); elsewhere the search
+    process's own cleanup is all there is.
+    """
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _child_main(payload: dict[str, Any], conn: Any, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group; the search process alone decides what it means
     # (kill this child, record the trial as interrupted), so the child ignores it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -66,11 +87,11 @@ def run_isolated(
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
     Path(payload["log_path"]).parent.mkdir(parents=True, exist_ok=True)
-    proc = ctx.Process(target=_child_main, args=(payload, child), daemon=True)
+    proc = ctx.Process(target=_child_main, args=(payload, child, os.getpid()), daemon=True)
     t0 = time.monotonic()
     proc.start()
     child.close()
-    result: dict[str, Any] | None = None
+    result: Any = None
     reason = ""
     try:
         while True:

@@ -7,7 +7,7 @@ its point re-queued, so the next `autoinfer search` on the same config measures 
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import socket
 import time
@@ -22,12 +22,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoinfer.config import Config
 from autoinfer.engines import TrialPoint
+from autoinfer.errors import ConfigError
+from autoinfer.evaluators.accuracy import AccuracyResult
+from autoinfer.identity import accuracy_key, first_difference, identity_hash, study_identity
+from autoinfer.record import TrialRecord, copy_record, point_of, record_of, save_point, save_record
 from autoinfer.search.isolation import ChildOutcome, run_isolated
-from autoinfer.search.pareto import pareto_trials
+from autoinfer.search.pareto import objective_values, violations
 from autoinfer.search.samplers import make_sampler
 from autoinfer.search.storage import ensure_sqlite_dir
 from autoinfer.spaces import NoValidPoint, enumerate_points, sample_point
-from autoinfer.trial import accuracy_key
 
 if TYPE_CHECKING:
     from autoinfer.tracking.mlflow_tracker import Tracker
@@ -59,11 +62,56 @@ def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
-def open_study(config: Config) -> optuna.Study:
+IDENTITY_ATTR = "identity"
+
+
+def _short(value: str, width: int = 70) -> str:
+    return value if len(value) <= width else value[: width - 3] + "..."
+
+
+def fresh_name(config: Config, identity: dict[str, str]) -> str:
+    """The study `--fresh` starts: the config's name with the identity's hash, stable per setup."""
+    return f"{config.study_name}-{identity_hash(identity)}"
+
+
+def check_identity(config: Config, study: optuna.Study, identity: dict[str, str]) -> None:
+    """Refuse to add numbers to a study whose numbers were measured under another setup."""
+    stored = study.user_attrs.get(IDENTITY_ATTR)
+    n = len([t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE])
+    if stored is None and n == 0:
+        return
+    diff = first_difference(stored or {}, identity)
+    if diff is None:
+        return
+    field, old, new = diff
+    raise ConfigError(
+        field,
+        f"changed since study {config.study_name!r} measured {n} trial(s) ({_short(old)} -> {_short(new)}), so new "
+        "numbers would not compare with its old ones; set search.study_name to start another study, or run "
+        f"`autoinfer search CONFIG --fresh` (starts study {fresh_name(config, identity)!r})",
+    )
+
+
+def open_study(config: Config, identity: dict[str, str] | None = None) -> optuna.Study:
+    """Open (or create) the config's study after checking it was measured under the same setup."""
+    identity = identity if identity is not None else study_identity(config)
     storage_url = config.search.storage
     ensure_sqlite_dir(storage_url)
     storage = _rdb_storage(storage_url)
     directions: list[Any] = [o.resolved_direction for o in config.objectives]
+    names = [o.name for o in config.objectives]
+    try:
+        existing: optuna.Study | None = optuna.load_study(study_name=config.study_name, storage=storage)
+    except KeyError:
+        existing = None
+    if existing is not None:
+        check_identity(config, existing, identity)
+        if [d.name.lower() for d in existing.directions] != directions:
+            raise ConfigError(
+                "objectives",
+                f"study {config.study_name!r} was created with {len(existing.directions)} objective(s) "
+                f"{[d.name.lower() for d in existing.directions]}; set search.study_name to rank by others",
+            )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group=True, metric names
         study = optuna.create_study(
@@ -73,13 +121,8 @@ def open_study(config: Config) -> optuna.Study:
             sampler=make_sampler(config.search, config.search.trials),
             load_if_exists=True,
         )
-        study.set_metric_names([o.name for o in config.objectives])
-    if [d.name.lower() for d in study.directions] != directions:
-        from autoinfer.errors import ConfigError
-
-        raise ConfigError(
-            "objectives", f"study {config.study_name!r} exists with other objectives; set search.study_name"
-        )
+        study.set_metric_names(names)
+    study.set_user_attr(IDENTITY_ATTR, {**(study.user_attrs.get(IDENTITY_ATTR) or {}), **identity})
     return study
 
 
@@ -115,8 +158,9 @@ def recover_interrupted(study: optuna.Study) -> int:
 def _retry_attrs(t: FrozenTrial) -> dict[str, Any]:
     """User attributes of a re-queued copy of `t` (the point lets grid search see it is queued)."""
     attrs: dict[str, Any] = {"retry_of": t.number}
-    if "point" in t.user_attrs:
-        attrs["point"] = t.user_attrs["point"]
+    point = point_of(t)
+    if point is not None:
+        attrs["point"] = point.as_dict()
     return attrs
 
 
@@ -140,44 +184,33 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _measured_points(counted: list[FrozenTrial]) -> dict[str, int]:
-    """Point key -> number of the first trial that measured (or failed) it."""
-    out: dict[str, int] = {}
+def _measured_points(counted: list[FrozenTrial]) -> dict[TrialPoint, int]:
+    """Point -> number of the first trial that measured (or failed) it."""
+    out: dict[TrialPoint, int] = {}
     for t in counted:
-        if "point" in t.user_attrs:
-            out.setdefault(_key(t.user_attrs["point"]), t.number)
+        point = point_of(t)
+        if point is not None:
+            out.setdefault(point, t.number)
     return out
 
 
-def _key(point: dict[str, Any]) -> str:
-    return "|".join(f"{k}={point[k]}" for k in sorted(point))
-
-
-def _cached_accuracy(study: optuna.Study, key: str) -> dict[str, Any] | None:
+def _cached_accuracy(study: optuna.Study, key: str) -> AccuracyResult | None:
+    """An earlier evaluation with the same accuracy key, cited by the trial that ran it."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get("accuracy_key") == key and "accuracy" in t.user_attrs.get("metrics", {}):
-            m = t.user_attrs["metrics"]
-            if "accuracy_reused_from_trial" in t.user_attrs.get("info", {}):
-                continue  # cite the trial that measured it
-            return {
-                "accuracy": m["accuracy"],
-                "stderr": m.get("accuracy_stderr", float("nan")),
-                "samples": int(m.get("accuracy_samples", 0)),
-                "per_task": t.user_attrs.get("info", {}).get("accuracy_per_task", {}),
-                "items": t.user_attrs.get("accuracy_items", {}),
-                "trial": t.number,
-            }
+        rec = record_of(t)
+        acc = rec.accuracy if rec is not None else None
+        if acc is not None and acc.key == key and acc.reused_from_trial is None:
+            return dataclasses.replace(acc, reused_from_trial=t.number)
     return None
 
 
 def enqueue_grid(study: optuna.Study, config: Config, limit: int) -> int:
     """Queue up to `limit` valid points not yet measured or queued, in enumeration order."""
     done = set(_measured_points(counted_trials(study)))
-    queued = {_key(t.user_attrs.get("point", {})) for t in study.get_trials(states=(TrialState.WAITING,))}
+    queued = {point_of(t) for t in study.get_trials(states=(TrialState.WAITING,))}
     n = 0
     for params, point in enumerate_points(config):
-        k = _key(point.as_dict())
-        if n < limit and k not in done and k not in queued:
+        if n < limit and point not in done and point not in queued:
             study.enqueue_trial(params, user_attrs={"point": point.as_dict()})
             n += 1
     return n
@@ -189,51 +222,55 @@ def logs_dir(config: Config) -> Path:
     return d
 
 
+def _tell(study: optuna.Study, trial: optuna.Trial, config: Config, metrics: dict[str, float]) -> None:
+    """Constraints and objective values from the metrics, as the current config defines them."""
+    for name, v in violations(config, metrics).items():
+        trial.set_constraint(name, v)
+    values = objective_values(config, metrics)
+    if values is None:
+        missing = [o.name for o in config.objectives if o.name not in metrics]
+        trial.set_user_attr("fail_reason", f"objective(s) not measured: {', '.join(missing) or 'not finite'}")
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    study.tell(trial, values)
+
+
 def _finish_trial(study: optuna.Study, trial: optuna.Trial, config: Config, outcome: ChildOutcome) -> None:
-    if not outcome.ok or outcome.result is None:
-        trial.set_user_attr("fail_reason", outcome.reason)
+    if not outcome.ok or not isinstance(outcome.result, TrialRecord):
+        trial.set_user_attr("fail_reason", outcome.reason or "the trial returned no record")
         study.tell(trial, state=TrialState.FAIL)
         return
-    metrics: dict[str, float] = outcome.result["metrics"]
-    info = outcome.result["info"]
-    trial.set_user_attr("metrics", metrics)
-    trial.set_user_attr("info", info)
-    if outcome.result.get("accuracy_items"):
-        trial.set_user_attr("accuracy_items", outcome.result["accuracy_items"])
-    for c in config.constraints:
-        trial.set_constraint(str(c), c.violation(metrics))
-    values = [metrics.get(o.name) for o in config.objectives]
-    missing = [o.name for o, v in zip(config.objectives, values, strict=True) if v is None or not math.isfinite(v)]
-    if missing:
-        trial.set_user_attr("fail_reason", f"objective(s) not measured: {', '.join(missing)}")
-        study.tell(trial, state=TrialState.FAIL)
-        return
-    study.tell(trial, [float(v) for v in values if v is not None])
+    save_record(trial, outcome.result)
+    _tell(study, trial, config, outcome.result.metrics)
 
 
-def _answer_from_storage(study: optuna.Study, trial: optuna.Trial, prev: FrozenTrial) -> None:
+def _answer_from_storage(study: optuna.Study, trial: optuna.Trial, config: Config, prev: FrozenTrial) -> None:
     """The sampler proposed a point already measured: tell it the stored result so it learns,
     without spending a measurement (such a trial does not count toward the budget)."""
     trial.set_user_attr("duplicate_of", prev.number)
-    for k in ("metrics", "info"):
-        if k in prev.user_attrs:
-            trial.set_user_attr(k, prev.user_attrs[k])
-    for name, v in prev.constraints.items():
-        trial.set_constraint(name, v)
-    if prev.state == TrialState.COMPLETE:
-        study.tell(trial, prev.values)
+    copy_record(trial, prev)
+    rec = record_of(prev)
+    if prev.state == TrialState.COMPLETE and rec is not None:
+        _tell(study, trial, config, rec.metrics)
     else:
         trial.set_user_attr("fail_reason", f"repeat of failed trial {prev.number}")
         study.tell(trial, state=TrialState.FAIL)
 
 
 def run_search(
-    config: Config, events: Events | None = None, retry_failed: bool = False
+    config: Config, events: Events | None = None, retry_failed: bool = False, fresh: bool = False
 ) -> tuple[optuna.Study, Tracker]:
+    """Run (or resume) the config's study. `fresh`: a study of its own for this exact setup."""
     from autoinfer.tracking.mlflow_tracker import Tracker  # here, not at import: tracking uses search.pareto
 
     ev = events or Events()
-    study = open_study(config)
+    identity = study_identity(config)
+    if fresh:
+        name = fresh_name(config, identity)
+        config = config.model_copy(update={"search": config.search.model_copy(update={"study_name": name})})
+        ev.message(f"fresh study {name!r}")
+    study = open_study(config, identity)
+    ident = identity_hash(identity)
     tracker = Tracker(config, config.study_name, config.search.storage)
     logs = logs_dir(config)
     recovered = recover_interrupted(study)
@@ -273,10 +310,9 @@ def run_search(
             if rejections > MAX_REJECTIONS:
                 break
             continue
-        trial.set_user_attr("point", point.as_dict())
-        key = _key(point.as_dict())
-        if key in measured:
-            _answer_from_storage(study, trial, study.trials[measured[key]])
+        save_point(trial, point)
+        if point in measured:
+            _answer_from_storage(study, trial, config, study.trials[measured[point]])
             tracker.log_trial(study.trials[trial.number])
             rejections += 1
             if rejections > MAX_REJECTIONS:
@@ -284,12 +320,13 @@ def run_search(
                 break
             continue
         rejections = 0
-        akey = accuracy_key(config, point)
-        trial.set_user_attr("accuracy_key", akey)
+        akey = accuracy_key(identity, config, point)
         log_path = logs / f"trial-{trial.number}.log"
         payload = {
             "config": payload_config,
             "point": point.as_dict(),
+            "identity": ident,
+            "accuracy_key": akey,
             "reused_accuracy": _cached_accuracy(study, akey) if config.accuracy.tasks else None,
             "log_path": str(log_path),
         }
@@ -314,4 +351,4 @@ def run_search(
     return study, tracker
 
 
-__all__ = ["Events", "open_study", "pareto_trials", "run_search"]
+__all__ = ["Events", "open_study", "run_search"]

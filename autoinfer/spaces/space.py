@@ -54,7 +54,7 @@ def drafts_for(config: Config, engine: str, batch_size: int) -> list[str]:
 
 
 def hardware_for(config: Config, engine: str) -> list[str]:
-    kinds = _engine(engine).hardware_kinds
+    kinds, _ = _engine(engine).hardware_here()
     return [h for h in config.space.hardware if HardwareSpec.parse(h).kind in kinds]
 
 

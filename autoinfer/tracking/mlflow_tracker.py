@@ -7,6 +7,7 @@ MlflowClient rather than the fluent API's global active run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import tempfile
@@ -18,9 +19,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoinfer.config import Config
-from autoinfer.evaluators.accuracy import deltas_vs_most_accurate
 from autoinfer.hardware import fingerprint
-from autoinfer.search.pareto import is_feasible, measured_trials, pareto_trials
+from autoinfer.record import point_of, record_of
+from autoinfer.search.pareto import deltas_vs_most_accurate, is_feasible, measured_trials, pareto_front, violations
 from autoinfer.search.storage import ensure_sqlite_dir, redact
 from autoinfer.tracking.plots import trial_row, write_plots, write_table
 
@@ -33,6 +34,10 @@ def _start_lock(uri: str) -> Any:
 
         return FileLock(uri.removeprefix("sqlite:///") + ".lock")
     return contextlib.nullcontext()
+
+
+def point_params(point: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in point.items()}
 
 
 def _flat(prefix: str, obj: Any, out: dict[str, str]) -> dict[str, str]:
@@ -132,8 +137,7 @@ class Tracker:
     def log_trial(self, t: FrozenTrial, log_path: str | None = None) -> None:
         if t.number in self.children():
             return
-        point = t.user_attrs.get("point", {})
-        info = t.user_attrs.get("info", {})
+        point, rec = point_of(t), record_of(t)
         tags = {
             "mlflow.parentRunId": self.parent_id,
             "autoinfer.trial": str(t.number),
@@ -143,24 +147,25 @@ class Tracker:
         for key in ("fail_reason", "duplicate_of", "rejected", "interrupted"):
             if key in t.user_attrs:
                 tags[f"autoinfer.{key}"] = str(t.user_attrs[key])
-        if "energy_source" in info:
-            tags["energy_source"] = info["energy_source"]
-        name = f"trial-{t.number} " + " ".join(str(point.get(k, "")) for k in ("quantization", "draft", "hardware"))
-        if "batch_size" in point:
-            name += f" b{point['batch_size']}"
-        run = self.client.create_run(self.experiment_id, run_name=name.strip(), tags=tags)
+        params: dict[str, str] = point_params(point.as_dict()) if point else {}
+        metrics: dict[str, float] = {}
+        if rec is not None:
+            tags["energy_source"] = rec.provenance.energy_source
+            prov = dataclasses.asdict(rec.provenance)
+            params.update({f"info.{k}": v for k, v in _flat("", prov, {}).items()})
+            metrics = dict(rec.metrics)
+            for c, v in zip(self.config.constraints, violations(self.config, rec.metrics).values(), strict=True):
+                metrics[f"constraint.{c.metric}{'_max' if c.op == '<=' else '_min'}_violation"] = v
+            if rec.accuracy is not None and rec.accuracy.reused_from_trial is not None:
+                params["info.accuracy_reused_from_trial"] = str(rec.accuracy.reused_from_trial)
+        name = f"trial-{t.number} {point.label()}" if point else f"trial-{t.number}"
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         rid = str(run.info.run_id)
-        params = {**{k: str(v) for k, v in point.items()}}
-        params.update({f"info.{k}": v for k, v in _flat("", info, {}).items()})
-        metrics = dict(t.user_attrs.get("metrics", {}))
-        for c in self.config.constraints:
-            if str(c) in t.constraints:
-                metrics[f"constraint.{c.metric}{'_max' if c.op == '<=' else '_min'}_violation"] = t.constraints[str(c)]
         self._log(rid, metrics=metrics, params=params)
         if log_path and Path(log_path).is_file():
             self.client.log_artifact(rid, log_path, "logs")
-        if t.user_attrs.get("accuracy_items"):  # each scored item, for paired comparisons offline
-            self.client.log_dict(rid, t.user_attrs["accuracy_items"], "accuracy/items.json")
+        if rec is not None and rec.accuracy is not None and rec.accuracy.items:
+            self.client.log_dict(rid, rec.accuracy.items, "accuracy/items.json")  # paired comparisons offline
         self.client.set_terminated(rid, _STATUS.get(t.state, "FAILED"))
         self.children()[t.number] = rid
 
@@ -171,12 +176,13 @@ class Tracker:
                 log = logs_dir / f"trial-{t.number}.log" if logs_dir else None
                 self.log_trial(t, str(log) if log else None)
 
-    def update_pareto(self, study: optuna.Study) -> list[FrozenTrial]:
-        front = pareto_trials(study)
-        ids = {t.number for t in front}
+    def update_pareto(self, study: optuna.Study) -> None:
+        """Re-rank every measured trial under the current config and refresh the parent's artifacts."""
         trials = measured_trials(study)
+        front = {m.number for m in pareto_front(self.config, trials)}
         deltas = deltas_vs_most_accurate(trials)
-        rows = [trial_row(t, t.number in ids, is_feasible(t), deltas) for t in trials]
+        rows = [trial_row(m, m.number in front, is_feasible(self.config, m.record), deltas.get(m.number))
+                for m in trials]  # fmt: skip
         with tempfile.TemporaryDirectory() as d:
             out = Path(d)
             write_table(rows, out)
@@ -184,9 +190,8 @@ class Tracker:
             self.client.log_artifacts(self.parent_id, d, "pareto")
         self._children = None  # other workers may have logged trials since we last looked
         for number, rid in self.children().items():
-            self.client.set_tag(rid, "pareto", "true" if number in ids else "false")
+            self.client.set_tag(rid, "pareto", "true" if number in front else "false")
         self._log(self.parent_id, metrics={"n_trials": len(study.trials), "n_pareto": len(front)})
-        return front
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_id, status)

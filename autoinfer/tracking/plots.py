@@ -7,31 +7,29 @@ import json
 from pathlib import Path
 from typing import Any
 
-from optuna.trial import FrozenTrial
+from autoinfer.search.pareto import AccuracyDelta, Measured
 
 COLUMNS = [
     "trial", "engine", "quantization", "draft", "batch_size", "hardware",
     "correct_tokens_per_j", "accuracy", "accuracy_stderr",
     "accuracy_vs_best", "accuracy_vs_best_se", "accuracy_best_trial", "tokens_per_s", "ttft_p50_s",
-    "latency_p50_s", "j_per_token", "energy_source", "acceptance_rate", "feasible", "pareto",
+    "latency_p50_s", "peak_memory_gb", "j_per_token", "energy_source", "acceptance_rate", "draft_lossless",
+    "roofline_pct", "feasible", "pareto",
 ]  # fmt: skip
 
 
-def trial_row(
-    t: FrozenTrial, pareto: bool, feasible: bool, deltas: dict[int, tuple[float, float, int]] | None = None
-) -> dict[str, Any]:
-    """One trial as a table row; `deltas` from deltas_vs_most_accurate adds paired accuracy deltas."""
-    m = t.user_attrs.get("metrics", {})
-    p = t.user_attrs.get("point", {})
-    info = t.user_attrs.get("info", {})
-    row: dict[str, Any] = {"trial": t.number, **p}
+def trial_row(m: Measured, pareto: bool, feasible: bool, delta: AccuracyDelta | None = None) -> dict[str, Any]:
+    """One measured trial as a table row (a CSV row: the keys are COLUMNS)."""
+    rec = m.record
+    row: dict[str, Any] = {"trial": m.number, **rec.point.as_dict(), "label": rec.point.label()}
     for k in COLUMNS:
-        if k in m:
-            row[k] = m[k]
-    if deltas and t.number in deltas:
-        row["accuracy_vs_best"], row["accuracy_vs_best_se"], _ = deltas[t.number]
-        row["accuracy_best_trial"] = int(deltas[-1][0])
-    row["energy_source"] = info.get("energy_source", "")
+        if k in rec.metrics:
+            row[k] = rec.metrics[k]
+    if delta is not None:
+        row["accuracy_vs_best"], row["accuracy_vs_best_se"] = delta.delta, delta.stderr
+        row["accuracy_best_trial"] = delta.reference
+    row["energy_source"] = rec.provenance.energy_source
+    row["draft_lossless"] = "" if rec.provenance.draft_lossless is None else rec.provenance.draft_lossless
     row["feasible"] = feasible
     row["pareto"] = pareto
     return row
@@ -51,7 +49,7 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 def _label(r: dict[str, Any]) -> str:
-    return f"#{r['trial']} {r.get('quantization')} {r.get('draft')} b{r.get('batch_size')} {r.get('hardware')}"
+    return f"#{r['trial']} {r['label']}"
 
 
 def write_plots(rows: list[dict[str, Any]], out: Path, title: str) -> None:

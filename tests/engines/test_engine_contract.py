@@ -1,72 +1,62 @@
-"""The contract every engine must pass, run here on a tiny random llama.
-
-Engines are listed in ENGINE_CASES; an engine whose optional dependency is missing is skipped
-with the reason.
-"""
+"""The engine contract on the transformers engine (tiny random llama) and the fake engine, plus
+transformers-specific behaviour. The llama.cpp engine runs the same contract in test_llamacpp.py."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from autoinfer.config import parse_config
-from autoinfer.engines import ENGINES, TrialPoint
+from autoinfer.engines import ENGINES, Engine, TrialPoint
 from autoinfer.errors import TrialError
-from tests.conftest import base_config
-
-ENGINE_CASES = [
-    ("transformers", "fp32", "none", 2),
-    ("transformers", "bf16", "none", 3),
-    ("transformers", "int8", "none", 2),
-    ("transformers", "int4", "none", 1),
-    ("transformers", "fp32", "prompt_lookup:2", 1),
-    ("transformers", "fp32", "early_exit:2", 1),
-]
+from tests.conftest import base_config, fake_config
+from tests.engines.contract import PROMPTS, EngineContract
 
 
-def make(model_dir: Path, tmp: Path, engine: str, quant: str, draft: str, batch: int) -> Any:
-    cfg = parse_config(base_config(model_dir, tmp), base_dir=str(tmp))
+def make(model_dir: Path, tmp: Path, engine: str, quant: str, draft: str, batch: int, **over: Any) -> Any:
+    cfg = parse_config(base_config(model_dir, tmp, **over), base_dir=str(tmp))
     point = TrialPoint(engine=engine, quantization=quant, draft=draft, batch_size=batch, hardware="cpu:1")
-    spec = ENGINES.get(engine)
-    eng = spec.load_class()(cfg, point)
+    eng = ENGINES.get(engine).load_class()(cfg, point)
     eng.load()
     return eng
 
 
-@pytest.mark.parametrize(("engine", "quant", "draft", "batch"), ENGINE_CASES)
-def test_engine_contract(tiny_model_dir: Path, tmp_path: Path, engine: str, quant: str, draft: str, batch: int) -> None:
-    if quant in ("int8", "int4") and importlib.util.find_spec("optimum.quanto") is None:
-        pytest.fail("optimum-quanto not installed (a dependency of autoinfer)")
-    eng = make(tiny_model_dir, tmp_path, engine, quant, draft, batch)
-    prompts = ["Write a haiku about autumn leaves.", "List five fruits.", "Name the planets."][:batch]
-    g = eng.generate(prompts, max_new_tokens=12, ignore_eos=True)
-    assert len(g.new_tokens) == batch and all(n == 12 for n in g.new_tokens)  # ignore_eos: fixed length
-    assert 0 < g.ttft_s <= min(g.latency_s) <= max(g.latency_s) <= g.total_s + 1e-6
-    if draft != "none":
-        assert g.draft_proposed > 0 and 0 <= g.draft_accepted <= g.draft_proposed
-    else:
-        assert g.draft_proposed == 0
-    g2 = eng.generate(prompts, max_new_tokens=12)
-    assert all(1 <= n <= 12 for n in g2.new_tokens)
-    assert eng.weight_bytes() > 0
-    lm = eng.lm_eval_model()
-    from lm_eval.api.instance import Instance
+class TestTransformersContract(EngineContract):
+    drafts = ("prompt_lookup:2", "early_exit:2", "model:SELF")
 
-    req = Instance("loglikelihood", doc={}, arguments=("Question: what is a whale?\nAnswer:", " a mammal"), idx=0)
-    ((ll, greedy),) = lm.loglikelihood([req])
-    assert ll < 0 and isinstance(greedy, bool)
-    eng.close()
+    @pytest.fixture(autouse=True)
+    def _model(self, tiny_model_dir: Path) -> None:
+        self.model_dir = tiny_model_dir
+
+    def make(self, tmp_path: Path, draft: str = "none", batch: int = 1) -> Engine:
+        draft = draft.replace("SELF", str(self.model_dir))  # the model as its own assistant
+        eng: Engine = make(self.model_dir, tmp_path, "transformers", "fp32", draft, batch)
+        return eng
+
+
+class TestFakeContract(EngineContract):
+    drafts = ("prompt_lookup:2", "model:any")
+
+    def make(self, tmp_path: Path, draft: str = "none", batch: int = 1) -> Engine:
+        cfg = parse_config(fake_config(tmp_path), base_dir=str(tmp_path))
+        eng = ENGINES.get("fake").load_class()(cfg, TrialPoint("fake", "fp32", draft, batch, "cpu:1"))
+        eng.load()
+        return eng
+
+
+@pytest.mark.parametrize("quant", ["bf16", "int8", "int4"])
+def test_every_transformers_quantization_generates(tiny_model_dir: Path, tmp_path: Path, quant: str) -> None:
+    eng = make(tiny_model_dir, tmp_path, "transformers", quant, "none", 2)
+    g = eng.generate(PROMPTS[:2], 12, ignore_eos=True)
+    assert g.new_tokens == (12, 12) and g.target_passes == 11
+    assert eng.weight_bytes() > 0
 
 
 @pytest.mark.parametrize(("quant", "backend"), [("int8", "optimum-quanto"), ("int8", "torchao"), ("int4", "auto")])
 def test_int_backends_run_and_are_recorded(tiny_model_dir: Path, tmp_path: Path, quant: str, backend: str) -> None:
-    data = base_config(tiny_model_dir, tmp_path, transformers={"int_backend": backend})
-    cfg = parse_config(data, base_dir=str(tmp_path))
-    eng = ENGINES.get("transformers").load_class()(cfg, TrialPoint("transformers", quant, "none", 2, "cpu:1"))
-    eng.load()
+    eng = make(tiny_model_dir, tmp_path, "transformers", quant, "none", 2, transformers={"int_backend": backend})
     expected = {"auto": "optimum-quanto"}.get(backend, backend)
     assert eng.info["quant_backend"] == expected
     g = eng.generate(["List five fruits.", "Name the planets."], 6, ignore_eos=True)
@@ -74,16 +64,19 @@ def test_int_backends_run_and_are_recorded(tiny_model_dir: Path, tmp_path: Path,
 
 
 def test_torchao_int4_on_cpu_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path) -> None:
-    data = base_config(tiny_model_dir, tmp_path, transformers={"int_backend": "torchao"})
-    cfg = parse_config(data, base_dir=str(tmp_path))
-    eng = ENGINES.get("transformers").load_class()(cfg, TrialPoint("transformers", "int4", "none", 1, "cpu:1"))
     with pytest.raises(TrialError, match="no CPU int4"):
-        eng.load()
+        make(tiny_model_dir, tmp_path, "transformers", "int4", "none", 1, transformers={"int_backend": "torchao"})
 
 
 def test_quantization_shrinks_weight_bytes(tiny_model_dir: Path, tmp_path: Path) -> None:
     sizes = {q: make(tiny_model_dir, tmp_path, "transformers", q, "none", 1).weight_bytes() for q in ("fp32", "bf16")}
     assert sizes["bf16"] * 2 == pytest.approx(sizes["fp32"], rel=0.01)
+
+
+def test_early_exit_draft_reads_only_its_layers(tiny_model_dir: Path, tmp_path: Path) -> None:
+    eng = make(tiny_model_dir, tmp_path, "transformers", "fp32", "early_exit:2", 1)
+    full, early = eng.weight_bytes(), eng.draft_weight_bytes()
+    assert 0 < early < full  # 2 of the 4 layers, plus the tied embedding as lm_head
 
 
 def test_early_exit_beyond_depth_is_a_clear_trial_error(tiny_model_dir: Path, tmp_path: Path) -> None:

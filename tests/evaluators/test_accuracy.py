@@ -6,7 +6,7 @@ import pytest
 
 from autoinfer.config import parse_config
 from autoinfer.errors import TrialError
-from autoinfer.evaluators.accuracy import deltas_vs_most_accurate, evaluate_accuracy, paired_delta, task_spec
+from autoinfer.evaluators.accuracy import evaluate_accuracy, task_spec
 from tests.conftest import ARC_DIR
 
 
@@ -53,26 +53,3 @@ def test_tiny_model_on_real_arc_items(tiny_model_dir: Path, tmp_path: Path) -> N
     # Item scores in doc order, consistent with the aggregate lm-eval reported.
     assert len(r.items["arc_easy"]) == 8 and set(r.items["arc_easy"]) <= {0.0, 1.0}
     assert sum(r.items["arc_easy"]) / 8 == pytest.approx(r.accuracy)
-
-
-def test_paired_delta_uses_the_item_pairing() -> None:
-    a = {"t": [1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0]}
-    b = {"t": [1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]}  # one item lost, every other item shared
-    delta, se, n = paired_delta(b, a) or (0.0, 0.0, 0)
-    assert n == 8 and delta == pytest.approx(-1 / 8)
-    # sd of the differences (one -1 among 8) / sqrt(8): far below the unpaired stderr of ~0.25
-    assert se == pytest.approx((((7 * (1 / 8) ** 2 + (7 / 8) ** 2) / 7) ** 0.5) / 8**0.5)
-    assert paired_delta(a, {"t": [1.0] * 5}) is None  # different items: no pairing
-    assert paired_delta(a, {"u": a["t"]}) is None
-
-
-def test_deltas_against_the_most_accurate_trial() -> None:
-    from types import SimpleNamespace
-
-    def trial(number: int, acc: float, items: list[float]) -> SimpleNamespace:
-        return SimpleNamespace(number=number, user_attrs={"metrics": {"accuracy": acc}, "accuracy_items": {"t": items}})
-
-    trials = [trial(0, 0.5, [1, 0, 1, 0]), trial(1, 0.75, [1, 1, 1, 0]), trial(2, 0.25, [0, 0, 1, 0])]
-    d = deltas_vs_most_accurate(trials)
-    assert d[-1][0] == 1 and d[1][:2] == (0.0, 0.0) and d[0][0] == pytest.approx(-0.25)
-    assert d[2][0] == pytest.approx(-0.5)

@@ -1,4 +1,5 @@
-"""The search loop on the tiny model: tracking agreement, failures, resume, interruption."""
+"""The search loop on the fake engine: tracking agreement, failures, resume, interruption, and
+refusing to mix numbers measured under different setups."""
 
 from __future__ import annotations
 
@@ -8,12 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from autoinfer.config import parse_config
+from autoinfer.errors import ConfigError
+from autoinfer.metrics import METRICS
+from autoinfer.record import record_of
+from autoinfer.search.pareto import measured_trials, pareto_trials
 from autoinfer.search.study import open_study, run_search
-from tests.conftest import base_config
+from tests.conftest import base_config, fake_config
 
 
 def children(cfg: Any) -> dict[int, Any]:
@@ -23,86 +29,83 @@ def children(cfg: Any) -> dict[int, Any]:
     return {int(r.data.tags["autoinfer.trial"]): r for r in runs if "autoinfer.trial" in r.data.tags}
 
 
-def config(model_dir: Path, tmp: Path, **over: Any) -> Any:
-    return parse_config(base_config(model_dir, tmp, **over), base_dir=str(tmp))
+def config(tmp: Path, **over: Any) -> Any:
+    return parse_config(fake_config(tmp, **over), base_dir=str(tmp))
 
 
-def test_search_tracks_every_trial_and_the_frontier(tiny_model_dir: Path, tmp_path: Path) -> None:
-    cfg = config(tiny_model_dir, tmp_path, constraints=["tokens_per_s >= 1"])
+NO_ACC: dict[str, Any] = {"accuracy": {"tasks": []}, "objectives": [{"name": "tokens_per_s"}]}
+
+
+def test_search_tracks_every_trial_and_the_frontier(tmp_path: Path) -> None:
+    cfg = config(tmp_path, constraints=["tokens_per_s >= 1"], search={"trials": 4, "sampler": "grid"})
     study, tracker = run_search(cfg)
-    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
-    measured = [t for t in finished if "duplicate_of" not in t.user_attrs]
-    assert len(measured) == 3
+    measured = measured_trials(study)
+    assert len(measured) == 4
     runs = children(cfg)
     assert set(runs) == {t.number for t in study.trials}  # MLflow and Optuna agree trial for trial
-    for t in measured:
-        assert t.state == TrialState.COMPLETE, t.user_attrs.get("fail_reason")
-        r = runs[t.number].data
-        assert r.metrics["tokens_per_s"] == t.user_attrs["metrics"]["tokens_per_s"] > 0
-        assert r.tags["energy_source"] == "estimated:cpu-time"
-        assert 0 <= r.metrics["accuracy"] <= 1 and r.metrics["accuracy_stderr"] > 0
-        assert r.metrics["accuracy_samples"] == 4
-        assert r.params["quantization"] == t.user_attrs["point"]["quantization"]
+    for m in measured:
+        rec = m.record
+        assert set(rec.metrics) <= set(METRICS)  # every emitted metric is declared
+        r = runs[m.number].data
+        assert r.metrics["tokens_per_s"] == rec.metrics["tokens_per_s"] > 0
+        assert r.tags["energy_source"] == rec.provenance.energy_source == "estimated:cpu-time"
+        assert r.params["quantization"] == rec.point.quantization
+        assert 0 < rec.metrics["roofline_pct"] < 100 and rec.metrics["peak_memory_gb"] > 0
+        assert rec.provenance.prompts == 16 and rec.provenance.sequences == 2 * 16  # the whole set, twice
         assert "constraint.tokens_per_s_min_violation" in r.metrics
-        if t.user_attrs["point"]["draft"] != "none":
-            assert "acceptance_rate" in r.metrics
-    # the accuracy of a (quantization) key is measured once and then reused, with a citation
+        assert rec.accuracy is not None and rec.accuracy.samples == 4 and r.metrics["accuracy_samples"] == 4
+        if rec.point.draft != "none":
+            assert rec.provenance.draft_lossless is True and "identical to plain greedy" in rec.provenance.draft_check
+            assert 0 <= rec.metrics["acceptance_rate"] <= 1
+        else:
+            assert rec.provenance.draft_lossless is None and "acceptance_rate" not in rec.metrics
+    # the accuracy of a key (here: the quantization) is measured once, then reused with a citation
     by_quant: dict[str, list[Any]] = {}
-    for t in measured:
-        by_quant.setdefault(t.user_attrs["point"]["quantization"], []).append(t)
-    for trials in by_quant.values():
-        fresh = [t for t in trials if "accuracy_reused_from_trial" not in t.user_attrs["info"]]
+    for m in measured:
+        by_quant.setdefault(m.record.point.quantization, []).append(m)
+    for group in by_quant.values():
+        fresh = [m for m in group if m.record.accuracy and m.record.accuracy.reused_from_trial is None]
         assert len(fresh) == 1
-    tps = {t.user_attrs["metrics"]["tokens_per_s"] for t in measured}
-    assert len(tps) == len(measured)  # real, non-constant measurements
+        for m in group:
+            assert m.record.accuracy and m.record.accuracy.key == fresh[0].record.accuracy.key
     client = MlflowClient(cfg.mlflow.tracking_uri)
     arts = {a.path for a in client.list_artifacts(tracker.parent_id, "pareto")}
     assert {"pareto/frontier.csv", "pareto/frontier.json", "pareto/pareto.png", "pareto/pareto.html"} <= arts
     assert any(r.data.tags.get("pareto") == "true" for r in runs.values())
     parent = client.get_run(tracker.parent_id).data
-    assert "machine.cpu" in parent.tags and parent.params["search.trials"] == "3"
+    assert "machine.cpu" in parent.tags and parent.params["search.trials"] == "4"
 
 
-def test_failing_trial_is_recorded_and_the_study_finishes(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_a_lossy_draft_fails_its_trial_and_the_study_finishes(tmp_path: Path) -> None:
     cfg = config(
-        tiny_model_dir,
-        tmp_path,
-        space={"quantization": ["fp32"], "draft": ["none", f"model:{tmp_path}/missing-draft"], "batch_size": [1],
-               "hardware": ["cpu:1"]},
-        search={"trials": 2, "sampler": "grid", "storage": f"sqlite:///{tmp_path}/o.db", "study_name": "f"},
-        accuracy={"tasks": []},
-        objectives=[{"name": "tokens_per_s"}],
+        tmp_path, space={"quantization": ["fp32"], "draft": ["none", "model:lossy"], "batch_size": [1]},
+        search={"trials": 2, "sampler": "grid"}, **NO_ACC,
     )  # fmt: skip
     study, _ = run_search(cfg)
     by_draft = {t.user_attrs["point"]["draft"]: t for t in study.trials}
-    bad = by_draft[f"model:{tmp_path}/missing-draft"]
-    assert bad.state == TrialState.FAIL
-    assert "cannot be loaded" in bad.user_attrs["fail_reason"]
+    bad = by_draft["model:lossy"]
+    assert bad.state == TrialState.FAIL and "draft is not lossless" in bad.user_attrs["fail_reason"]
     assert by_draft["none"].state == TrialState.COMPLETE
     run = children(cfg)[bad.number]
-    assert run.info.status == "FAILED" and "cannot be loaded" in run.data.tags["autoinfer.fail_reason"]
+    assert run.info.status == "FAILED" and "not lossless" in run.data.tags["autoinfer.fail_reason"]
 
 
-def test_resume_neither_loses_nor_reruns(tiny_model_dir: Path, tmp_path: Path) -> None:
-    over: dict[str, Any] = {"accuracy": {"tasks": []}, "objectives": [{"name": "tokens_per_s"}]}
-    first = config(tiny_model_dir, tmp_path, search={"trials": 2, "sampler": "random"}, **over)
-    study, _ = run_search(first)
+def test_resume_neither_loses_nor_reruns(tmp_path: Path) -> None:
+    study, _ = run_search(config(tmp_path, search={"trials": 2, "sampler": "random"}, **NO_ACC))
     before = {t.number: t.datetime_complete for t in study.trials}
-    second = config(tiny_model_dir, tmp_path, search={"trials": 3, "sampler": "random"}, **over)
+    second = config(tmp_path, search={"trials": 3, "sampler": "random"}, **NO_ACC)
     study, _ = run_search(second)
-    counted = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
-    assert len(counted) == 3
+    assert len(measured_trials(study)) == 3
     for number, done in before.items():
         assert study.trials[number].datetime_complete == done  # untouched
     assert set(children(second)) == {t.number for t in study.trials}
 
 
-def test_interrupted_trial_is_failed_and_requeued(tiny_model_dir: Path, tmp_path: Path) -> None:
-    over: dict[str, Any] = {"accuracy": {"tasks": []}, "objectives": [{"name": "tokens_per_s"}]}
-    cfg = config(tiny_model_dir, tmp_path, search={"trials": 1, "sampler": "random"}, **over)
+def test_interrupted_trial_is_failed_and_requeued(tmp_path: Path) -> None:
+    cfg = config(tmp_path, search={"trials": 1, "sampler": "random"}, **NO_ACC)
     study = open_study(cfg)
     # A trial left RUNNING by a search process that died (pid that cannot exist).
-    dead = study.ask({"quantization": optuna.distributions.CategoricalDistribution(["fp32", "bf16"])})
+    dead = study.ask({"quantization": optuna.distributions.CategoricalDistribution(["fp32", "int8"])})
     dead.set_user_attr("worker", f"{socket.gethostname()}:{2**22 + 12345}")
     assert not os.path.exists(f"/proc/{2**22 + 12345}")
     study, _ = run_search(cfg)
@@ -111,3 +114,80 @@ def test_interrupted_trial_is_failed_and_requeued(tiny_model_dir: Path, tmp_path
     retry = [t for t in study.trials if t.user_attrs.get("retry_of") == dead.number]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
     assert retry[0].params["quantization"] == old.params["quantization"]
+
+
+def test_a_changed_setup_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    run_search(config(tmp_path, search={"trials": 2, "sampler": "grid"}, **NO_ACC))
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    n_trials = len(optuna.load_study(study_name="t", storage=storage).trials)
+    n_runs = len(children(config(tmp_path, **NO_ACC)))
+    for over, field in [
+        ({"workload": {"max_new_tokens": 9}}, "workload.max_new_tokens"),
+        ({"workload": {"prompt_count": 8}}, "workload.prompts"),
+        ({"transformers": {"int_backend": "torchao"}}, "transformers.int_backend"),
+        ({"energy": {"cpu_watts_per_core": 5}}, "energy.cpu_watts_per_core"),
+    ]:
+        changed = config(tmp_path, search={"trials": 3, "sampler": "grid"}, **NO_ACC, **over)
+        with pytest.raises(ConfigError) as e:
+            run_search(changed)
+        assert e.value.where == field and "--fresh" in str(e.value) and "\n" not in str(e.value)
+    assert len(optuna.load_study(study_name="t", storage=storage).trials) == n_trials
+    assert len(children(config(tmp_path, **NO_ACC))) == n_runs
+
+
+def test_a_growing_space_measures_only_the_new_points(tmp_path: Path) -> None:
+    space = {"quantization": ["fp32"], "draft": ["none"], "batch_size": [1]}
+    study, _ = run_search(config(tmp_path, space=space, search={"trials": 10, "sampler": "grid"}, **NO_ACC))
+    first = {m.number: m.record.point for m in measured_trials(study)}
+    assert len(first) == 1
+    grown = {**space, "batch_size": [1, 2], "quantization": ["fp32", "int8"]}
+    study, _ = run_search(config(tmp_path, space=grown, search={"trials": 10, "sampler": "grid"}, **NO_ACC))
+    points = [m.record.point for m in measured_trials(study)]
+    assert len(points) == len(set(points)) == 4  # the old point kept, three new ones, none twice
+    assert all(study.trials[n].user_attrs["point"] == p.as_dict() for n, p in first.items())
+
+
+def test_fresh_starts_a_study_of_its_own_and_resumes_it(tmp_path: Path) -> None:
+    run_search(config(tmp_path, search={"trials": 1, "sampler": "grid"}, **NO_ACC))
+    changed = config(tmp_path, workload={"max_new_tokens": 6}, search={"trials": 1, "sampler": "grid"}, **NO_ACC)
+    study, tracker = run_search(changed, fresh=True)
+    assert study.study_name.startswith("t-") and study.study_name == tracker.study_name
+    again, _ = run_search(changed.model_copy(update={"search": changed.search.model_copy(update={"trials": 2})}),
+                          fresh=True)  # fmt: skip
+    assert again.study_name == study.study_name and len(measured_trials(again)) == 2
+
+
+def test_a_changed_constraint_reranks_old_trials(tmp_path: Path) -> None:
+    cfg = config(tmp_path, search={"trials": 3, "sampler": "grid"}, **NO_ACC)
+    study, _ = run_search(cfg)
+    best = max(measured_trials(study), key=lambda m: m.record.metrics["tokens_per_s"])
+    assert [m.number for m in pareto_trials(study, cfg)] == [best.number]
+    limit = best.record.metrics["tokens_per_s"] * 0.999
+    strict = config(
+        tmp_path, constraints=[f"tokens_per_s <= {limit}"], search={"trials": 3, "sampler": "grid"}, **NO_ACC
+    )
+    front = pareto_trials(study, strict)
+    assert front and best.number not in [m.number for m in front]  # no re-measurement needed
+    run_search(strict)  # the budget is met: the re-run only re-ranks and re-tags
+    tags = {n: r.data.tags["pareto"] for n, r in children(strict).items()}
+    assert tags[best.number] == "false" and {tags[m.number] for m in front} == {"true"}
+
+
+def test_int8_on_another_backend_is_another_study_with_its_own_accuracy(tiny_model_dir: Path, tmp_path: Path) -> None:
+    def cfg(backend: str) -> Any:
+        space = {"quantization": ["int8"], "draft": ["none"], "batch_size": [1], "hardware": ["cpu:1"]}
+        data = base_config(tiny_model_dir, tmp_path, transformers={"int_backend": backend}, space=space,
+                           workload={"max_new_tokens": 4, "repeats": 1, "warmup": 0, "prompt_count": 2},
+                           search={"trials": 1, "sampler": "grid"})  # fmt: skip
+        return parse_config(data, base_dir=str(tmp_path))
+
+    first, _ = run_search(cfg("optimum-quanto"))
+    with pytest.raises(ConfigError, match=r"transformers\.int_backend"):
+        run_search(cfg("torchao"))
+    second, _ = run_search(cfg("torchao"), fresh=True)
+    recs = [record_of(s.trials[-1]) for s in (first, second)]
+    assert [r.provenance.engine["quant_backend"] for r in recs if r] == ["optimum-quanto", "torchao"]
+    for r in recs:  # each measured its own accuracy
+        assert r is not None and r.accuracy is not None and r.accuracy.reused_from_trial is None
+    assert recs[0] and recs[1] and recs[0].accuracy and recs[1].accuracy
+    assert recs[0].accuracy.key != recs[1].accuracy.key

@@ -1,0 +1,156 @@
+"""What a study's numbers depend on, so numbers from different setups are never ranked together.
+
+A study records its identity: the weights' digest, the workload (prompt content included), engine
+and energy settings, the accuracy setup (data-file content included), library versions and the
+machine. A re-run whose identity differs is refused with the first field that changed. Extending
+the space is not a change: engines and drafts add their own fields (`engine.*`, `draft.*`) when
+they join, and a field only one side has is not compared.
+
+The accuracy key is the part of that which decides a score, plus the point's weights-side
+dimensions; trials with equal keys share one lm-eval run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from autoinfer.cache import file_digest, tree_digest
+from autoinfer.config import Config
+from autoinfer.engines import ENGINES, TrialPoint
+from autoinfer.spaces.dimensions import DraftSpec
+
+# Bump when what a measurement means changes, so older studies are not mixed with newer numbers.
+# 2: the fixed prompt set for every batch size, per-pass roofline, generation-window peak memory.
+MEASUREMENT_VERSION = "2"
+EXTENSIBLE = ("engine.", "draft.")  # fields that appear when the space grows
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def source_identity(config: Config, source: str, gguf_file: str | None = None) -> str:
+    """Content digest of a model source: a GGUF file, a local checkpoint, or a hub id at a revision."""
+    from autoinfer.engines.sources import resolve_source
+
+    resolved = resolve_source(config, source)
+    path = Path(resolved)
+    if gguf_file:
+        return "sha256:" + file_digest(path / gguf_file)
+    if path.is_file():
+        return "sha256:" + file_digest(path)
+    if path.is_dir():
+        return "tree-sha256:" + tree_digest(path)
+    # Not on disk: a hub id. Pin model.revision to a commit for an exact identity.
+    return f"hub:{source}@{config.model.revision or 'main'}"
+
+
+def _data_identity(config: Config) -> str:
+    tasks = []
+    for t in config.accuracy.tasks:
+        files = {split: "sha256:" + file_digest(config.resolve(path)) for split, path in (t.data_files or {}).items()}
+        tasks.append({"name": t.name, "data": files})
+    return json.dumps(tasks, sort_keys=True)
+
+
+def _prompts_identity(config: Config) -> str:
+    from autoinfer.evaluators.workload import load_prompts, prompt_set
+
+    wl = config.workload
+    prompts = prompt_set(load_prompts(wl.prompts, Path(config.base_dir)), wl.prompt_count)
+    digest = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16]
+    return f"{wl.prompts} ({len(prompts)} prompts, sha256 {digest})"
+
+
+def _machine() -> dict[str, str]:
+    from autoinfer.hardware import cpu_model, gpus
+
+    return {"machine.cpu": cpu_model(), "machine.cpu_count": str(os.cpu_count()), "machine.gpus": ", ".join(gpus())}
+
+
+def study_identity(config: Config) -> dict[str, str]:
+    """Every field that changes a measurement, as display strings keyed by where they come from."""
+    m, wl, acc = config.model, config.workload, config.accuracy
+    ident: dict[str, str] = {
+        "autoinfer.measurement": MEASUREMENT_VERSION,
+        "model.weights": source_identity(config, m.source, m.gguf_file),
+        "model.tokenizer": source_identity(config, m.tokenizer) if m.tokenizer else "the model's",
+        "model.chat_template": str(m.chat_template),
+        "model.trust_remote_code": str(m.trust_remote_code),
+        "workload.prompts": _prompts_identity(config),
+        "workload.max_new_tokens": str(wl.max_new_tokens),
+        "workload.repeats": str(wl.repeats),
+        "workload.warmup": str(wl.warmup),
+        "workload.ignore_eos": str(wl.ignore_eos),
+        "transformers.int_backend": config.transformers.int_backend,
+        "energy.cpu_watts_per_core": f"{config.energy.cpu_watts_per_core:g}",
+        "accuracy.tasks": _data_identity(config),
+        "accuracy.limit": str(acc.limit),
+        "accuracy.num_fewshot": str(acc.num_fewshot),
+        "accuracy.metric": acc.metric,
+        "accuracy.batch_size": str(acc.batch_size),
+        "lib.lm_eval": _version("lm_eval"),
+        **_machine(),
+    }
+    for name in config.space.engine:
+        for package in ENGINES.get(name).version_packages:
+            ident[f"engine.{name}.{package}"] = _version(package)
+    for d in config.space.draft:
+        spec = DraftSpec.parse(d)
+        if spec.kind == "model" and not _is_level(spec.model):
+            ident[f"draft.{spec.model}"] = source_identity(config, spec.model)
+    return ident
+
+
+def _is_level(name: str) -> bool:
+    from autoinfer.spaces.dimensions import LLAMACPP_LEVELS
+
+    return name in LLAMACPP_LEVELS
+
+
+def identity_hash(identity: dict[str, str]) -> str:
+    """Short hash of the fields every trial of a study shares (extensible fields left out)."""
+    core = {k: v for k, v in identity.items() if not k.startswith(EXTENSIBLE)}
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def first_difference(stored: dict[str, str], current: dict[str, str]) -> tuple[str, str, str] | None:
+    """(field, stored value, current value) of the first field that changed, in `current`'s order."""
+    for key, value in current.items():
+        if key in stored and stored[key] != value:
+            return key, stored[key], value
+        if key not in stored and not key.startswith(EXTENSIBLE):
+            return key, "(not recorded)", value
+    for key, value in stored.items():
+        if key not in current and not key.startswith(EXTENSIBLE):
+            return key, value, "(not recorded)"
+    return None
+
+
+def accuracy_key(identity: dict[str, str], config: Config, point: TrialPoint) -> str:
+    """Everything a score depends on: the weights and how they are quantized and run, the eval itself.
+
+    Draft, batch size and CPU thread count do not change greedy logits, so they are not in it.
+    """
+    spec = ENGINES.get(point.engine)
+    parts: dict[str, Any] = {
+        "weights": identity["model.weights"],
+        "tokenizer": identity["model.tokenizer"],
+        "engine": point.engine,
+        "engine_versions": {p: _version(p) for p in spec.version_packages},
+        "engine_settings": spec.accuracy_settings(config, point),
+        "quantization": point.quantization,
+        "device": point.hardware_spec.kind,
+        "lm_eval": identity["lib.lm_eval"],
+        "tasks": identity["accuracy.tasks"],
+        **{k: identity[f"accuracy.{k}"] for k in ("limit", "num_fewshot", "metric", "batch_size")},
+    }
+    return json.dumps(parts, sort_keys=True)

@@ -1,0 +1,170 @@
+"""A fake engine, registered as "fake": the search, resume and tracking code paths without a model.
+
+`model:lossy` is a draft whose verification is broken (drafted tokens are taken unchecked), for
+testing that such a trial fails.
+
+It is a deterministic toy language model (the next token is a function of the last two) whose
+forward passes burn real CPU time, so timings, the CPU-time energy estimate and the whole trial
+pipeline are exercised for real. Loaded by AUTOINFER_PLUGINS=tests.fake_engine (tests/conftest.py
+sets it, so trial processes and CLI subprocesses register it too).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lm_eval.api.model import TemplateLM
+
+from autoinfer.engines import ENGINES, Engine, EngineSpec, GenerationResult
+from autoinfer.engines.llamacpp_engine import lookup_draft
+from autoinfer.errors import TrialError
+
+VOCAB = 64
+EOS = 0
+# Seconds one forward pass of the target burns per quantization (and per draft step).
+PASS_S = {"fp32": 0.004, "bf16": 0.0025, "int8": 0.0015}
+DRAFT_STEP_S = 0.0004
+PARAMS = 1_000_000
+
+
+def _burn(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def next_token(a: int, b: int) -> int:
+    return (7 * a + 3 * b + 5) % VOCAB
+
+
+def encode(text: str) -> list[int]:
+    return [1 + c % (VOCAB - 1) for c in text.encode()]  # never EOS
+
+
+class FakeLM(TemplateLM):
+    """Scores a continuation by how often the toy model would have produced each of its tokens."""
+
+    def __init__(self, quantization: str) -> None:
+        super().__init__()
+        self.shift = {"fp32": 0, "bf16": 0, "int8": 1}.get(quantization, 0)
+
+    @property
+    def eot_token_id(self) -> int:
+        return EOS
+
+    def tok_encode(self, string: str, **kwargs: Any) -> list[int]:
+        return encode(string)
+
+    def _loglikelihood_tokens(self, requests: list[Any], disable_tqdm: bool = False, **kwargs: Any) -> list[Any]:
+        out = []
+        for _, ctx, cont in requests:
+            hist = list(ctx)
+            score = 0.0
+            for t in cont:
+                a, b = [1, 1, *hist][-2:]
+                score -= abs(next_token(b, a) - t + self.shift) / VOCAB
+                hist.append(t)
+            out.append((score, False))
+        return out
+
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        return [-1.0 for _ in requests]
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        return ["" for _ in requests]
+
+
+class FakeEngine(Engine):
+    def load(self) -> None:
+        if self.point.quantization not in PASS_S:
+            raise TrialError(f"fake engine has no {self.point.quantization}")
+        self.pass_s = PASS_S[self.point.quantization]
+        self.info["fake"] = True
+
+    def _stops(self, t: int) -> bool:
+        return t == EOS or t in self.stop_tokens
+
+    def _draft(self, hist: list[int], n: int) -> list[int]:
+        d = self.point.draft_spec
+        if d.kind == "prompt_lookup":
+            return lookup_draft(hist, n)
+        out, h = [], list(hist)
+        for _ in range(n):  # a draft model that is right unless the history length is a multiple of 5
+            t = next_token(h[-1], h[-2])
+            out.append(t if len(h) % 5 else (t + 1) % VOCAB)
+            h.append(t)
+        return out
+
+    def generate(
+        self, prompts: list[str], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True
+    ) -> GenerationResult:
+        start = time.perf_counter()
+        hists = [encode(p) for p in prompts]
+        d = self.point.draft_spec
+        _burn(self.pass_s * (1 + 0.2 * len(prompts)))  # prefill
+        outs: list[list[int]] = [[] for _ in prompts]
+        times: list[list[float]] = [[] for _ in prompts]
+        for h, o, tm in zip(hists, outs, times, strict=True):
+            t = next_token(h[-1], h[-2])
+            h.append(t)
+            o.append(t)
+            tm.append(time.perf_counter() - start)
+        passes = steps = proposed = accepted = 0
+        live = [i for i, o in enumerate(outs) if max_new_tokens > 1 and (ignore_eos or not self._stops(o[-1]))]
+        while live:
+            passes += 1
+            _burn(self.pass_s * (1 + 0.2 * len(live)))
+            now = time.perf_counter() - start
+            still = []
+            for i in live:
+                h, o = hists[i], outs[i]
+                guess = self._draft(h, min(3, max_new_tokens - len(o) - 1)) if draft and d.kind != "none" else []
+                if d.kind == "model" and guess:
+                    steps += len(guess)
+                    _burn(DRAFT_STEP_S * len(guess))
+                proposed += len(guess)
+                for k in range(len(guess) + 1):
+                    t = next_token(h[-1], h[-2])
+                    if d.model == "lossy" and k < len(guess):
+                        t = guess[k]  # a broken verifier: takes the draft's word for it
+                    h.append(t)
+                    o.append(t)
+                    times[i].append(now)
+                    ended = (self._stops(t) and not ignore_eos) or len(o) >= max_new_tokens
+                    if ended or k == len(guess) or guess[k] != t:
+                        break
+                    accepted += 1
+                if not ended:
+                    still.append(i)
+            live = still
+        total = time.perf_counter() - start
+        return GenerationResult(
+            tuple(map(tuple, outs)), tuple(map(tuple, times)), total, passes, steps, proposed, accepted
+        )
+
+    def lm_eval_model(self) -> Any:
+        return FakeLM(self.point.quantization)
+
+    def weight_bytes(self) -> int:
+        return int(PARAMS * {"fp32": 4, "bf16": 2, "int8": 1}[self.point.quantization])
+
+    def draft_weight_bytes(self) -> int:
+        return PARAMS // 10 if self.point.draft_spec.kind == "model" else 0
+
+
+ENGINE = FakeEngine
+
+if "fake" not in ENGINES:
+    ENGINES.register("fake")(
+        EngineSpec(
+            name="fake",
+            module="tests.fake_engine",
+            quantizations=tuple(PASS_S),
+            draft_kinds=("none", "prompt_lookup", "model"),
+            hardware_kinds=("cpu",),
+            draft_max_batch=1,
+            draft_model_format="hf",
+            package="lm_eval",
+        )
+    )

@@ -1,0 +1,111 @@
+"""Study identity and the accuracy key: every field that changes a number is in them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autoinfer import identity as ident
+from autoinfer.config import parse_config
+from autoinfer.engines import TrialPoint
+from autoinfer.identity import accuracy_key, first_difference, identity_hash, study_identity
+from tests.conftest import fake_config
+
+BASE = TrialPoint("transformers", "int8", "none", 1, "cpu:1")
+
+
+def config(tmp: Path, **over: Any) -> Any:
+    data = fake_config(tmp, **over)
+    data["space"] = {**data["space"], "engine": ["fake", "transformers", "llama.cpp"], "quantization": ["int8"]}
+    return parse_config(data, base_dir=str(tmp))
+
+
+def key(tmp: Path, point: TrialPoint = BASE, **over: Any) -> str:
+    c = config(tmp, **over)
+    return accuracy_key(study_identity(c), c, point)
+
+
+def test_the_accuracy_key_ignores_what_does_not_change_a_score(tmp_path: Path) -> None:
+    same = [
+        TrialPoint("transformers", "int8", "prompt_lookup:3", 1, "cpu:1"),
+        TrialPoint("transformers", "int8", "none", 16, "cpu:2"),
+        TrialPoint("transformers", "int8", "none", 1, "cpu"),
+    ]
+    assert all(key(tmp_path, p) == key(tmp_path) for p in same)
+    different = [
+        TrialPoint("transformers", "bf16", "none", 1, "cpu:1"),
+        TrialPoint("llama.cpp", "Q8_0", "none", 1, "cpu:1"),
+        TrialPoint("transformers", "int8", "none", 1, "cuda:0"),
+    ]
+    assert all(key(tmp_path, p) != key(tmp_path) for p in different)
+
+
+def test_the_resolved_int_backend_is_in_the_key(tmp_path: Path) -> None:
+    quanto = key(tmp_path, transformers={"int_backend": "optimum-quanto"})
+    torchao = key(tmp_path, transformers={"int_backend": "torchao"})
+    auto = key(tmp_path)  # auto resolves int8 on CPU to torchao
+    assert quanto != torchao and auto == torchao
+    assert json.loads(quanto)["engine_settings"] == {"int_backend": "optimum-quanto"}
+
+
+def test_the_weights_digest_not_the_name_is_in_the_key(tmp_path: Path) -> None:
+    before = key(tmp_path)
+    (tmp_path / "fake-model" / "weights.bin").write_bytes(b"other weights, same path")
+    assert key(tmp_path) != before
+
+
+def test_data_file_content_is_in_the_key(tmp_path: Path) -> None:
+    data = tmp_path / "arc.jsonl"
+    data.write_text('{"id": "1"}\n')
+    tasks = {"tasks": [{"name": "arc_easy", "data_files": {"test": str(data)}}], "limit": 4}
+    before = key(tmp_path, accuracy=tasks)
+    data.write_text('{"id": "2"}\n')
+    assert key(tmp_path, accuracy=tasks) != before
+
+
+def test_eval_settings_are_in_the_key(tmp_path: Path) -> None:
+    base = key(tmp_path)
+    for over in ({"batch_size": 8}, {"limit": 5}, {"num_fewshot": 1}, {"metric": "acc_norm"}):
+        assert key(tmp_path, accuracy=over) != base, over
+
+
+@pytest.mark.parametrize(
+    ("package", "point"), [("lm_eval", BASE), ("llama_cpp_python", TrialPoint("llama.cpp", "Q8_0", "none", 1, "cpu:1"))]
+)
+def test_library_versions_are_in_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, package: str, point: TrialPoint
+) -> None:
+    before = key(tmp_path, point)
+    real = ident._version
+    monkeypatch.setattr(ident, "_version", lambda p: "99.0" if p == package else real(p))
+    assert key(tmp_path, point) != before
+
+
+def test_identity_names_the_first_changed_field(tmp_path: Path) -> None:
+    a = study_identity(config(tmp_path))
+    b = study_identity(config(tmp_path, workload={"max_new_tokens": 9}))
+    assert first_difference(a, b) == ("workload.max_new_tokens", "8", "9")
+    assert identity_hash(a) != identity_hash(b)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(4)))
+    c = study_identity(config(tmp_path, workload={"prompts": str(prompts)}))
+    prompts.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(4)))
+    d = study_identity(config(tmp_path, workload={"prompts": str(prompts)}))
+    assert first_difference(c, d)[0] == "workload.prompts"  # the file's content, not its name
+    assert a["machine.cpu_count"] and "engine.llama.cpp.llama_cpp_python" in a
+
+
+def test_a_growing_space_is_not_a_change(tmp_path: Path) -> None:
+    small = study_identity(config(tmp_path))
+    c = config(tmp_path)
+    grown = study_identity(
+        c.model_copy(
+            update={"space": c.space.model_copy(update={"draft": ["none", f"model:{tmp_path / 'fake-model'}"]})}
+        )
+    )
+    assert any(k.startswith("draft.") for k in grown)
+    assert first_difference(small, grown) is None and first_difference(grown, small) is None
+    assert identity_hash(small) == identity_hash(grown)
