@@ -47,6 +47,13 @@ def test_minimal_config_has_defaults() -> None:
         ({**MINIMAL, "search": {"sampler": "cmaes"}}, "search.sampler", "Input should be"),
         ({**MINIMAL, "workload": {"max_new_tokens": 0}}, "workload.max_new_tokens", "greater than or equal"),
         ({"model": {"source": "m"}}, "accuracy.tasks", "correct_tokens_per_j needs accuracy"),
+        ({**MINIMAL, "space": {"batch_size": [1, 32]}}, "workload.prompts", "needs at least 32 prompts"),
+        (
+            {**MINIMAL, "space": {"batch_size": [8]}, "workload": {"prompt_count": 4}},
+            "workload.prompt_count",
+            "at least 8",
+        ),
+        ({**MINIMAL, "workload": {"prompt_count": 17}}, "workload.prompt_count", "holds only 16 prompts"),
     ],
 )
 def test_errors_name_the_yaml_path(data: object, where: str, fragment: str) -> None:
@@ -87,6 +94,39 @@ def test_preflight_rejects_absent_hardware_and_missing_files(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as e:
         check(c)
     assert e.value.where == "accuracy.tasks[0].data_files.test"
+
+
+def test_preflight_checks_a_prompt_file_holds_the_largest_batch(tmp_path: Path) -> None:
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
+    c = parse_config({**MINIMAL, "workload": {"prompts": "p.jsonl"}, "space": {"batch_size": [1, 4]}},
+                     base_dir=str(tmp_path))  # fmt: skip
+    with pytest.raises(ConfigError) as e:
+        check(c)
+    assert e.value.where == "workload.prompts" and "holds 2 prompts" in e.value.message
+
+
+def test_llamacpp_on_a_gpu_only_where_the_build_can_offload(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from autoinfer import hardware
+    from autoinfer.engines import ENGINES
+    from autoinfer.preflight import notes
+    from autoinfer.spaces import enumerate_points
+
+    monkeypatch.setattr(hardware, "gpus", lambda: ["NVIDIA H100"])  # a machine with one GPU and a CPU-only llama.cpp
+    cpu_build = dataclasses.replace(ENGINES.get("llama.cpp"), usable_hardware=lambda: (("cpu",), "a CPU build"))
+    monkeypatch.setitem(ENGINES._items, "llama.cpp", cpu_build)
+    space = {"engine": ["transformers", "llama.cpp"], "quantization": ["fp32", "Q8_0"], "hardware": ["cpu:1", "cuda:0"]}
+    both = parse_config({**MINIMAL, "space": space})
+    points = {(p.engine, p.hardware) for _, p in enumerate_points(both)}
+    assert ("llama.cpp", "cuda:0") not in points and ("transformers", "cuda:0") in points
+    assert notes(both) == ["llama.cpp × cuda:0 left out: a CPU build"]
+    gpu_only = parse_config(
+        {**MINIMAL, "space": {"engine": ["llama.cpp"], "quantization": ["Q8_0"], "hardware": ["cuda:0"]}}
+    )
+    with pytest.raises(ConfigError) as e:
+        check(gpu_only)
+    assert e.value.where == "space.engine[0]" and "a CPU build" in e.value.message
 
 
 def test_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
