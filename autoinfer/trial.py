@@ -74,7 +74,7 @@ def run_trial(
         torch.set_num_threads(threads)
     from autoinfer.evaluators.bandwidth import cached_bandwidth_gbs
     from autoinfer.evaluators.energy import meter_for
-    from autoinfer.evaluators.memory import generation_window, load_peak
+    from autoinfer.evaluators.memory import generation_window, load_peak, release_freed
     from autoinfer.evaluators.throughput import measure_throughput
     from autoinfer.evaluators.workload import load_prompts, prompt_set
 
@@ -88,6 +88,7 @@ def run_trial(
     engine = ENGINES.get(point.engine).load_class()(config, point)
     engine.load()
     loaded = load_peak(hw.kind, point.engine, hw.torch_device, gpu_handle)
+    release_freed()
     wl = config.workload
     prompts = prompt_set(load_prompts(wl.prompts, Path(config.base_dir)), wl.prompt_count)
     meter, meter_reason = meter_for(hw, config.energy.cpu_watts_per_core)

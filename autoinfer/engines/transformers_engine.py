@@ -203,6 +203,14 @@ class TransformersEngine(Engine):
             quantize(self.model, weights=qint8 if q == "int8" else qint4, exclude=["lm_head"])
             freeze(self.model)
         self.info["quant_backend"] = backend
+        # The float weights left as they were (embeddings, lm_head, norms) are views of the
+        # checkpoint's memory map, which keeps every page quantizing read resident (~all of the
+        # fp32 file). Own copies let the mapping go, so memory shows what the quantized model holds.
+        import torch
+
+        for p in self.model.parameters():
+            if type(p.data) is torch.Tensor:
+                p.data = p.data.clone()
 
     def _load_draft_model(self, source: str, dtype: Any) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer

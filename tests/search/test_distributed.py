@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.conftest import base_config
+from tests.conftest import fake_config
 
 PG_URL = os.environ.get("AUTOINFER_TEST_PG", "postgresql://autoinfer:autoinfer@127.0.0.1:55432/autoinfer_test")
 
@@ -47,10 +47,9 @@ def pg_url() -> str:
     return PG_URL
 
 
-def test_two_workers_share_a_study(pg_url: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_two_workers_share_a_study(pg_url: str, tmp_path: Path) -> None:
     name = f"dist-{os.getpid()}-{tmp_path.name}"
-    cfg = base_config(
-        tiny_model_dir,
+    cfg = fake_config(
         tmp_path,
         accuracy={"tasks": []},
         objectives=[{"name": "tokens_per_s"}],
