@@ -136,7 +136,9 @@ def first_difference(stored: dict[str, str], current: dict[str, str]) -> tuple[s
 
 
 def accuracy_key(identity: dict[str, str], config: Config, point: TrialPoint) -> str:
-    """Everything a score depends on: the weights and how they are quantized and run, the eval itself.
+    """What a score depends on that is known before loading: the weights and how they are
+    quantized and run, and the eval itself. The trial adds what it decides at load time
+    (`scored_key`), e.g. whether llama.cpp repacked the weights.
 
     Draft, batch size and CPU thread count do not change greedy logits, so they are not in it.
     """
@@ -154,3 +156,13 @@ def accuracy_key(identity: dict[str, str], config: Config, point: TrialPoint) ->
         **{k: identity[f"accuracy.{k}"] for k in ("limit", "num_fewshot", "metric", "batch_size")},
     }
     return json.dumps(parts, sort_keys=True)
+
+
+def scored_key(base: str, runtime: dict[str, Any]) -> str:
+    """The full accuracy key: `accuracy_key` plus the engine's load-time choices that change logits."""
+    return json.dumps({"base": json.loads(base), "runtime": runtime}, sort_keys=True)
+
+
+def base_of(key: str) -> str:
+    """The `accuracy_key` part of a full key."""
+    return json.dumps(json.loads(key)["base"], sort_keys=True)

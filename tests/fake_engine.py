@@ -1,7 +1,8 @@
 """A fake engine, registered as "fake": the search, resume and tracking code paths without a model.
 
 `model:lossy` is a draft whose verification is broken (drafted tokens are taken unchecked), for
-testing that such a trial fails.
+testing that such a trial fails; `model:tie` is one whose verification rounds differently from
+plain decoding (every 7th position picks the runner-up, which its logits put within rounding).
 
 It is a deterministic toy language model (the next token is a function of the last two) whose
 forward passes burn real CPU time, so timings, the CPU-time energy estimate and the whole trial
@@ -80,6 +81,7 @@ class FakeEngine(Engine):
         if self.point.quantization not in PASS_S:
             raise TrialError(f"fake engine has no {self.point.quantization}")
         self.pass_s = PASS_S[self.point.quantization]
+        self.draft_width = 3 if self.point.draft != "none" else 0
         self.info["fake"] = True
 
     def _stops(self, t: int) -> bool:
@@ -128,6 +130,8 @@ class FakeEngine(Engine):
                     t = next_token(h[-1], h[-2])
                     if d.model == "lossy" and k < len(guess):
                         t = guess[k]  # a broken verifier: takes the draft's word for it
+                    if draft and d.model == "tie" and len(h) % 7 == 0:
+                        t = (t + 2) % VOCAB  # a verification pass whose rounding flips a near-tie
                     h.append(t)
                     o.append(t)
                     times[i].append(now)
@@ -142,6 +146,17 @@ class FakeEngine(Engine):
         return GenerationResult(
             tuple(map(tuple, outs)), tuple(map(tuple, times)), total, passes, steps, proposed, accepted
         )
+
+    def next_token_logits(self, prompt: str, prefix: Any, width: int) -> Any:
+        import numpy as np
+
+        h = encode(prompt) + list(prefix)
+        t = next_token(h[-1], h[-2])
+        logits = np.zeros(VOCAB, dtype=np.float32)
+        logits[t] = 1.0
+        if self.point.draft_spec.model == "tie":  # the runner-up within what batch shape changes
+            logits[(t + 2) % VOCAB] = 0.99 if width == 1 else 1.01
+        return logits
 
     def lm_eval_model(self) -> Any:
         return FakeLM(self.point.quantization)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -158,6 +158,7 @@ class Engine(abc.ABC):
         self.info: dict[str, Any] = {}  # facts worth logging (backend used, source dtype, ...)
         # Token ids that end a sequence besides the model's own end-of-generation tokens.
         self.stop_tokens: set[int] = set()
+        self.draft_width = 0  # most tokens the draft proposes per verification (0: no draft)
 
     @abc.abstractmethod
     def load(self) -> None:
@@ -181,6 +182,17 @@ class Engine(abc.ABC):
     def draft_weight_bytes(self) -> int:
         """Bytes of weights read per draft step: 0 for drafts that read none (prompt lookup)."""
         return 0
+
+    def score_facts(self) -> dict[str, Any]:
+        """Runtime choices made at load that change the model's logits (part of the accuracy key)."""
+        return {}
+
+    def next_token_logits(self, prompt: str, prefix: Sequence[int], width: int) -> Any:
+        """Logits for the token after `prompt` + `prefix`, the prefix fed one token per pass as plain
+        decoding does; with width > 1 its last token goes in one pass with width - 1 more after it,
+        the shape of a verification. Lets a drafted trial tell a floating-point tie from a broken
+        draft; None where not supported."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release memory; the child process exits afterwards anyway."""

@@ -11,9 +11,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from autoinfer.cache import file_digest
 from autoinfer.engines.base import Engine, GenerationResult
@@ -26,6 +29,8 @@ from autoinfer.errors import TrialError
 PER_SEQUENCE_CTX = 512  # KV cells per sequence beyond max_new_tokens (chat prompts are ~50 tokens)
 MAX_NGRAM = 3  # prompt lookup matches the longest of the last 3..1 tokens
 DRAFT_MODEL_TOKENS = 4  # tokens a draft GGUF proposes per verification step
+# Text whose tokens test whether a batched pass gives the logits of one-token passes.
+BATCH_PROBE = "The quick brown fox jumps over the lazy dog, because it wants to see the other side of the hill."
 
 
 def lookup_draft(history: list[int], n: int) -> list[int]:
@@ -65,6 +70,22 @@ class LlamaCppEngine(Engine):
         self.rt = LlamaRuntime(path, self.n_ctx, n_seq, threads, gpu_layers, main_gpu)
         self.formatter = self._chat_formatter()
         d = self.point.draft_spec
+        # Tokens proposed per verification step: prompt_lookup:N says N; a draft GGUF proposes a fixed number.
+        self.draft_k = DRAFT_MODEL_TOKENS if d.kind == "model" else d.n
+        self.draft_width = self.draft_k if d.kind != "none" else 0
+        if d.kind != "none":
+            # A verification evaluates draft_k + 1 tokens in one pass; plain decoding one. Where the
+            # repacked kernels round those differently, drafted output would drift from plain
+            # greedy output, so the target is loaded without repacking (measured, not assumed).
+            probe = self.rt.tokenize(BATCH_PROBE)
+            shift = self.rt.batch_shift(probe, self.draft_k + 1)
+            if shift > 0:
+                self.rt.close()
+                self.rt = LlamaRuntime(path, self.n_ctx, n_seq, threads, gpu_layers, main_gpu, repack=False)
+                self.info["batch_shift_with_repack"] = shift
+                shift = self.rt.batch_shift(probe, self.draft_k + 1)
+            self.info["batch_shift"] = shift  # 0.0: verification is exactly plain decoding
+        self.info["repack"] = self.rt.repack
         if d.kind == "model":
             draft_path = self._draft_path(d.model, src, threads)
             self.info["draft_gguf_path"] = str(draft_path)
@@ -77,8 +98,6 @@ class LlamaCppEngine(Engine):
         self.info["n_ctx"] = self.n_ctx
         self.info["n_gpu_layers"] = gpu_layers
         self.info["main_gpu"] = main_gpu
-        # Tokens proposed per verification step: prompt_lookup:N says N; a draft GGUF proposes a fixed number.
-        self.draft_k = DRAFT_MODEL_TOKENS if d.kind == "model" else d.n
         self.info["draft_tokens_per_step"] = self.draft_k
 
     def _draft_path(self, spec: str, src: Path, threads: int) -> Path:
@@ -191,6 +210,22 @@ class LlamaCppEngine(Engine):
             tok = drt.argmax(row)
             draft.append(tok)
         return draft
+
+    def score_facts(self) -> dict[str, Any]:
+        return {"repack": self.rt.repack}
+
+    def next_token_logits(self, prompt: str, prefix: Sequence[int], width: int) -> np.ndarray[Any, Any]:
+        toks = self._render(prompt)
+        self.rt.clear()
+        rows = self.rt.decode([(t, p, 0, p == len(toks) - 1) for p, t in enumerate(toks)])
+        row, pos = rows[0], len(toks)
+        for t in prefix[:-1]:  # one token per pass, as plain decoding does
+            (row,) = self.rt.decode([(t, pos, 0, True)])
+            pos += 1
+        if prefix:  # the last one first in a pass of `width` tokens (the rest repeat it), as in a verification
+            rows = self.rt.decode([(prefix[-1], pos + i, 0, True) for i in range(width)])
+            row = rows[0]
+        return self.rt.logits(row).copy()
 
     def lm_eval_model(self) -> Any:
         from autoinfer.engines.llamacpp_lm import LlamaCppLM

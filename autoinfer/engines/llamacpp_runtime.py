@@ -39,7 +39,14 @@ def quiet_llama_logs() -> None:
 
 class LlamaRuntime:
     def __init__(
-        self, path: Path, n_ctx: int, n_seq: int, threads: int, gpu_layers: int = 0, main_gpu: int = 0
+        self,
+        path: Path,
+        n_ctx: int,
+        n_seq: int,
+        threads: int,
+        gpu_layers: int = 0,
+        main_gpu: int = 0,
+        repack: bool = True,
     ) -> None:
         import llama_cpp
 
@@ -48,6 +55,10 @@ class LlamaRuntime:
         llama_cpp.llama_backend_init()
         mp = llama_cpp.llama_model_default_params()
         mp.n_gpu_layers = gpu_layers
+        # Weight repacking (llama.cpp's default) lays some types out for one-token GEMV and
+        # several-token GEMM kernels that round differently (seen: Q4_K, up to 0.9 in a logit).
+        mp.use_extra_bufts = repack
+        self.repack = repack
         if gpu_layers:
             # The whole model on the trial's own device (cuda:I), not split over every visible GPU:
             # the energy and memory of that one device are what the trial reads.
@@ -157,6 +168,24 @@ class LlamaRuntime:
 
     def argmax(self, row: int) -> int:
         return int(np.argmax(self.logits(row)))
+
+    def batch_shift(self, tokens: Sequence[int], tail: int) -> float:
+        """Largest logit difference between evaluating the last `tail` tokens one at a time and in
+        one batch: 0.0 where this model's kernels are batch-invariant, so a drafted verification
+        gives exactly what plain decoding gives."""
+        head = list(tokens[:-tail])
+        single, batched = [], []
+        self.clear()
+        self.decode([(t, p, 0, False) for p, t in enumerate(head)])
+        for i, t in enumerate(tokens[-tail:]):
+            (row,) = self.decode([(t, len(head) + i, 0, True)])
+            single.append(self.logits(row).copy())
+        self.clear()
+        self.decode([(t, p, 0, False) for p, t in enumerate(head)])
+        rows = self.decode([(t, len(head) + i, 0, True) for i, t in enumerate(tokens[-tail:])])
+        batched = [self.logits(r).copy() for r in rows]
+        self.clear()
+        return max(float(np.abs(a - b).max()) for a, b in zip(single, batched, strict=True))
 
     def model_bytes(self) -> int:
         return int(self.ll.llama_model_size(self.model))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from autoinfer.engines.base import Engine, GenerationResult, TrialPoint
@@ -93,7 +94,9 @@ def _count_acceptance(model: Any, tally: dict[str, int]) -> None:
 
         def get_candidates(input_ids: Any, *a: Any, **k: Any) -> Any:
             cand, logits = get(input_ids, *a, **k)
-            tally["proposed"] += int(cand.shape[1] - input_ids.shape[1])
+            n = int(cand.shape[1] - input_ids.shape[1])
+            tally["proposed"] += n
+            tally["widest"] = max(tally["widest"], n)
             return cand, logits
 
         def update_candidate_strategy(input_ids: Any, scores: Any, num_matches: Any) -> Any:
@@ -169,9 +172,10 @@ class TransformersEngine(Engine):
                 raise TrialError(f"early_exit:{d.n} needs fewer layers than the model's {layers}")
         if d.kind == "model":
             self._load_draft_model(d.model, dtype)
-        self.tally = {"proposed": 0, "accepted": 0}
+        self.tally = {"proposed": 0, "accepted": 0, "widest": 0}
         if d.kind != "none":
             _count_acceptance(self.model, self.tally)
+        self.draft_width = d.n if d.kind == "prompt_lookup" else 0  # assistants: the widest step seen
         self.info["torch_threads"] = torch.get_num_threads()
         self.info["dtype"] = _DTYPES[q]
         self.info["torch"] = torch.__version__
@@ -286,6 +290,7 @@ class TransformersEngine(Engine):
                         break
             ids.append(tuple(row[:n]))
         proposed = self.tally["proposed"] - before["proposed"]
+        self.draft_width = max(self.draft_width, self.tally["widest"])
         drafted = draft and self.point.draft_spec.kind != "none"
         reads_weights = drafted and self.point.draft_spec.kind in ("model", "early_exit")
         return GenerationResult(
@@ -297,6 +302,21 @@ class TransformersEngine(Engine):
             draft_proposed=proposed,
             draft_accepted=self.tally["accepted"] - before["accepted"],
         )
+
+    def next_token_logits(self, prompt: str, prefix: Sequence[int], width: int) -> Any:
+        import torch
+
+        dev = self.point.hardware_spec.torch_device
+        ids = self.tokenizer([self._render(prompt)], return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            out = self.model(input_ids=ids.to(dev), use_cache=True)
+            logits = out.logits[0, -1]
+            for t in prefix[:-1]:  # one token per pass, as plain decoding does
+                out = self.model(input_ids=torch.tensor([[t]], device=dev), past_key_values=out.past_key_values)
+            if prefix:  # the last one first in a pass of `width` tokens, as in a verification
+                last = torch.tensor([[prefix[-1]] * width], device=dev)
+                logits = self.model(input_ids=last, past_key_values=out.past_key_values).logits[0, 0]
+        return logits.float().cpu().numpy()
 
     def lm_eval_model(self) -> Any:
         from lm_eval.models.huggingface import HFLM

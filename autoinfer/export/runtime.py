@@ -43,6 +43,7 @@ def _llamacpp(point: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
             "kv_unified": True,
             "n_threads": info.get("llama_threads"),
             "n_gpu_layers": info.get("n_gpu_layers", 0),
+            "repack": info.get("repack", True),
         },
     }
     # llama-server of the same llama.cpp (the one vendored in that llama-cpp-python release).
@@ -50,6 +51,8 @@ def _llamacpp(point: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     cmd += ["-np", str(b), "-kvu", "-ngl", str(info.get("n_gpu_layers", 0))]
     if info.get("n_gpu_layers"):  # one device, as measured (llama-server numbers devices as CUDA does)
         cmd += ["-sm", "none", "-mg", str(info.get("main_gpu", 0))]
+    if info.get("repack") is False:  # turned off so verification is exactly plain decoding
+        cmd += ["--no-repack"]
     if draft.kind == "model":
         block["draft_gguf"] = info.get("draft_gguf_path")
         n = info.get("draft_tokens_per_step")

@@ -24,7 +24,7 @@ from autoinfer.config import Config
 from autoinfer.engines import TrialPoint
 from autoinfer.errors import ConfigError
 from autoinfer.evaluators.accuracy import AccuracyResult
-from autoinfer.identity import accuracy_key, first_difference, identity_hash, study_identity
+from autoinfer.identity import accuracy_key, base_of, first_difference, identity_hash, study_identity
 from autoinfer.record import TrialRecord, copy_record, point_of, record_of, save_point, save_record
 from autoinfer.search.isolation import ChildOutcome, run_isolated
 from autoinfer.search.pareto import objective_values, violations
@@ -194,14 +194,16 @@ def _measured_points(counted: list[FrozenTrial]) -> dict[TrialPoint, int]:
     return out
 
 
-def _cached_accuracy(study: optuna.Study, key: str) -> AccuracyResult | None:
-    """An earlier evaluation with the same accuracy key, cited by the trial that ran it."""
+def _cached_accuracy(study: optuna.Study, base: str) -> dict[str, AccuracyResult]:
+    """Earlier evaluations whose key starts with `base`, by full key, each citing the trial that ran
+    it; the trial picks the one whose load-time choices match its own."""
+    out: dict[str, AccuracyResult] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         rec = record_of(t)
         acc = rec.accuracy if rec is not None else None
-        if acc is not None and acc.key == key and acc.reused_from_trial is None:
-            return dataclasses.replace(acc, reused_from_trial=t.number)
-    return None
+        if acc is not None and acc.reused_from_trial is None and acc.key not in out and base_of(acc.key) == base:
+            out[acc.key] = dataclasses.replace(acc, reused_from_trial=t.number)
+    return out
 
 
 def enqueue_grid(study: optuna.Study, config: Config, limit: int) -> int:
@@ -327,7 +329,7 @@ def run_search(
             "point": point.as_dict(),
             "identity": ident,
             "accuracy_key": akey,
-            "reused_accuracy": _cached_accuracy(study, akey) if config.accuracy.tasks else None,
+            "known_accuracy": _cached_accuracy(study, akey) if config.accuracy.tasks else {},
             "log_path": str(log_path),
         }
         ev.trial_started(trial.number, point, done + 1, budget)

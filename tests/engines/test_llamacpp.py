@@ -103,6 +103,22 @@ def test_levels_are_made_and_scored_on_their_own_gguf(tmp_path: Path, quant: str
         assert "Paris" in text
 
 
+def test_a_drafted_target_drops_repacking_only_where_it_breaks_exactness(tmp_path: Path) -> None:
+    """Repacked Q4_K weights use one-token and many-token kernels that round differently, so a
+    verification would not reproduce plain decoding; Q4_0's repacked kernels agree, and keep it."""
+    q4k = engine(tmp_path, "Q4_K_M", "prompt_lookup:3")
+    assert q4k.info["batch_shift_with_repack"] > 0 and q4k.info["repack"] is False and q4k.info["batch_shift"] == 0
+    assert q4k.score_facts() == {"repack": False}  # its accuracy is its own, not the repacked model's
+    q40 = engine(tmp_path, "Q4_0", "prompt_lookup:3")
+    assert q40.info["repack"] is True and q40.info["batch_shift"] == 0
+    assert engine(tmp_path, "Q4_K_M").info["repack"] is True  # undrafted: llama.cpp's default
+    for prompt in (REPEATING, *PROMPTS):
+        assert (
+            q4k.generate([prompt], 32, ignore_eos=True).token_ids
+            == q4k.generate([prompt], 32, ignore_eos=True, draft=False).token_ids
+        )
+
+
 def test_drafts_report_acceptance_and_draft_weights(tmp_path: Path) -> None:
     eng = engine(tmp_path, "Q8_0", "model:Q4_0")
     g = eng.generate([REPEATING], 24, ignore_eos=True)

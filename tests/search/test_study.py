@@ -76,16 +76,20 @@ def test_search_tracks_every_trial_and_the_frontier(tmp_path: Path) -> None:
     assert "machine.cpu" in parent.tags and parent.params["search.trials"] == "4"
 
 
-def test_a_lossy_draft_fails_its_trial_and_the_study_finishes(tmp_path: Path) -> None:
+def test_a_lossy_draft_fails_its_trial_and_a_rounding_tie_is_recorded(tmp_path: Path) -> None:
     cfg = config(
-        tmp_path, space={"quantization": ["fp32"], "draft": ["none", "model:lossy"], "batch_size": [1]},
-        search={"trials": 2, "sampler": "grid"}, **NO_ACC,
+        tmp_path, space={"quantization": ["fp32"], "draft": ["none", "model:lossy", "model:tie"], "batch_size": [1]},
+        search={"trials": 3, "sampler": "grid"}, **NO_ACC,
     )  # fmt: skip
     study, _ = run_search(cfg)
     by_draft = {t.user_attrs["point"]["draft"]: t for t in study.trials}
     bad = by_draft["model:lossy"]
     assert bad.state == TrialState.FAIL and "draft is not lossless" in bad.user_attrs["fail_reason"]
+    assert "more than batch shape moves them" in bad.user_attrs["fail_reason"]
     assert by_draft["none"].state == TrialState.COMPLETE
+    tie = record_of(by_draft["model:tie"])  # measured, kept, and not called lossless
+    assert tie is not None and tie.provenance.draft_lossless is False
+    assert tie.provenance.draft_check.startswith("floating-point tie: prompt ")
     run = children(cfg)[bad.number]
     assert run.info.status == "FAILED" and "not lossless" in run.data.tags["autoinfer.fail_reason"]
 
