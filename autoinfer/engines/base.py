@@ -188,10 +188,11 @@ class Engine(abc.ABC):
         return {}
 
     def next_token_logits(self, prompt: str, prefix: Sequence[int], width: int) -> Any:
-        """Logits for the token after `prompt` + `prefix`, the prefix fed one token per pass as plain
-        decoding does; with width > 1 its last token goes in one pass with width - 1 more after it,
-        the shape of a verification. Lets a drafted trial tell a floating-point tie from a broken
-        draft; None where not supported."""
+        """Logits for the token after `prompt` + `prefix`, in one of three pass shapes: width 1 feeds
+        the prefix one token per pass, as plain decoding does; width > 1 puts its last token first
+        in a pass of `width` tokens, as a verification does; width 0 evaluates prompt and prefix in
+        a single pass. Lets a drafted trial tell a floating-point tie from a broken draft by how much
+        pass shape alone moves the target's logits; None where not supported."""
         return None
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -217,6 +217,10 @@ class LlamaCppEngine(Engine):
     def next_token_logits(self, prompt: str, prefix: Sequence[int], width: int) -> np.ndarray[Any, Any]:
         toks = self._render(prompt)
         self.rt.clear()
+        if width == 0:  # everything in one pass
+            seq = toks + list(prefix)
+            (row,) = self.rt.decode([(t, p, 0, p == len(seq) - 1) for p, t in enumerate(seq)])
+            return self.rt.logits(row).copy()
         rows = self.rt.decode([(t, p, 0, p == len(toks) - 1) for p, t in enumerate(toks)])
         row, pos = rows[0], len(toks)
         for t in prefix[:-1]:  # one token per pass, as plain decoding does

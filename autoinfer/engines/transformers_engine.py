@@ -308,6 +308,9 @@ class TransformersEngine(Engine):
 
         dev = self.point.hardware_spec.torch_device
         ids = self.tokenizer([self._render(prompt)], return_tensors="pt", add_special_tokens=False)["input_ids"]
+        if width == 0:  # everything in one pass
+            ids = torch.cat([ids, torch.tensor([list(prefix)], dtype=ids.dtype)], dim=1)
+            prefix = []
         with torch.no_grad():
             out = self.model(input_ids=ids.to(dev), use_cache=True)
             logits = out.logits[0, -1]
