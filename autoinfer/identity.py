@@ -43,6 +43,10 @@ def source_identity(config: Config, source: str, gguf_file: str | None = None) -
 
     resolved = resolve_source(config, source)
     path = Path(resolved)
+    if source.startswith("chunks:"):
+        from autoinfer.engines.sources import CHUNKS_GGUF
+
+        gguf_file = gguf_file or CHUNKS_GGUF
     if gguf_file:
         return "sha256:" + file_digest(path / gguf_file)
     if path.is_file():

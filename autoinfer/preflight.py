@@ -36,6 +36,7 @@ def check(config: Config, source: str | None = None) -> int:
             converter_script()  # an HF checkpoint reaches llama.cpp through its converter
         except TrialError as e:
             raise ConfigError("model.source", str(e), source) from None
+    _check_chunks(m.source, "model.source", source)
     if m.source.startswith("package:"):
         name = m.source.removeprefix("package:")
         if importlib.util.find_spec(name) is None:
@@ -46,6 +47,8 @@ def check(config: Config, source: str | None = None) -> int:
         )
     for i, d in enumerate(config.space.draft):
         spec = DraftSpec.parse(d)
+        if spec.kind == "model":
+            _check_chunks(spec.model, f"space.draft[{i}]", source)
         if (
             spec.kind == "model"
             and spec.model.startswith(("./", "../", "/"))
@@ -70,6 +73,19 @@ def check(config: Config, source: str | None = None) -> int:
     if n == 0:
         raise ConfigError("space", "no combination of engine, hardware, quantization and draft can run", source)
     return n
+
+
+def _check_chunks(text: str, where: str, source: str | None) -> None:
+    """Every package of a `chunks:` source is installed (before any trial tries to assemble it)."""
+    if not text.startswith("chunks:"):
+        return
+    from autoinfer.engines.sources import ChunkSet
+
+    chunks = ChunkSet.parse(text)
+    missing = chunks.missing()
+    if missing:
+        raise ConfigError(where, f"{len(missing)} of the {len(chunks.packages)} packages of {text} are not installed, "
+                                 f"e.g. {missing[0]} ({chunks.install_hint()})", source)  # fmt: skip
 
 
 def _check_prompts(config: Config, source: str | None) -> None:

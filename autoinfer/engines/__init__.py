@@ -53,8 +53,8 @@ ENGINES.register("llama.cpp")(
         quantizations=LLAMACPP_LEVELS,
         draft_kinds=("none", "prompt_lookup", "model"),
         hardware_kinds=("cpu", "cuda"),
-        draft_max_batch=1,
-        draft_model_format="gguf",
+        draft_max_batch=4096,  # every sequence of a batch drafts for itself
+        draft_levels=True,
         package="llama_cpp",
         install_hint="run scripts/build_llama_cpp.sh (builds llama-cpp-python with pinned CPU flags)",
         version_packages=("llama_cpp_python",),

