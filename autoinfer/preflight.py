@@ -41,7 +41,7 @@ def check(config: Config, source: str | None = None) -> int:
         name = m.source.removeprefix("package:")
         if importlib.util.find_spec(name) is None:
             raise ConfigError("model.source", f"package {name!r} is not installed", source)
-    elif m.gguf_file and not config.resolve(m.source).exists():
+    elif m.gguf_file and not m.source.startswith("chunks:") and not config.resolve(m.source).exists():
         raise ConfigError(
             "model.source", f"{config.resolve(m.source)} does not exist (gguf_file needs a local dir)", source
         )

@@ -61,13 +61,18 @@ def check_lossless(engine: Engine, prompts: list[str], drafted: tuple[tuple[int,
     i, j = where
     got, want = drafted[i][j] if j < len(drafted[i]) else None, plain[i][j] if j < len(plain[i]) else None
     what = f"prompt {i} differs from plain greedy decoding at token {j} (drafted {got}, plain {want})"
-    width = engine.draft_width + 1  # tokens a verification evaluates in one pass
-    single = engine.next_token_logits(prompts[i], plain[i][:j], 1) if got is not None and want is not None else None
+    width = engine.draft_width + 1  # tokens of each sequence a verification evaluates in one pass
+    batch = engine.point.batch_size
+
+    def logits(w: int) -> Any:
+        return engine.next_token_logits(prompts[i], plain[i][:j], w, batch)
+
+    single = logits(1) if got is not None and want is not None else None
     if single is None:
         raise TrialError(f"draft is not lossless: {what}")
     # How far pass shape alone moves the target's logits here: a verification's shape, and the
     # whole sequence in one pass (assisted generation's first pass also takes the prompt).
-    shift = max(float(abs(single - engine.next_token_logits(prompts[i], plain[i][:j], w)).max()) for w in (width, 0))
+    shift = max(float(abs(single - logits(w)).max()) for w in (width, 0))
     margin = float(single[want] - single[got])
     if int(single.argmax()) != want or margin > 2 * shift:
         raise TrialError(f"draft is not lossless: {what}; the target prefers {want} by {margin:.3g} in logits, "

@@ -147,7 +147,7 @@ class FakeEngine(Engine):
             tuple(map(tuple, outs)), tuple(map(tuple, times)), total, passes, steps, proposed, accepted
         )
 
-    def next_token_logits(self, prompt: str, prefix: Any, width: int) -> Any:
+    def next_token_logits(self, prompt: str, prefix: Any, width: int, batch: int = 1) -> Any:
         import numpy as np
 
         h = encode(prompt) + list(prefix)

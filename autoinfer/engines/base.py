@@ -196,12 +196,14 @@ class Engine(abc.ABC):
         """Runtime choices made at load that change the model's logits (part of the accuracy key)."""
         return {}
 
-    def next_token_logits(self, prompt: str, prefix: Sequence[int], width: int) -> Any:
+    def next_token_logits(self, prompt: str, prefix: Sequence[int], width: int, batch: int = 1) -> Any:
         """Logits for the token after `prompt` + `prefix`, in one of three pass shapes: width 1 feeds
         the prefix one token per pass, as plain decoding does; width > 1 puts its last token first
         in a pass of `width` tokens, as a verification does; width 0 evaluates prompt and prefix in
-        a single pass. Lets a drafted trial tell a floating-point tie from a broken draft by how much
-        pass shape alone moves the target's logits; None where not supported."""
+        a single pass. With batch B the passes carry B copies of the sequence, as a batch of B does
+        (engines whose drafts run at batch 1 only may ignore it). Lets a drafted trial tell a
+        floating-point tie from a broken draft by how much pass shape alone moves the target's
+        logits; None where not supported."""
         return None
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -31,7 +31,7 @@ from autoinfer.errors import TrialError
 
 PER_SEQUENCE_CTX = 1024  # KV cells per sequence beyond max_new_tokens (builtin:code prompts are ~400)
 # Text whose tokens test whether a batched pass gives the logits of one-token passes.
-BATCH_PROBE = "The quick brown fox jumps over the lazy dog, because it wants to see the other side of the hill."
+BATCH_PROBE = "The quick brown fox jumps over the lazy dog, because it wants to see the other side of the hill. " * 2
 
 
 def lookup_draft(history: list[int], n: int, ngram: int = 3) -> list[int]:
@@ -68,23 +68,31 @@ class LlamaCppEngine(Engine):
         gpu_layers = -1 if hw.kind == "cuda" else 0  # everything offloaded where a GPU exists
         main_gpu = (hw.index or 0) if hw.kind == "cuda" else 0
         n_seq = self.point.batch_size
-        self.n_ctx = max(2048, n_seq * (PER_SEQUENCE_CTX + self.config.workload.max_new_tokens))
+        # KV cells: each sequence has its own stream of n_ctx / n_seq cells (a multiple, as llama.cpp asks).
+        self.n_ctx = n_seq * max(-(-2048 // n_seq), PER_SEQUENCE_CTX + self.config.workload.max_new_tokens)
         self.rt = LlamaRuntime(path, self.n_ctx, n_seq, threads, gpu_layers, main_gpu)
         self.formatter = self._chat_formatter()
         d = self.point.draft_spec
         self.draft_k = self.point.draft_tokens  # tokens proposed per verification (prompt_lookup:N: N)
         self.draft_width = self.draft_k if d.kind != "none" else 0
         if d.kind != "none":
-            # A verification evaluates draft_k + 1 tokens in one pass; plain decoding one. Where the
-            # repacked kernels round those differently, drafted output would drift from plain
-            # greedy output, so the target is loaded without repacking (measured, not assumed).
+            # A verification evaluates up to draft_k + 1 tokens of each sequence in one pass; plain
+            # decoding one token of each. Where the repacked kernels round those pass sizes
+            # differently, drafted output would drift from plain greedy output, so the target is
+            # loaded without repacking if that makes them agree (measured, not assumed). Where no
+            # load does, the shift is recorded and the lossless check judges each divergence.
             probe = self.rt.tokenize(BATCH_PROBE)
-            shift = self.rt.batch_shift(probe, self.draft_k + 1)
+            widths = range(2, self.draft_k + 2)
+            shift = self.rt.batch_shift(probe, widths, n_seq)
             if shift > 0:
-                self.rt.close()
-                self.rt = LlamaRuntime(path, self.n_ctx, n_seq, threads, gpu_layers, main_gpu, repack=False)
+                unpacked = LlamaRuntime(path, self.n_ctx, n_seq, threads, gpu_layers, main_gpu, repack=False)
+                unpacked_shift = unpacked.batch_shift(probe, widths, n_seq)
                 self.info["batch_shift_with_repack"] = shift
-                shift = self.rt.batch_shift(probe, self.draft_k + 1)
+                if unpacked_shift < shift:
+                    self.rt.close()
+                    self.rt, shift = unpacked, unpacked_shift
+                else:
+                    unpacked.close()
             self.info["batch_shift"] = shift  # 0.0: verification is exactly plain decoding
         self.info["repack"] = self.rt.repack
         if d.kind == "model":
@@ -100,6 +108,7 @@ class LlamaCppEngine(Engine):
             )
         self.info["llama_threads"] = threads
         self.info["n_ctx"] = self.n_ctx
+        self.info["kv_unified"] = False  # one KV stream per sequence (LlamaRuntime)
         self.info["n_gpu_layers"] = gpu_layers
         self.info["main_gpu"] = main_gpu
         self.info["draft_tokens_per_step"] = self.draft_k
@@ -228,21 +237,21 @@ class LlamaCppEngine(Engine):
     def score_facts(self) -> dict[str, Any]:
         return {"repack": self.rt.repack}
 
-    def next_token_logits(self, prompt: str, prefix: Sequence[int], width: int) -> np.ndarray[Any, Any]:
+    def next_token_logits(self, prompt: str, prefix: Sequence[int], width: int, batch: int = 1) -> np.ndarray[Any, Any]:
         toks = self._render(prompt)
+        seqs = range(batch)  # copies of the sequence: passes of the sizes a batch of B runs
         self.rt.clear()
         if width == 0:  # everything in one pass
             seq = toks + list(prefix)
-            (row,) = self.rt.decode([(t, p, 0, p == len(seq) - 1) for p, t in enumerate(seq)])
-            return self.rt.logits(row).copy()
-        rows = self.rt.decode([(t, p, 0, p == len(toks) - 1) for p, t in enumerate(toks)])
+            rows = self.rt.decode([(t, p, s, p == len(seq) - 1) for s in seqs for p, t in enumerate(seq)])
+            return self.rt.logits(rows[0]).copy()
+        rows = self.rt.decode([(t, p, s, p == len(toks) - 1) for s in seqs for p, t in enumerate(toks)])
         row, pos = rows[0], len(toks)
-        for t in prefix[:-1]:  # one token per pass, as plain decoding does
-            (row,) = self.rt.decode([(t, pos, 0, True)])
+        for t in prefix[:-1]:  # one token per sequence per pass, as plain decoding does
+            row = self.rt.decode([(t, pos, s, True) for s in seqs])[0]
             pos += 1
-        if prefix:  # the last one first in a pass of `width` tokens (the rest repeat it), as in a verification
-            rows = self.rt.decode([(prefix[-1], pos + i, 0, True) for i in range(width)])
-            row = rows[0]
+        if prefix:  # the last one first in a pass of `width` tokens per sequence, as in a verification
+            row = self.rt.decode([(prefix[-1], pos + i, s, True) for s in seqs for i in range(width)])[0]
         return self.rt.logits(row).copy()
 
     def lm_eval_model(self) -> Any:

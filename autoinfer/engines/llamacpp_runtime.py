@@ -74,13 +74,17 @@ class LlamaRuntime:
         cp.n_batch = n_ctx
         cp.n_ubatch = min(n_ctx, 512)
         cp.n_seq_max = n_seq
-        cp.kv_unified = True  # sequences share one KV pool, so B short sequences fit in n_ctx
+        # One KV stream per sequence (llama-server's default): a sequence's cells, and so the order
+        # its attention sums run in, do not depend on what the other sequences of the batch did.
+        # With one shared pool a drafted batch placed cells differently from a plain batch, and the
+        # outputs drifted apart at near-ties.
+        cp.kv_unified = False
         cp.n_threads = threads
         cp.n_threads_batch = threads
         self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
         if not self.ctx:
             raise TrialError("llama.cpp could not create a context")
-        self.n_ctx = n_ctx
+        self.n_ctx = n_ctx // n_seq  # KV cells of each sequence
         self.n_batch = cp.n_batch
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
@@ -145,7 +149,7 @@ class LlamaRuntime:
         with `logits(row)` before the next decode.
         """
         if len(items) > self.n_batch:
-            raise TrialError(f"{len(items)} tokens do not fit the {self.n_ctx}-token context")
+            raise TrialError(f"{len(items)} tokens do not fit one batch of {self.n_batch}")
         b = self.batch
         rows: list[int] = []
         for i, (tok, pos, seq, want) in enumerate(items):
@@ -159,7 +163,7 @@ class LlamaRuntime:
         b.n_tokens = len(items)
         rc = self.ll.llama_decode(self.ctx, b)
         if rc != 0:
-            raise TrialError(f"llama_decode failed with code {rc} (context of {self.n_ctx} tokens full?)")
+            raise TrialError(f"llama_decode failed with code {rc} (a sequence past its {self.n_ctx} KV cells?)")
         return rows
 
     def logits(self, row: int) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -169,23 +173,30 @@ class LlamaRuntime:
     def argmax(self, row: int) -> int:
         return int(np.argmax(self.logits(row)))
 
-    def batch_shift(self, tokens: Sequence[int], tail: int) -> float:
-        """Largest logit difference between evaluating the last `tail` tokens one at a time and in
-        one batch: 0.0 where this model's kernels are batch-invariant, so a drafted verification
-        gives exactly what plain decoding gives."""
-        head = list(tokens[:-tail])
-        single, batched = [], []
+    def batch_shift(self, tokens: Sequence[int], widths: Sequence[int], n_seq: int = 1) -> float:
+        """Largest logit difference between plain decoding's passes (one token of each of n_seq
+        sequences) and verification passes (w tokens of each, for every w in widths) over the same
+        tokens: 0.0 where this model's kernels give every pass size the same numbers, so a drafted
+        verification reproduces plain decoding exactly. Kernels are chosen by the number of tokens
+        in a pass, so the probe uses the very pass sizes a trial will run."""
+        tail = max(widths)
+        head, probe = list(tokens[:-tail]), list(tokens[-tail:])
         self.clear()
-        self.decode([(t, p, 0, False) for p, t in enumerate(head)])
-        for i, t in enumerate(tokens[-tail:]):
-            (row,) = self.decode([(t, len(head) + i, 0, True)])
-            single.append(self.logits(row).copy())
+        self.decode([(t, p, s, False) for s in range(n_seq) for p, t in enumerate(head)])
+        plain = []  # plain[i][s]: logits after probe token i of sequence s, one token per sequence per pass
+        for i, t in enumerate(probe):
+            rows = self.decode([(t, len(head) + i, s, True) for s in range(n_seq)])
+            plain.append([self.logits(r).copy() for r in rows])
+        worst = 0.0
+        for w in widths:
+            for s in range(n_seq):
+                self.truncate(s, len(head))
+            rows = self.decode([(probe[i], len(head) + i, s, True) for s in range(n_seq) for i in range(w)])
+            for k, row in enumerate(rows):
+                s, i = divmod(k, w)
+                worst = max(worst, float(np.abs(self.logits(row) - plain[i][s]).max()))
         self.clear()
-        self.decode([(t, p, 0, False) for p, t in enumerate(head)])
-        rows = self.decode([(t, len(head) + i, 0, True) for i, t in enumerate(tokens[-tail:])])
-        batched = [self.logits(r).copy() for r in rows]
-        self.clear()
-        return max(float(np.abs(a - b).max()) for a, b in zip(single, batched, strict=True))
+        return worst
 
     def model_bytes(self) -> int:
         return int(self.ll.llama_model_size(self.model))

