@@ -1,4 +1,4 @@
-"""Command line: `autoinfer search | validate | hardware | pareto | export`."""
+"""Command line: `autoinfer search | validate | hardware | pareto | export | serve | verify`."""
 
 from __future__ import annotations
 
@@ -216,19 +216,89 @@ def export(
     from autoinfer.export.runtime import copy_files as copy_runtime_files
 
     cfg = _load(config, preflight=False)
-    data = deployment_config(cfg, _study(cfg), trial)
+    study = _study(cfg)
+    data = deployment_config(cfg, study, trial)
     if copy_files:
         if out is None:
             raise ConfigError("--copy-files", "needs --out (the files go next to the deployment config)")
         out.parent.mkdir(parents=True, exist_ok=True)
         for f in copy_runtime_files(data["runtime"], out.parent):
             err.print(f"copied {f}")
-    text = to_yaml(data)
     if out:
-        out.write_text(text)
+        # The trial's own outputs beside the config: what `autoinfer verify` holds a server to.
+        from autoinfer.cache import file_digest
+        from autoinfer.export.deploy import outputs_json
+
+        gen = outputs_json(study, data["measured"]["trial"])
+        if gen is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            side = out.with_name(out.stem + ".outputs.json")
+            side.write_text(gen)
+            data["measured"]["outputs_file"] = side.name
+            data["measured"]["outputs_sha256"] = file_digest(side)
+        from autoinfer.export.runtime import THIS_FILE
+
+        if "serve" in data["runtime"]:
+            data["runtime"]["serve"] = data["runtime"]["serve"].replace(THIS_FILE, out.name)
+        out.write_text(to_yaml(data))
         err.print(f"wrote {out}")
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(to_yaml(data))
+
+
+@app.command()
+def serve(
+    deploy: Annotated[Path, typer.Argument(help="A deployment config written by `autoinfer export`.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+) -> None:
+    """Serve a measured configuration through its own engine (OpenAI-compatible /v1/completions)."""
+    from autoinfer.export.serve import serve as run_serve
+
+    try:
+        run_serve(deploy, host, port)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def verify(
+    deploy: Annotated[Path, typer.Argument(help="A deployment config written by `autoinfer export --out`.")],
+    tolerance: Annotated[
+        float, typer.Option(help="Least served tokens/s, as a fraction of the trial's, that passes.")
+    ] = 0.8,
+    startup_timeout: Annotated[float, typer.Option(help="Seconds the server may take to become healthy.")] = 300.0,
+    log: Annotated[bool, typer.Option(help="Log the result to the trial's MLflow run.")] = True,
+) -> None:
+    """Run the exported server, send it the trial's prompts, compare outputs and speed with the trial."""
+    from autoinfer.export.verify import VerifyFailed, log_report
+    from autoinfer.export.verify import verify as run_verify
+
+    if not 0 < tolerance <= 10:
+        raise ConfigError("--tolerance", f"must be a fraction above 0 (got {tolerance})")
+    err.print(f"starting the exported server for {deploy} on 127.0.0.1...")
+    try:
+        report = run_verify(deploy, tolerance, startup_timeout)
+    except KeyboardInterrupt:
+        err.print("\ninterrupted: the server was stopped.")
+        raise typer.Exit(130) from None
+    table = Table(title=f"{deploy}: served vs trial {report.trial}")
+    for col in ("", "served", "trial", "ratio"):
+        table.add_column(col, justify="right" if col else "left")
+    for key, label in (("tokens_per_s", "tok/s"), ("ttft_p50_s", "TTFT p50 s"),
+                       ("latency_p50_s", "latency p50 s"), ("latency_p95_s", "latency p95 s")):  # fmt: skip
+        a, b = report.served[key], report.measured[key]
+        table.add_row(label, _fmt(a, ".3g"), _fmt(b, ".3g"), _fmt(a / b if b else None, ".2f"))
+    table.add_row("identical outputs", f"{report.identical}/{report.prompts}", "", "")
+    console.print(table)
+    console.print(f"server: {escape(report.command)}")
+    if log:
+        where = log_report(deploy, report)
+        if where:
+            err.print(where)
+    if not report.passed:
+        raise VerifyFailed(f"{deploy}: " + "; ".join(report.failures))
+    console.print(f"[green]verified[/]: trial {report.trial} served with identical outputs")
 
 
 def _quiet() -> None:

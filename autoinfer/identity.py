@@ -120,9 +120,11 @@ def _is_level(name: str) -> bool:
     return name in LLAMACPP_LEVELS
 
 
-def identity_hash(identity: dict[str, str]) -> str:
-    """Short hash of the fields every trial of a study shares (extensible fields left out)."""
-    core = {k: v for k, v in identity.items() if not k.startswith(EXTENSIBLE)}
+def identity_hash(identity: dict[str, str], engine: str | None = None) -> str:
+    """Short hash of the fields every trial of a study shares (extensible fields left out); with
+    `engine`, also that engine's own fields (its library versions): a trial's fingerprint."""
+    mine = f"engine.{engine}." if engine else None
+    core = {k: v for k, v in identity.items() if not k.startswith(EXTENSIBLE) or (mine and k.startswith(mine))}
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -18,7 +18,7 @@ from autoinfer.evaluators.accuracy import AccuracyResult
 from autoinfer.metrics import check_declared
 
 POINT_ATTR = "point"
-RECORD_ATTRS = ("metrics", "provenance", "accuracy")
+RECORD_ATTRS = ("metrics", "provenance", "accuracy", "generations")
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,30 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class Generations:
+    """What the trial generated in its first measured repeat, prompt by prompt: the evidence a
+    served copy of the configuration is checked against (`autoinfer verify`)."""
+
+    prompt_ids: tuple[tuple[int, ...], ...]  # the tokens the engine fed (chat template applied)
+    output_ids: tuple[tuple[int, ...], ...]  # greedy output, up to and including EOS
+    texts: tuple[str, ...]  # the output's text, end-of-generation tokens left out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Generations:
+        return cls(
+            prompt_ids=tuple(tuple(p) for p in d["prompt_ids"]),
+            output_ids=tuple(tuple(o) for o in d["output_ids"]),
+            texts=tuple(d["texts"]),
+        )
+
+
+@dataclass(frozen=True)
 class TrialRecord:
     point: TrialPoint
     metrics: dict[str, float]
     provenance: Provenance
     accuracy: AccuracyResult | None = None
+    generations: Generations | None = None  # None for trials from before they were kept
 
     def __post_init__(self) -> None:
         check_declared(self.metrics)
@@ -58,18 +77,20 @@ class TrialRecord:
             "metrics": dict(self.metrics),
             "provenance": dataclasses.asdict(self.provenance),
             "accuracy": dataclasses.asdict(self.accuracy) if self.accuracy is not None else None,
+            "generations": dataclasses.asdict(self.generations) if self.generations is not None else None,
         }
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> TrialRecord | None:
         if POINT_ATTR not in attrs or "metrics" not in attrs or "provenance" not in attrs:
             return None
-        acc = attrs.get("accuracy")
+        acc, gen = attrs.get("accuracy"), attrs.get("generations")
         return cls(
             point=TrialPoint(**attrs[POINT_ATTR]),
             metrics=dict(attrs["metrics"]),
             provenance=Provenance(**attrs["provenance"]),
             accuracy=AccuracyResult(**acc) if acc else None,
+            generations=Generations.from_dict(gen) if gen else None,
         )
 
 

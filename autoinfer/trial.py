@@ -19,7 +19,7 @@ from autoinfer.engines import ENGINES, Engine, TrialPoint
 from autoinfer.errors import TrialError
 from autoinfer.evaluators.accuracy import AccuracyResult
 from autoinfer.identity import scored_key
-from autoinfer.record import Provenance, TrialRecord
+from autoinfer.record import Generations, Provenance, TrialRecord
 
 
 def set_threads(point: TrialPoint) -> int:
@@ -174,6 +174,11 @@ def run_trial(
         metrics["accuracy_samples"] = float(accuracy.samples)
         # Correct tokens per joule: tokens the model would get right, per joule spent making them.
         metrics["correct_tokens_per_j"] = accuracy.accuracy * tp.generated_tokens / e.energy_j
+    generations = Generations(
+        prompt_ids=tuple(tuple(engine.prompt_ids(p)) for p in prompts),
+        output_ids=tp.outputs,
+        texts=tuple(engine.text(ids) for ids in tp.outputs),
+    )
     engine.close()
     provenance = Provenance(
         identity=identity,
@@ -191,7 +196,7 @@ def run_trial(
         draft_check=draft_check,
         engine=dict(engine.info),
     )
-    return TrialRecord(point, metrics, provenance, accuracy)
+    return TrialRecord(point, metrics, provenance, accuracy, generations)
 
 
 def run_payload(payload: dict[str, Any], stage: Callable[[str], None]) -> TrialRecord:

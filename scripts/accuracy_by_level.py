@@ -20,7 +20,7 @@ from autoinfer.search.pareto import paired_delta
 from autoinfer.trial import set_threads
 
 DEFAULT_LEVELS = ["F16", "Q8_0", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K"]
-ARC = "../shared/data/arc_easy/test.jsonl"
+ARC = "data/arc_easy/test.jsonl"
 
 
 def main() -> None:

@@ -3,12 +3,17 @@
 # and keep the matching llama.cpp converter (convert_hf_to_gguf.py) beside the venv.
 #
 # Why pinned flags: a default build uses -march=native; on this project's CI VMs that build
-# segfaulted in quantized prompt evaluation with n_batch > 1. A portable build with AVX512 on and
-# AMX off ran the same models cleanly (tests/engines/test_llamacpp_build.py keeps checking).
+# segfaulted in quantized prompt evaluation with n_batch > 1. A portable build with AMX off ran the
+# same models cleanly (tests/engines/test_llamacpp.py::test_quantized_batched_prompt_eval_is_sound keeps checking).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LLAMA_CPP_VERSION=0.3.36
-FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF"
+# AVX-512 only where this CPU has every part of it ggml compiles for (F, CD, VL, DQ, BW): these VMs
+# come both as Sapphire Rapids / EPYC with AVX-512 and as EPYC with AVX2 only, where an AVX-512
+# build dies with SIGILL on its first matrix product. The level is part of the cache key.
+AVX512=ON
+for f in avx512f avx512cd avx512vl avx512dq avx512bw; do grep -qw "$f" /proc/cpuinfo || AVX512=OFF; done
+FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=$AVX512 -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF"
 
 # The CUDA variant (llama.cpp x cuda:I trials offload every layer to that GPU): built where nvcc and
 # an NVIDIA GPU are both present. AUTOINFER_LLAMACPP_CUDA=1 forces it (set AUTOINFER_CUDA_ARCHS, e.g.

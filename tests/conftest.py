@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-ARC_DIR = REPO.parent / "shared" / "data" / "arc_easy"
+ARC_DIR = REPO / "data" / "arc_easy"
 
 # The fake engine registers itself in this process, in spawned trial processes (which inherit the
 # environment and sys.path) and in CLI subprocesses (which need the repository on PYTHONPATH).
@@ -74,16 +74,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def base_config(model_dir: Path, tmp: Path, **over: Any) -> dict[str, Any]:
-    """A small, fast config dict around the tiny model, storing everything under `tmp`."""
+def _config(source: Path, space: dict[str, Any], tmp: Path, over: dict[str, Any]) -> dict[str, Any]:
+    """A small, fast config dict storing everything under `tmp`; `over` replaces or merges sections."""
     cfg: dict[str, Any] = {
-        "model": {"source": str(model_dir), "chat_template": False},
-        "space": {
-            "quantization": ["fp32", "bf16"],
-            "draft": ["none", "prompt_lookup:2"],
-            "batch_size": [1, 2],
-            "hardware": ["cpu:1"],
-        },
+        "model": {"source": str(source), "chat_template": False},
+        "space": {**space, "draft": ["none", "prompt_lookup:2"], "batch_size": [1, 2], "hardware": ["cpu:1"]},
         "workload": {"max_new_tokens": 8, "repeats": 2, "warmup": 0},
         "accuracy": {
             "tasks": [{"name": "arc_easy", "data_files": {"test": str(ARC_DIR / "test.jsonl")}}],
@@ -103,6 +98,11 @@ def base_config(model_dir: Path, tmp: Path, **over: Any) -> dict[str, Any]:
         else:
             cfg[key] = value
     return cfg
+
+
+def base_config(model_dir: Path, tmp: Path, **over: Any) -> dict[str, Any]:
+    """A config dict around the tiny model (transformers, fp32 and bf16)."""
+    return _config(model_dir, {"quantization": ["fp32", "bf16"]}, tmp, over)
 
 
 def fake_config(tmp: Path, **over: Any) -> dict[str, Any]:
@@ -111,34 +111,7 @@ def fake_config(tmp: Path, **over: Any) -> dict[str, Any]:
     model.mkdir(exist_ok=True)
     if not (model / "weights.bin").exists():
         (model / "weights.bin").write_bytes(b"fake weights")
-    cfg: dict[str, Any] = {
-        "model": {"source": str(model), "chat_template": False},
-        "space": {
-            "engine": ["fake"],
-            "quantization": ["fp32", "int8"],
-            "draft": ["none", "prompt_lookup:2"],
-            "batch_size": [1, 2],
-            "hardware": ["cpu:1"],
-        },
-        "workload": {"max_new_tokens": 8, "repeats": 2, "warmup": 0},
-        "accuracy": {
-            "tasks": [{"name": "arc_easy", "data_files": {"test": str(ARC_DIR / "test.jsonl")}}],
-            "limit": 4,
-            "batch_size": 4,
-        },
-        "objectives": [
-            {"name": "correct_tokens_per_j", "direction": "maximize"},
-            {"name": "tokens_per_s", "direction": "maximize"},
-        ],
-        "search": {"trials": 3, "seed": 1, "storage": f"sqlite:///{tmp}/optuna.db", "study_name": "t"},
-        "mlflow": {"tracking_uri": f"sqlite:///{tmp}/mlflow.db", "artifact_location": str(tmp / "artifacts")},
-    }
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key] = {**cfg[key], **value}
-        else:
-            cfg[key] = value
-    return cfg
+    return _config(model, {"engine": ["fake"], "quantization": ["fp32", "int8"]}, tmp, over)
 
 
 @pytest.fixture

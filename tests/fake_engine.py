@@ -98,11 +98,11 @@ class FakeEngine(Engine):
             h.append(t)
         return out
 
-    def generate(
-        self, prompts: list[str], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True
+    def generate_ids(
+        self, prompts: Any, max_new_tokens: int, ignore_eos: bool = False, draft: bool = True
     ) -> GenerationResult:
         start = time.perf_counter()
-        hists = [encode(p) for p in prompts]
+        hists = [list(p) for p in prompts]
         d = self.point.draft_spec
         _burn(self.pass_s * (1 + 0.2 * len(prompts)))  # prefill
         outs: list[list[int]] = [[] for _ in prompts]
@@ -157,6 +157,12 @@ class FakeEngine(Engine):
         if self.point.draft_spec.model == "tie":  # the runner-up within what batch shape changes
             logits[(t + 2) % VOCAB] = 0.99 if width == 1 else 1.01
         return logits
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return encode(prompt)
+
+    def text(self, ids: Any) -> str:
+        return " ".join(str(t) for t in ids if t != EOS)
 
     def lm_eval_model(self) -> Any:
         return FakeLM(self.point.quantization)

@@ -109,3 +109,12 @@ def test_a_growing_space_is_not_a_change(tmp_path: Path) -> None:
     assert any(k.startswith("draft.") for k in grown)
     assert first_difference(small, grown) is None and first_difference(grown, small) is None
     assert identity_hash(small) == identity_hash(grown)
+
+
+def test_a_trials_fingerprint_holds_its_engines_versions(tmp_path: Path) -> None:
+    a = study_identity(config(tmp_path))
+    key = "engine.llama.cpp.llama_cpp_python"
+    b = {**a, key: "0.0.1"}  # another llama.cpp build
+    assert identity_hash(a) == identity_hash(b)  # the study's shared part does not see engine versions
+    assert identity_hash(a, "llama.cpp") != identity_hash(b, "llama.cpp")  # a llama.cpp trial's does
+    assert identity_hash(a, "transformers") == identity_hash(b, "transformers")  # a transformers trial's not

@@ -173,12 +173,27 @@ class Engine(abc.ABC):
     def load(self) -> None:
         """Load weights in the trial's quantization onto its hardware."""
 
-    @abc.abstractmethod
     def generate(
         self, prompts: list[str], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True
     ) -> GenerationResult:
         """Greedy generation for all prompts as one batch; with the trial's draft unless draft=False
         (plain decoding of the same loaded target, which a drafted trial is checked against)."""
+        return self.generate_ids([self.prompt_ids(p) for p in prompts], max_new_tokens, ignore_eos, draft)
+
+    @abc.abstractmethod
+    def generate_ids(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True
+    ) -> GenerationResult:
+        """`generate` on prompts already rendered to token ids (as `prompt_ids` makes them): what a
+        server built on the engine calls (`autoinfer serve`). Timing starts inside this call."""
+
+    @abc.abstractmethod
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The token ids `generate` feeds for a prompt (chat template and special tokens applied)."""
+
+    @abc.abstractmethod
+    def text(self, ids: Sequence[int]) -> str:
+        """The text of generated token ids, end-of-generation tokens left out (what a server returns)."""
 
     @abc.abstractmethod
     def lm_eval_model(self) -> Any:

@@ -144,13 +144,19 @@ class LlamaCppEngine(Engine):
             return self.rt.tokenize(text, add_special=False)
         return self.rt.tokenize(prompt, add_special=True)
 
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return self._render(prompt)
+
+    def text(self, ids: Sequence[int]) -> str:
+        return self.rt.detokenize([t for t in ids if not self.rt.is_eog(t)])
+
     def _stops(self, token: int) -> bool:
         return token in self.stop_tokens or self.rt.is_eog(token)
 
-    def generate(
-        self, prompts: list[str], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True
+    def generate_ids(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True
     ) -> GenerationResult:
-        toks = [self._render(p) for p in prompts]
+        toks = [list(p) for p in prompts]
         self.rt.clear()
         if self.draft_rt is not None:
             self.draft_rt.clear()

@@ -151,6 +151,7 @@ class TransformersEngine(Engine):
         q = self.point.quantization
         path, facts = dequantized_checkpoint(self.config)
         self.info.update(facts)
+        self.info["checkpoint"] = str(path)  # what a stock server would load (export)
         m = self.config.model
         tok_src = resolve_source(self.config, m.tokenizer) if m.tokenizer else path
         common = {"trust_remote_code": m.trust_remote_code, "revision": m.revision}
@@ -248,6 +249,14 @@ class TransformersEngine(Engine):
             return out
         return prompt
 
+    def prompt_ids(self, prompt: str) -> list[int]:
+        ids: list[int] = self.tokenizer(self._render(prompt), add_special_tokens=False)["input_ids"]
+        return ids
+
+    def text(self, ids: Sequence[int]) -> str:
+        out: str = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return out
+
     def _draft_kwargs(self) -> dict[str, Any]:
         d = self.point.draft_spec
         if d.kind == "prompt_lookup":
@@ -262,13 +271,14 @@ class TransformersEngine(Engine):
             return kw
         return {}
 
-    def generate(
-        self, prompts: list[str], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True
+    def generate_ids(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True
     ) -> GenerationResult:
         import torch
 
-        texts = [self._render(p) for p in prompts]
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        # Left-padded to the longest, with its attention mask: what tokenizing the rendered texts
+        # together with padding=True gives.
+        enc = self.tokenizer.pad({"input_ids": [list(p) for p in prompts]}, return_tensors="pt")
         enc = enc.to(self.point.hardware_spec.torch_device)
         before = dict(self.tally)
         clock = _StepClock(self.tally)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
 import optuna
@@ -13,6 +15,7 @@ from autoinfer.errors import AutoinferError
 from autoinfer.export.runtime import runtime_block
 from autoinfer.record import record_of
 from autoinfer.search.pareto import pareto_trials
+from autoinfer.search.storage import redact
 
 
 def deployment_config(config: Config, study: optuna.Study, number: int | None = None) -> dict[str, Any]:
@@ -34,12 +37,17 @@ def deployment_config(config: Config, study: optuna.Study, number: int | None = 
         trial_number, rec, why = number, found, "chosen by --trial"
     point = rec.point.as_dict()
     prov = rec.provenance
+    uri = config.mlflow.tracking_uri
     model = {k: v for k, v in config.model.model_dump().items() if v is not None}
     return {
         "model": model,
         **point,
-        "generation": {"max_new_tokens": config.workload.max_new_tokens, "do_sample": False},
-        "runtime": runtime_block(model, point, prov.engine),
+        "generation": {
+            "max_new_tokens": config.workload.max_new_tokens,
+            "ignore_eos": config.workload.ignore_eos,
+            "do_sample": False,
+        },
+        "runtime": runtime_block(model, point, prov.engine, engine_config(config)),
         "measured": {
             "study": config.study_name,
             "trial": trial_number,
@@ -54,8 +62,43 @@ def deployment_config(config: Config, study: optuna.Study, number: int | None = 
             "sequences": prov.sequences,
             "draft_lossless": prov.draft_lossless,
             "identity": prov.identity,
+            # Where `autoinfer verify` logs its result (the URI only where it holds no secret).
+            "mlflow_run_id": trial_run_id(config, trial_number),
+            "mlflow_tracking_uri": uri if redact(uri) == uri else None,
         },
     }
+
+
+def engine_config(config: Config) -> dict[str, Any]:
+    """What an engine reads of the study config: enough to load the configuration again, and
+    nothing with a secret in it (no storage or tracking URLs)."""
+    dump = config.model_dump(mode="json")
+    return {k: dump[k] for k in ("model", "workload", "transformers", "base_dir")}
+
+
+def trial_run_id(config: Config, number: int) -> str | None:
+    """The MLflow run that holds trial `number` of this config's study (None if not logged)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=config.mlflow.tracking_uri)
+    exp = client.get_experiment_by_name(config.mlflow.experiment)
+    if exp is None:
+        return None
+    flt = f"tags.`autoinfer.study` = '{config.study_name}' and tags.`autoinfer.role` = 'study'"
+    for parent in client.search_runs([exp.experiment_id], filter_string=flt, max_results=50):
+        child = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`autoinfer.trial` = '{number}'"
+        runs = client.search_runs([exp.experiment_id], filter_string=child, max_results=1)
+        if runs:
+            return str(runs[0].info.run_id)
+    return None
+
+
+def outputs_json(study: optuna.Study, number: int) -> str | None:
+    """The trial's generated outputs as JSON (what `autoinfer verify` compares a server with)."""
+    rec = record_of(study.trials[number])
+    if rec is None or rec.generations is None:
+        return None
+    return json.dumps(dataclasses.asdict(rec.generations))
 
 
 def to_yaml(data: dict[str, Any]) -> str:

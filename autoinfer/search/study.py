@@ -272,7 +272,6 @@ def run_search(
         config = config.model_copy(update={"search": config.search.model_copy(update={"study_name": name})})
         ev.message(f"fresh study {name!r}")
     study = open_study(config, identity)
-    ident = identity_hash(identity)
     tracker = Tracker(config, config.study_name, config.search.storage)
     logs = logs_dir(config)
     recovered = recover_interrupted(study)
@@ -327,7 +326,7 @@ def run_search(
         payload = {
             "config": payload_config,
             "point": point.as_dict(),
-            "identity": ident,
+            "identity": identity_hash(identity, point.engine),  # the trial's own fingerprint
             "accuracy_key": akey,
             "known_accuracy": _cached_accuracy(study, akey) if config.accuracy.tasks else {},
             "log_path": str(log_path),

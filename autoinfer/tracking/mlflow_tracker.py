@@ -23,8 +23,12 @@ from autoinfer.hardware import fingerprint
 from autoinfer.record import point_of, record_of
 from autoinfer.search.pareto import deltas_vs_most_accurate, is_feasible, measured_trials, pareto_front, violations
 from autoinfer.search.storage import ensure_sqlite_dir, redact
-from autoinfer.tracking.plots import trial_row, write_plots, write_table
+from autoinfer.tracking.plots import frontier_markdown, trial_row, write_plots, write_table
 
+# The UI opens an experiment of this kind on its runs table (the GenAI kind opens on an empty
+# traces overview): these are measurement runs, not LLM traces.
+KIND = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {KIND: "custom_model_development"}
 _STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.FAIL: "FAILED", TrialState.PRUNED: "KILLED"}
 
 
@@ -68,10 +72,12 @@ class Tracker:
                 art = Path(config.mlflow.artifact_location).expanduser().resolve()
                 art.mkdir(parents=True, exist_ok=True)
                 self.experiment_id = self.client.create_experiment(
-                    config.mlflow.experiment, artifact_location=art.as_uri()
+                    config.mlflow.experiment, artifact_location=art.as_uri(), tags=EXPERIMENT_TAGS
                 )
             else:
                 self.experiment_id = exp.experiment_id
+                if KIND not in exp.tags:
+                    self.client.set_experiment_tag(self.experiment_id, KIND, EXPERIMENT_TAGS[KIND])
             self.parent_id = self._parent_run()
         self._children: dict[int, str] | None = None
 
@@ -166,6 +172,8 @@ class Tracker:
             self.client.log_artifact(rid, log_path, "logs")
         if rec is not None and rec.accuracy is not None and rec.accuracy.items:
             self.client.log_dict(rid, rec.accuracy.items, "accuracy/items.json")  # paired comparisons offline
+        if rec is not None and rec.generations is not None:  # what a served copy must reproduce
+            self.client.log_dict(rid, dataclasses.asdict(rec.generations), "outputs/generations.json")
         self.client.set_terminated(rid, _STATUS.get(t.state, "FAILED"))
         self.children()[t.number] = rid
 
@@ -188,6 +196,8 @@ class Tracker:
             write_table(rows, out)
             write_plots(rows, out, self.study_name)
             self.client.log_artifacts(self.parent_id, d, "pareto")
+        # The parent run's description (shown on its page) is the frontier table itself.
+        self.client.set_tag(self.parent_id, "mlflow.note.content", frontier_markdown(rows, self.study_name))
         self._children = None  # other workers may have logged trials since we last looked
         for number, rid in self.children().items():
             self.client.set_tag(rid, "pareto", "true" if number in front else "false")

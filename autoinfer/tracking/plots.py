@@ -48,6 +48,31 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> None:
     (out / "frontier.json").write_text(json.dumps(front, indent=1, default=str))
 
 
+def frontier_markdown(rows: list[dict[str, Any]], study: str) -> str:
+    """The frontier as a Markdown table: the parent run's description in the MLflow UI."""
+
+    def f(r: dict[str, Any], key: str, spec: str = ".3g") -> str:
+        v = r.get(key)
+        return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: -float(r.get("correct_tokens_per_j") or 0))
+    sources = sorted({str(r["energy_source"]) for r in front})
+    lines = [
+        f"**Pareto frontier of {study}**: {len(front)} of {len(rows)} measured trials "
+        f"(energy: {', '.join(sources) or '-'}). Every trial is a child run; `pareto/` holds the plots.",
+        "",
+        "| trial | configuration | correct tok/J | accuracy | tok/s | TTFT p50 s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in front:
+        acc = f"{f(r, 'accuracy')} ± {f(r, 'accuracy_stderr', '.2f')}"
+        lines.append(
+            f"| {r['trial']} | {r['label']} | {f(r, 'correct_tokens_per_j')} | {acc} | "
+            f"{f(r, 'tokens_per_s', '.1f')} | {f(r, 'ttft_p50_s')} |"
+        )
+    return "\n".join(lines)
+
+
 def _label(r: dict[str, Any]) -> str:
     return f"#{r['trial']} {r['label']}"
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
 
 from autoinfer.errors import AutoinferError
-from autoinfer.export.runtime import copy_files, runtime_block
+from autoinfer.export.runtime import copy_files, llama_server, runtime_block
 
 LLAMA_INFO = {
     "gguf_path": "/c/x-Q8_0.gguf",
@@ -30,14 +32,26 @@ def point(engine: str, quant: str, draft: str = "none", batch: int = 1) -> dict[
 def test_llamacpp_block_names_the_file_and_the_server_flags() -> None:
     rt = runtime_block({}, point("llama.cpp", "Q8_0", batch=8), LLAMA_INFO)
     assert rt["gguf"]["made_from"] == "Q4_1" and rt["context"]["n_seq_max"] == 8
-    assert rt["serve"] == "llama-server -m /c/x-Q8_0.gguf -t 2 -c 4096 -np 8 -ngl 0"  # one KV stream per slot
+    server = rt["server"]["binary"]
+    assert server == llama_server() and rt["server"]["version"] is None  # LLAMA_INFO records no version
+    flags = "-m /c/x-Q8_0.gguf -t 2 -c 4096 -b 4096 -ub 512 -np 8 -ngl 0"
+    assert rt["serve"] == shlex.join([server]) + f" {flags} -no-kvu"  # one KV stream per slot, as measured
     older = {k: v for k, v in LLAMA_INFO.items() if k != "kv_unified"}  # measured with one shared KV pool
     assert runtime_block({}, point("llama.cpp", "Q8_0", batch=8), older)["serve"].endswith("-np 8 -ngl 0 -kvu")
 
 
+def test_the_exported_server_is_the_one_built_beside_the_venv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert llama_server() == "llama-server"  # nothing built, nothing on PATH: the bare name
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "llama-server").write_text("")
+    assert llama_server() == str(tmp_path / "bin" / "llama-server")
+
+
 def test_llamacpp_on_a_gpu_stays_on_the_measured_device() -> None:
     rt = runtime_block({}, point("llama.cpp", "Q8_0"), {**LLAMA_INFO, "n_gpu_layers": -1, "main_gpu": 1})
-    assert rt["serve"].endswith("-ngl -1 -sm none -mg 1")
+    assert rt["serve"].endswith("-ngl -1 -no-kvu -sm none -mg 1")
 
 
 def test_llamacpp_drafts_map_to_speculative_flags() -> None:
@@ -77,7 +91,7 @@ def test_copy_files_ships_the_measured_bytes_or_refuses(tmp_path: Path) -> None:
     ship = tmp_path / "ship"
     ship.mkdir()
     assert copy_files(rt, ship) == [ship / "m-Q8_0.gguf"]
-    assert rt["gguf"]["path"] == "m-Q8_0.gguf" and rt["serve"].startswith("llama-server -m m-Q8_0.gguf ")
+    assert rt["gguf"]["path"] == "m-Q8_0.gguf" and " -m m-Q8_0.gguf " in rt["serve"]
     assert (ship / "m-Q8_0.gguf").read_bytes() == src.read_bytes()
     bad = runtime_block({}, point("llama.cpp", "Q8_0"), {**info, "gguf_sha256": "0" * 64})
     with pytest.raises(AutoinferError, match="does not match the sha256"):

@@ -1,0 +1,376 @@
+"""`autoinfer verify`: start the server a deployment config exports, send it the trial's own
+prompts at the measured concurrency, and compare what it returns with what the trial measured.
+
+The server runs on loopback on a free port, as a child that dies with this process however this
+process ends (Ctrl-C, SIGTERM, kill -9: a parent-death signal), and is stopped on every way out.
+Requests go through the OpenAI-compatible `/v1/completions` route, streamed, with the exact token
+ids the trial fed its engine as the prompt (the OpenAI API takes a token array), so the chat
+template and tokenizer are the trial's and only the server's decoding is under test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoinfer.cache import file_digest
+from autoinfer.errors import AutoinferError, ConfigError
+from autoinfer.evaluators.throughput import percentile
+from autoinfer.record import Generations
+
+
+class VerifyFailed(AutoinferError):
+    """The served configuration does not behave like its trial (exit 1; bad input stays exit 2)."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One request as the client saw it."""
+
+    text: str
+    tokens: int  # completion tokens the server reports
+    ttft_s: float  # request sent -> first non-empty text chunk
+    latency_s: float  # request sent -> last chunk
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the deployment config says the trial measured, and what it generated."""
+
+    trial: int
+    tokens_per_s: float
+    ttft_p50_s: float
+    latency_p50_s: float
+    latency_p95_s: float
+    batch_size: int
+    repeats: int
+    max_new_tokens: int
+    ignore_eos: bool
+    generations: Generations
+
+
+@dataclass
+class Report:
+    trial: int
+    served: dict[str, float]  # client-side figures of the served copy
+    measured: dict[str, float]  # the trial's own
+    identical: int  # prompts whose served text equals the trial's
+    prompts: int
+    first_difference: str = ""
+    server_version: str = ""
+    command: str = ""
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+# -- reading the deployment config ---------------------------------------------------------------
+
+
+def load_deploy(path: Path) -> tuple[dict[str, Any], Expected]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError("", f"cannot read the deployment config: {e}".splitlines()[0], str(path)) from None
+    if not isinstance(data, dict) or "runtime" not in data or "measured" not in data:
+        raise ConfigError("", "not an autoinfer deployment config (no runtime/measured blocks)", str(path))
+    m = data["measured"]
+    outputs = m.get("outputs_file")
+    if not outputs:
+        why = "missing: export with --out, which writes the trial's outputs beside the config"
+        raise ConfigError("measured.outputs_file", why, str(path))
+    out_path = path.parent / outputs
+    if not out_path.is_file():
+        raise ConfigError("measured.outputs_file", f"{out_path} does not exist", str(path))
+    if m.get("outputs_sha256") and file_digest(out_path) != m["outputs_sha256"]:
+        raise ConfigError("measured.outputs_file", f"{out_path} does not match its recorded sha256", str(path))
+    gen = Generations.from_dict(json.loads(out_path.read_text()))
+    metrics = m.get("metrics", {})
+    expected = Expected(
+        trial=int(m["trial"]),
+        tokens_per_s=float(metrics["tokens_per_s"]),
+        ttft_p50_s=float(metrics["ttft_p50_s"]),
+        latency_p50_s=float(metrics["latency_p50_s"]),
+        latency_p95_s=float(metrics["latency_p95_s"]),
+        batch_size=int(data["batch_size"]),
+        repeats=int(m.get("repeats") or 1),
+        max_new_tokens=int(data["generation"]["max_new_tokens"]),
+        ignore_eos=bool(data["generation"].get("ignore_eos", False)),
+        generations=gen,
+    )
+    return data, expected
+
+
+def check_files(runtime: dict[str, Any], where: str) -> None:
+    """The GGUF the config names must be the one the trial measured, byte for byte."""
+    gguf = runtime.get("gguf") or {}
+    base = Path(where).parent
+    for key, path_text, want in (
+        ("runtime.gguf.path", gguf.get("path"), gguf.get("sha256")),
+        ("runtime.draft_gguf", runtime.get("draft_gguf"), (runtime.get("draft") or {}).get("gguf_sha256")),
+    ):
+        if not path_text:
+            continue
+        path = Path(path_text) if Path(path_text).is_absolute() else base / path_text
+        if not path.is_file():
+            raise ConfigError(key, f"{path} does not exist", where)
+        if want and file_digest(path) != want:
+            raise VerifyFailed(
+                f"{where}: {key}: {path} is not the file the trial measured (sha256 {file_digest(path)[:12]}…, "
+                f"recorded {want[:12]}…)"
+            )
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def _last_line(log: Path) -> str:
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.exists() else []
+    return lines[-1].strip() if lines else "(no output)"
+
+
+@contextmanager
+def running_server(argv: list[str], log: Path, cwd: Path, startup_s: float) -> Iterator[int]:
+    """Start `argv` (a server command) on a free loopback port; yield the port once healthy."""
+    from autoinfer.search.isolation import die_with_parent
+
+    port = free_port()
+    me = os.getpid()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*argv, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: die_with_parent(me),
+        )  # fmt: skip
+    # SIGTERM to us must also stop the server: turn it into an exception so `finally` runs.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_exit) if main else None
+    try:
+        deadline = time.monotonic() + startup_s
+        while True:
+            if proc.poll() is not None:
+                raise VerifyFailed(f"the server exited with status {proc.returncode}: {_last_line(log)}")
+            try:
+                if _get(port, "/health", 2.0)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise VerifyFailed(f"the server was not healthy within {startup_s:.0f} s: {_last_line(log)}")
+            time.sleep(0.2)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+# -- the requests --------------------------------------------------------------------------------
+
+
+def complete(port: int, prompt: list[int], max_tokens: int, ignore_eos: bool, timeout: float) -> Reply:
+    """One streamed greedy completion of a token-id prompt."""
+    body = {
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0.0,  # greedy, as the trial decoded
+        "stream": True,
+        "cache_prompt": False,  # every request evaluates its whole prompt, as every trial batch did
+        "ignore_eos": ignore_eos,
+    }
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    start = time.perf_counter()
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    if r.status != 200:
+        raise VerifyFailed(f"the server answered {r.status}: {r.read()[:300].decode(errors='replace')}")
+    parts: list[str] = []
+    first = last = 0.0
+    tokens = 0
+    for raw in r:
+        line = raw.decode().strip()
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        chunk = json.loads(data)
+        now = time.perf_counter() - start
+        text = "".join(c.get("text") or "" for c in chunk.get("choices", []))
+        if text:
+            parts.append(text)
+            first = first or now
+        last = now
+        usage = chunk.get("usage")
+        if usage:
+            tokens = int(usage.get("completion_tokens", 0))
+    conn.close()
+    return Reply("".join(parts), tokens, first or last, last)
+
+
+def serve_pass(port: int, prompts: list[list[int]], exp: Expected, timeout: float) -> tuple[list[Reply], float]:
+    """Every prompt once, `batch_size` requests in flight at a time; replies in prompt order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = time.perf_counter()
+    pool = ThreadPoolExecutor(exp.batch_size)
+    try:
+        futures = [pool.submit(complete, port, p, exp.max_new_tokens, exp.ignore_eos, timeout) for p in prompts]
+        replies = [f.result() for f in futures]
+    finally:
+        # On Ctrl-C, do not wait for requests in flight: the server is stopped next, which ends them.
+        pool.shutdown(wait=False, cancel_futures=True)
+    return replies, time.perf_counter() - start
+
+
+def first_difference(served: list[str], trial: tuple[str, ...]) -> str:
+    for i, (a, b) in enumerate(zip(served, trial, strict=True)):
+        if a != b:
+            j = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            return f"prompt {i} differs at character {j}: served {a[j : j + 20]!r}, trial {b[j : j + 20]!r}"
+    return ""
+
+
+def server_argv(runtime: dict[str, Any], where: str) -> list[str]:
+    serve = runtime.get("serve")
+    if not serve:
+        raise ConfigError("runtime.serve", "no server command to run for this engine", where)
+    argv = shlex.split(serve)
+    if argv[:2] == ["autoinfer", "serve"]:  # the measured engine itself, from this installation
+        return [sys.executable, "-m", "autoinfer", "serve", str(Path(where).resolve())]
+    binary = argv[0]
+    if os.sep not in binary:
+        import shutil
+
+        found = shutil.which(binary)
+        if found is None:
+            raise ConfigError("runtime.serve", f"{binary} is not on PATH (scripts/setup.sh builds it)", where)
+        argv[0] = found
+    elif not Path(binary).is_file():
+        raise ConfigError("runtime.serve", f"{binary} does not exist (scripts/setup.sh builds it)", where)
+    return argv
+
+
+def verify(path: Path, tolerance: float = 0.8, startup_s: float = 300.0, request_timeout_s: float = 600.0) -> Report:
+    where = str(path)
+    data, exp = load_deploy(path)
+    runtime = data["runtime"]
+    check_files(runtime, where)
+    argv = server_argv(runtime, where)
+    prompts = [list(p) for p in exp.generations.prompt_ids]
+    log = path.parent / f"{path.stem}.verify-server.log"
+    with running_server(argv, log, path.parent.resolve(), startup_s) as port:
+        serve_pass(port, prompts[: exp.batch_size], exp, request_timeout_s)  # warm-up, unmeasured
+        passes = [serve_pass(port, prompts, exp, request_timeout_s) for _ in range(exp.repeats)]
+        version = ""
+        try:
+            props = json.loads(_get(port, "/props")[1])
+            version = str(props.get("build_info", ""))
+        except (OSError, ValueError):
+            pass
+    replies = [r for p, _ in passes for r in p]
+    tokens = sum(r.tokens for r in replies)
+    wall = sum(w for _, w in passes)
+    served = {
+        "tokens_per_s": tokens / wall if wall > 0 else 0.0,
+        "ttft_p50_s": percentile([r.ttft_s for r in replies], 50),
+        "latency_p50_s": percentile([r.latency_s for r in replies], 50),
+        "latency_p95_s": percentile([r.latency_s for r in replies], 95),
+    }
+    measured = {
+        "tokens_per_s": exp.tokens_per_s,
+        "ttft_p50_s": exp.ttft_p50_s,
+        "latency_p50_s": exp.latency_p50_s,
+        "latency_p95_s": exp.latency_p95_s,
+    }
+    texts = [r.text for r in passes[0][0]]
+    report = Report(
+        trial=exp.trial,
+        served=served,
+        measured=measured,
+        identical=sum(a == b for a, b in zip(texts, exp.generations.texts, strict=True)),
+        prompts=len(texts),
+        first_difference=first_difference(texts, exp.generations.texts),
+        server_version=version,
+        command=" ".join(shlex.quote(a) for a in argv),
+    )
+    if report.first_difference:
+        report.failures.append(f"outputs differ from trial {exp.trial}: {report.first_difference}")
+    later = [i for i, (p, _) in enumerate(passes[1:], 1) if [r.text for r in p] != texts]
+    if later:
+        report.failures.append(f"the server's own outputs changed between passes (pass {later[0]} vs pass 0)")
+    ratio = served["tokens_per_s"] / exp.tokens_per_s if exp.tokens_per_s > 0 else 0.0
+    if ratio < tolerance:
+        report.failures.append(
+            f"served {served['tokens_per_s']:.1f} tok/s is {ratio:.0%} of the trial's {exp.tokens_per_s:.1f} "
+            f"(tolerance {tolerance:.0%})"
+        )
+    return report
+
+
+def log_report(path: Path, report: Report) -> str:
+    """Record the verification on the trial's MLflow run; says where, or why not."""
+    import yaml
+
+    measured = yaml.safe_load(path.read_text())["measured"]
+    run_id, uri = measured.get("mlflow_run_id"), measured.get("mlflow_tracking_uri")
+    if not run_id or not uri:
+        return "not logged to MLflow: the deployment config names no run (or its tracking URI holds a secret)"
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        metrics = {f"verify.{k}": v for k, v in report.served.items()}
+        metrics["verify.identical_outputs"] = float(report.identical)
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, value)
+        client.set_tag(run_id, "autoinfer.verified", "pass" if report.passed else "fail: " + "; ".join(report.failures))
+        client.log_dict(run_id, dataclasses.asdict(report), "verify/report.json")
+    except Exception as e:  # noqa: BLE001 - the verification stands whether or not it could be logged
+        return f"not logged to MLflow ({uri}): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    return f"logged to MLflow run {run_id} ({uri})"

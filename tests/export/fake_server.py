@@ -1,0 +1,82 @@
+"""A stand-in for llama-server in verify tests: the OpenAI `/v1/completions` route, streamed.
+
+It answers each token-id prompt with the text a trial recorded for it (`--outputs`, the file
+`autoinfer export` writes), one word per chunk, so `autoinfer verify` can be tested without a
+model. `--wrong N` changes prompt N's answer; `--pidfile` says where it runs; `--crash` exits
+before it is healthy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--outputs", required=True)
+    ap.add_argument("--wrong", type=int, default=-1)
+    ap.add_argument("--pidfile")
+    ap.add_argument("--crash", action="store_true")
+    ap.add_argument("--delay", type=float, default=0.001, help="seconds between chunks")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    args = ap.parse_args()
+    if args.pidfile:
+        with open(args.pidfile, "w") as f:
+            f.write(str(os.getpid()))
+    if args.crash:
+        print("error: failed to load model", file=sys.stderr)
+        sys.exit(1)
+    gen = json.load(open(args.outputs))
+    answers = {tuple(p): t for p, t in zip(gen["prompt_ids"], gen["texts"], strict=True)}
+    if args.wrong >= 0:
+        answers[tuple(gen["prompt_ids"][args.wrong])] += " and more"
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def _send(self, code: int, body: bytes, kind: str = "application/json") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            if self.path == "/health":
+                self._send(200, b'{"status":"ok"}')
+            elif self.path == "/props":
+                self._send(200, b'{"build_info":"fake-server"}')
+            else:
+                self._send(404, b"{}")
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            text = answers.get(tuple(body["prompt"]), "unknown prompt")
+            words = text.split(" ")
+            chunks = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for c in chunks:
+                time.sleep(args.delay)
+                self.wfile.write(f"data: {json.dumps({'choices': [{'text': c, 'index': 0}]})}\n\n".encode())
+            final = {"choices": [{"text": "", "finish_reason": "stop"}], "usage": {"completion_tokens": len(chunks)}}
+            self.wfile.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
+            self.wfile.flush()
+            self.close_connection = True
+
+    ThreadingHTTPServer((args.host, args.port), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    main()
