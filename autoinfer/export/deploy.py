@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -38,6 +39,8 @@ def deployment_config(config: Config, study: optuna.Study, number: int | None = 
     point = rec.point.as_dict()
     prov = rec.provenance
     uri = config.mlflow.tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative to this directory
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
     model = {k: v for k, v in config.model.model_dump().items() if v is not None}
     return {
         "model": model,

