@@ -90,6 +90,7 @@ def search(
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from autoinfer.preflight import notes
+    from autoinfer.search.storage import redact
     from autoinfer.search.study import Events, run_search
 
     cfg = _load(config)
@@ -144,7 +145,8 @@ def search(
         raise ConfigError(e.where, e.message, e.source or str(config)) from None
     console.print(_frontier_table(study, cfg, f"Pareto frontier of {tracker.study_name}"))
     console.print(
-        f"Review every trial: [bold]mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri}[/]\n"
+        f"Review every trial: [bold]mlflow ui --backend-store-uri {escape(redact(cfg.mlflow.tracking_uri))}"
+        " --workers 1[/]\n"
         f"Deployment config: [bold]autoinfer export {config}[/]"
     )
 

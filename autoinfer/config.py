@@ -20,7 +20,8 @@ from autoinfer.spaces.dimensions import DEFAULT_DRAFT_TOKENS, DraftSpec, Hardwar
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity anywhere: an infinite timeout or wattage is a typo, not a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):
@@ -205,6 +206,9 @@ class SearchConfig(_Strict):
     trials: int = Field(12, ge=1, le=100000)
     timeout_s: float | None = Field(None, gt=0)
     trial_timeout_s: float = Field(1800, gt=0)
+    # A worker beats every heartbeat_s while it holds a trial; a trial whose worker has not beaten
+    # for 3 beats (machine down, process killed) is failed and re-queued by whichever worker looks.
+    heartbeat_s: int = Field(30, ge=1, le=3600)
     sampler: Literal["auto", "tpe", "nsga2", "gp", "random", "grid"] = "auto"
     population_size: int = Field(8, ge=2)
     seed: int | None = 0
@@ -315,16 +319,27 @@ def _cross_checks(config: Config, source: str | None) -> Config:
     return config
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:  # a config is a page of YAML; don't parse megabytes of it
+            raise ConfigError("", f"is {size} bytes; a config is at most {MAX_CONFIG_BYTES} bytes", str(path))
         text = path.read_text()
     except OSError as e:
         raise ConfigError("", f"cannot read config: {e.strerror}", str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("", "is not UTF-8 text", str(path)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
-        raise ConfigError(where, f"invalid YAML: {getattr(e, 'problem', e)}", str(path)) from None
+        problem = str(getattr(e, "problem", None) or e).splitlines()[0]
+        raise ConfigError(where, f"invalid YAML: {problem}", str(path)) from None
+    except RecursionError:
+        raise ConfigError("", "invalid YAML: nested too deeply", str(path)) from None
     return parse_config(data, str(path), str(path.parent))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 from pathlib import Path
 
 from autoinfer.config import Config
@@ -45,6 +46,8 @@ def check(config: Config, source: str | None = None) -> int:
         raise ConfigError(
             "model.source", f"{config.resolve(m.source)} does not exist (gguf_file needs a local dir)", source
         )
+    elif m.source.startswith(("./", "../", "/", "~")) and not config.resolve(m.source).exists():
+        raise ConfigError("model.source", f"{config.resolve(m.source)} does not exist", source)
     for i, d in enumerate(config.space.draft):
         spec = DraftSpec.parse(d)
         if spec.kind == "model":
@@ -72,7 +75,52 @@ def check(config: Config, source: str | None = None) -> int:
     n = len(enumerate_points(config))
     if n == 0:
         raise ConfigError("space", "no combination of engine, hardware, quantization and draft can run", source)
+    check_stores(config, source)
     return n
+
+
+def check_stores(config: Config, source: str | None = None) -> None:
+    """The study storage and the MLflow store must be usable before anything is written to them:
+    a database URL that parses, has its driver and answers; a SQLite file whose folder can be made."""
+    for where, url in (("search.storage", config.search.storage), ("mlflow.tracking_uri", config.mlflow.tracking_uri)):
+        problem = _store_problem(url, connect=where == "search.storage")
+        if problem:
+            raise ConfigError(where, problem, source)
+
+
+def _store_problem(url: str, connect: bool) -> str:
+    from autoinfer.search.storage import redact
+
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        folder = path.parent if str(path) not in ("", ":memory:") else Path(".")
+        while not folder.exists():  # the nearest folder that exists must let us make the rest
+            folder = folder.parent
+        try:  # access() says yes to root anywhere (even /proc): make and remove a file to know
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            return f"cannot create {path} ({folder}: {e.strerror})"
+        return ""
+    if url.startswith(("http://", "https://", "file:", "databricks")):
+        return ""  # an MLflow tracking server or file store: MLflow reports its own errors
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.engine.make_url(url)
+        parsed.get_dialect()
+    except Exception as e:  # noqa: BLE001 - sqlalchemy's parse and driver errors alike
+        return f"not a usable database URL ({type(e).__name__}: {redact(str(e)).splitlines()[0]})"
+    if not connect:
+        return ""
+    try:
+        args = {"connect_timeout": 5} if parsed.get_backend_name() in ("postgresql", "mysql") else {}
+        with sa.create_engine(parsed, connect_args=args).connect():
+            pass
+    except Exception as e:  # noqa: BLE001 - any failure to connect
+        first = redact(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        return f"cannot connect to {redact(url)}: {first}"
+    return ""
 
 
 def _check_chunks(text: str, where: str, source: str | None) -> None:

@@ -12,6 +12,7 @@ sets it, so trial processes and CLI subprocesses register it too).
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -76,8 +77,34 @@ class FakeLM(TemplateLM):
         return ["" for _ in requests]
 
 
+# Quantizations that fail the way real trials do, for fault-injection tests.
+FAULTS = ("segv", "oom", "hang", "raise")
+
+
+def inject(fault: str) -> None:
+    if fault == "segv":
+        import ctypes
+
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+    if fault == "oom":
+        import resource
+
+        # Cap the address space a little above what the process holds, then ask for much more.
+        with open("/proc/self/status") as f:
+            vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+        resource.setrlimit(resource.RLIMIT_AS, (vm + 256 * 2**20, resource.RLIM_INFINITY))
+        bytearray(2 * 2**30)
+    if fault == "hang":
+        time.sleep(3600)
+    raise RuntimeError(f"injected {fault} failure")
+
+
 class FakeEngine(Engine):
     def load(self) -> None:
+        if self.point.quantization in FAULTS:
+            inject(self.point.quantization)
+        # A slow load, so a test can catch a trial running (and kill its worker).
+        time.sleep(float(os.environ.get("AUTOINFER_FAKE_LOAD_S", "0")))
         if self.point.quantization not in PASS_S:
             raise TrialError(f"fake engine has no {self.point.quantization}")
         self.pass_s = PASS_S[self.point.quantization]
@@ -181,7 +208,7 @@ if "fake" not in ENGINES:
         EngineSpec(
             name="fake",
             module="tests.fake_engine",
-            quantizations=tuple(PASS_S),
+            quantizations=tuple(PASS_S) + FAULTS,
             draft_kinds=("none", "prompt_lookup", "model"),
             hardware_kinds=("cpu",),
             draft_max_batch=1,

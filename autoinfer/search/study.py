@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.storages._heartbeat import BaseHeartbeat, get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
 from autoinfer.config import Config
@@ -35,7 +36,9 @@ from autoinfer.spaces import NoValidPoint, enumerate_points, sample_point
 if TYPE_CHECKING:
     from autoinfer.tracking.mlflow_tracker import Tracker
 
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
+# Who runs a trial: host:pid. AUTOINFER_WORKER_ID names it otherwise (tests stand in for another machine).
+WORKER = os.environ.get("AUTOINFER_WORKER_ID") or f"{socket.gethostname()}:{os.getpid()}"
+STALE_BEATS = 3  # missed heartbeats after which a running trial's worker counts as gone
 MAX_REJECTIONS = 200  # samples in a row that repeat a measured point before we call the space done
 
 
@@ -49,12 +52,17 @@ class Events:
     message: Callable[[str], None] = lambda m: None
 
 
-def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+def _rdb_storage(url: str, heartbeat_s: int | None = None, attempts: int = 5) -> optuna.storages.RDBStorage:
     """Open (and on first use create) the storage; workers starting together may race to create
     its tables, and the loser sees an integrity/duplicate error: wait and try again."""
+    beats: dict[str, Any] = {}
+    if heartbeat_s:
+        beats = {"heartbeat_interval": heartbeat_s, "grace_period": STALE_BEATS * heartbeat_s}
     for i in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **beats)
         except Exception:  # sqlalchemy or driver errors of a creation race: re-raised at the end
             if i == attempts - 1:
                 raise
@@ -97,7 +105,7 @@ def open_study(config: Config, identity: dict[str, str] | None = None) -> optuna
     identity = identity if identity is not None else study_identity(config)
     storage_url = config.search.storage
     ensure_sqlite_dir(storage_url)
-    storage = _rdb_storage(storage_url)
+    storage = _rdb_storage(storage_url, config.search.heartbeat_s)
     directions: list[Any] = [o.resolved_direction for o in config.objectives]
     names = [o.name for o in config.objectives]
     try:
@@ -150,6 +158,36 @@ def recover_interrupted(study: optuna.Study) -> int:
         study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted (search process stopped)")
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs=_retry_attrs(t))
+        n += 1
+    return n
+
+
+def recover_stale(study: optuna.Study) -> int:
+    """Fail and re-queue RUNNING trials whose worker stopped beating, on any machine.
+
+    Optuna's heartbeat marks them stale; this records why before failing each one, and only the
+    worker whose state change wins (several may look at once) queues the point again.
+    """
+    storage = study._storage
+    if not isinstance(storage, BaseHeartbeat) or not storage.get_heartbeat_interval():
+        return 0
+    n = 0
+    grace = STALE_BEATS * (storage.get_heartbeat_interval() or 0)
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        t = storage.get_trial(trial_id)
+        worker = t.user_attrs.get("worker", "?")
+        try:
+            storage.set_trial_user_attr(trial_id, "interrupted", True)
+            storage.set_trial_user_attr(
+                trial_id,
+                "fail_reason",
+                f"its worker {worker} stopped beating for over {grace} s (machine or process gone)",
+            )
+            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
         study.enqueue_trial(t.params, user_attrs=_retry_attrs(t))
         n += 1
     return n
@@ -288,6 +326,10 @@ def run_search(
     rejections = 0
     payload_config = config.model_dump(mode="json")
     while True:
+        stale = recover_stale(study)
+        if stale:
+            ev.message(f"re-queued {stale} trial(s) whose worker stopped beating")
+            tracker.sync(study, logs)
         counted = counted_trials(study)
         done = len(counted)
         measured = _measured_points(counted)
@@ -299,54 +341,61 @@ def run_search(
         if config.search.timeout_s and time.monotonic() - started > config.search.timeout_s:
             ev.message(f"search.timeout_s ({config.search.timeout_s:g} s) reached")
             break
-        trial = study.ask()
-        trial.set_user_attr("worker", WORKER)
+        with warnings.catch_warnings():  # heartbeats run by hand here, not through study.optimize
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask()
+        beat = get_heartbeat_thread(trial._trial_id, study._storage)
+        beat.start()  # until the trial is told: a worker that dies stops beating (recover_stale)
         try:
-            point = sample_point(trial, config)
-        except NoValidPoint as e:
-            trial.set_user_attr("rejected", str(e))
-            study.tell(trial, state=TrialState.PRUNED)
-            tracker.log_trial(study.trials[trial.number])
-            rejections += 1
-            if rejections > MAX_REJECTIONS:
-                break
-            continue
-        save_point(trial, point)
-        if point in measured:
-            _answer_from_storage(study, trial, config, study.trials[measured[point]])
-            tracker.log_trial(study.trials[trial.number])
-            rejections += 1
-            if rejections > MAX_REJECTIONS:
-                ev.message("the sampler keeps proposing measured points; stopping")
-                break
-            continue
-        rejections = 0
-        akey = accuracy_key(identity, config, point)
-        log_path = logs / f"trial-{trial.number}.log"
-        payload = {
-            "config": payload_config,
-            "point": point.as_dict(),
-            "identity": identity_hash(identity, point.engine),  # the trial's own fingerprint
-            "accuracy_key": akey,
-            "known_accuracy": _cached_accuracy(study, akey) if config.accuracy.tasks else {},
-            "log_path": str(log_path),
-        }
-        ev.trial_started(trial.number, point, done + 1, budget)
-        try:
-            outcome = run_isolated(payload, config.search.trial_timeout_s, ev.stage)
-        except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)
-            trial.set_user_attr("fail_reason", "interrupted by the user (Ctrl-C)")
-            study.tell(trial, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs=_retry_attrs(study.trials[trial.number]))
-            tracker.log_trial(study.trials[trial.number], str(log_path))
-            tracker.finish("KILLED")
-            raise
-        _finish_trial(study, trial, config, outcome)
-        frozen = study.trials[trial.number]
-        tracker.log_trial(frozen, str(log_path))
-        tracker.update_pareto(study)
-        ev.trial_finished(frozen)
+            trial.set_user_attr("worker", WORKER)
+            try:
+                point = sample_point(trial, config)
+            except NoValidPoint as e:
+                trial.set_user_attr("rejected", str(e))
+                study.tell(trial, state=TrialState.PRUNED)
+                tracker.log_trial(study.trials[trial.number])
+                rejections += 1
+                if rejections > MAX_REJECTIONS:
+                    break
+                continue
+            save_point(trial, point)
+            if point in measured:
+                _answer_from_storage(study, trial, config, study.trials[measured[point]])
+                tracker.log_trial(study.trials[trial.number])
+                rejections += 1
+                if rejections > MAX_REJECTIONS:
+                    ev.message("the sampler keeps proposing measured points; stopping")
+                    break
+                continue
+            rejections = 0
+            akey = accuracy_key(identity, config, point)
+            log_path = logs / f"trial-{trial.number}.log"
+            payload = {
+                "config": payload_config,
+                "point": point.as_dict(),
+                "identity": identity_hash(identity, point.engine),  # the trial's own fingerprint
+                "accuracy_key": akey,
+                "known_accuracy": _cached_accuracy(study, akey) if config.accuracy.tasks else {},
+                "log_path": str(log_path),
+            }
+            ev.trial_started(trial.number, point, done + 1, budget)
+            try:
+                outcome = run_isolated(payload, config.search.trial_timeout_s, ev.stage)
+            except KeyboardInterrupt:
+                trial.set_user_attr("interrupted", True)
+                trial.set_user_attr("fail_reason", "interrupted by the user (Ctrl-C)")
+                study.tell(trial, state=TrialState.FAIL)
+                study.enqueue_trial(trial.params, user_attrs=_retry_attrs(study.trials[trial.number]))
+                tracker.log_trial(study.trials[trial.number], str(log_path))
+                tracker.finish("KILLED")
+                raise
+            _finish_trial(study, trial, config, outcome)
+            frozen = study.trials[trial.number]
+            tracker.log_trial(frozen, str(log_path))
+            tracker.update_pareto(study)
+            ev.trial_finished(frozen)
+        finally:
+            beat.join()
     tracker.update_pareto(study)
     tracker.finish()
     return study, tracker

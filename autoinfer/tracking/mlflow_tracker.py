@@ -110,7 +110,14 @@ class Tracker:
         self._log(rid, params=params, tags={f"machine.{k}": str(v) for k, v in fingerprint().items()})
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "config.json").write_text(
-                json.dumps({**cfg, "search": {**cfg["search"], "storage": self.storage}}, indent=1)
+                json.dumps(
+                    {
+                        **cfg,
+                        "search": {**cfg["search"], "storage": self.storage},
+                        "mlflow": {**cfg["mlflow"], "tracking_uri": redact(cfg["mlflow"]["tracking_uri"])},
+                    },
+                    indent=1,
+                )
             )
             (Path(d) / "machine.json").write_text(json.dumps(fingerprint(), indent=1))
             self.client.log_artifacts(rid, d, "study")

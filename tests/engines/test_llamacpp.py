@@ -140,9 +140,10 @@ def test_a_batch_drafts_per_sequence_and_equals_the_plain_batch(tmp_path: Path, 
     plain = eng.generate(prompts, 24, ignore_eos=True, draft=False)
     if quant in ("Q8_0", "Q4_0"):  # kernels that give 4-token and 4x(k+1)-token passes the same numbers
         assert eng.info["batch_shift"] == 0
-    if eng.info["batch_shift"] == 0:
         assert drafted.token_ids == plain.token_ids  # every sequence, full length
-    else:  # this level's kernels round a 4-token pass and a 20-token pass differently (seen: Q4_K)
+    else:  # Q4_K rounds passes of some sizes differently: on an AVX-512 build the load probe sees it,
+        # on an AVX2 build it measured 0 and a 13-token pass still parted from plain decoding. So any
+        # divergence is judged by the target's logits, as a trial does.
         identical, what = check_lossless(eng, prompts, drafted.token_ids)
         assert identical or what.startswith("floating-point tie"), what
     assert drafted.draft_proposed > 0 and drafted.draft_accepted > 0

@@ -79,3 +79,27 @@ def test_two_workers_share_a_study(pg_url: str, tmp_path: Path) -> None:
     children = {int(r.data.tags["autoinfer.trial"]) for r in runs if "autoinfer.trial" in r.data.tags}
     assert children == {t.number for t in study.trials}
     optuna.delete_study(study_name=name, storage=pg_url)
+
+
+def test_a_password_in_the_storage_url_goes_nowhere(pg_url: str, tmp_path: Path) -> None:
+    """The study's database password never reaches MLflow, the trial logs, the terminal or an export."""
+    secret = "hunter2-s3cret"  # the throw-away server trusts local connections, so any password opens it
+    url = pg_url.replace("autoinfer:autoinfer@", f"autoinfer:{secret}@")
+    name = f"secret-{os.getpid()}-{tmp_path.name}"
+    cfg = fake_config(tmp_path, accuracy={"tasks": []}, objectives=[{"name": "tokens_per_s"}],
+                      search={"trials": 2, "sampler": "random", "storage": url, "study_name": name})  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    said = []
+    for args in (["search", "c.yaml"], ["export", "c.yaml", "--out", "ship/deploy.yaml"], ["pareto", "c.yaml"]):
+        r = subprocess.run([sys.executable, "-m", "autoinfer", *args], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-2000:]
+        said.append(r.stdout + r.stderr)
+    assert secret not in "".join(said)
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".db" and p.name != "c.yaml"]
+    assert any(p.name == "deploy.yaml" for p in files) and any(p.suffix == ".log" for p in files)
+    assert [p for p in files if secret in p.read_text(errors="replace")] == []  # artifacts, logs, export
+    client = MlflowClient(cfg["mlflow"]["tracking_uri"])
+    for run in client.search_runs([client.get_experiment_by_name("autoinfer").experiment_id]):
+        assert secret not in str(run.data.params) + str(run.data.tags)
+    optuna.delete_study(study_name=name, storage=url)
