@@ -104,9 +104,15 @@ def load_deploy(path: Path) -> tuple[dict[str, Any], Expected]:
         raise ConfigError("measured.outputs_file", f"{out_path} does not exist", str(path))
     if m.get("outputs_sha256") and file_digest(out_path) != m["outputs_sha256"]:
         raise ConfigError("measured.outputs_file", f"{out_path} does not match its recorded sha256", str(path))
-    gen = Generations.from_dict(json.loads(out_path.read_text()))
-    metrics = m.get("metrics", {})
-    expected = Expected(
+    try:
+        return data, _expected(data, m, Generations.from_dict(json.loads(out_path.read_text())))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError("measured", f"incomplete or malformed ({type(e).__name__}: {e})", str(path)) from None
+
+
+def _expected(data: dict[str, Any], m: dict[str, Any], gen: Generations) -> Expected:
+    metrics = m["metrics"]
+    return Expected(
         trial=int(m["trial"]),
         tokens_per_s=float(metrics["tokens_per_s"]),
         ttft_p50_s=float(metrics["ttft_p50_s"]),
@@ -118,7 +124,6 @@ def load_deploy(path: Path) -> tuple[dict[str, Any], Expected]:
         ignore_eos=bool(data["generation"].get("ignore_eos", False)),
         generations=gen,
     )
-    return data, expected
 
 
 def check_files(runtime: dict[str, Any], where: str) -> None:
