@@ -93,6 +93,8 @@ def search(
     from autoinfer.search.storage import redact
     from autoinfer.search.study import Events, run_search
 
+    _quiet_libraries()
+
     cfg = _load(config)
     for note in notes(cfg):
         err.print(f"[yellow]note:[/] {escape(note)}")
@@ -119,10 +121,14 @@ def search(
             reuse = " (acc reused)" if rec.accuracy is not None and rec.accuracy.reused_from_trial is not None else ""
             rate = m.get("acceptance_rate")
             acc_rate = f", accept {rate:.0%}" if rate is not None else ""
-            line = (
-                f"{_describe(t)}: {_fmt(m.get('tokens_per_s'), '.1f')} tok/s, {acc}{reuse}, "
-                f"{_fmt(m.get('correct_tokens_per_j'))} correct tok/J ({rec.provenance.energy_source}){acc_rate}"
-            )
+            parts = [f"{_fmt(m.get('tokens_per_s'), '.1f')} tok/s"]
+            if acc:
+                parts.append(acc + reuse)
+            if "correct_tokens_per_j" in m:
+                parts.append(f"{_fmt(m['correct_tokens_per_j'])} correct tok/J")
+            else:
+                parts.append(f"{_fmt(m.get('j_per_token'))} J/token")
+            line = f"{_describe(t)}: {', '.join(parts)} ({rec.provenance.energy_source}){acc_rate}"
             progress.console.print(f"[green]✓[/] {escape(line)}")
         else:
             reason = escape(f"{_describe(t)}: FAIL: {t.user_attrs.get('fail_reason', '?')}")
@@ -312,6 +318,19 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", module="optuna")
     warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
     for name in ("optuna", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _quiet_libraries() -> None:
+    """Optuna and MLflow set their own loggers to INFO when first imported, after `_quiet` ran:
+    set them again once they are loaded ("A new study created", "Creating initial ... tables")."""
+    import logging
+
+    import mlflow  # noqa: F401 - imported for its logger set-up, which this overrides
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
