@@ -233,10 +233,11 @@ def export(
         for f in copy_runtime_files(data["runtime"], out.parent):
             err.print(f"copied {f}")
     if out:
-        # The trial's own outputs beside the config: what `autoinfer verify` holds a server to.
         from autoinfer.cache import file_digest
         from autoinfer.export.deploy import outputs_json
+        from autoinfer.export.runtime import THIS_FILE
 
+        # The trial's own outputs beside the config: what `autoinfer verify` holds a server to.
         gen = outputs_json(study, data["measured"]["trial"])
         if gen is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -244,8 +245,6 @@ def export(
             side.write_text(gen)
             data["measured"]["outputs_file"] = side.name
             data["measured"]["outputs_sha256"] = file_digest(side)
-        from autoinfer.export.runtime import THIS_FILE
-
         if "serve" in data["runtime"]:
             data["runtime"]["serve"] = data["runtime"]["serve"].replace(THIS_FILE, out.name)
         out.write_text(to_yaml(data))

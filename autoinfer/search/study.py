@@ -155,19 +155,29 @@ def recover_interrupted(study: optuna.Study) -> int:
         host, _, pid = worker.rpartition(":")
         if host != socket.gethostname() or (pid.isdigit() and _alive(int(pid))):
             continue  # another machine's worker, or a live process here: not ours to touch
-        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted (search process stopped)")
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs=_retry_attrs(t))
-        n += 1
+        n += _fail_and_requeue(study, t, "interrupted (search process stopped)")
     return n
+
+
+def _fail_and_requeue(study: optuna.Study, t: FrozenTrial, reason: str) -> bool:
+    """Record why a RUNNING trial was lost, fail it and queue its point again. Several workers may
+    look at once: only the one whose state change wins queues the point."""
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+        storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+        if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False  # another worker got there first
+    study.enqueue_trial(t.params, user_attrs=_retry_attrs(t))
+    return True
 
 
 def recover_stale(study: optuna.Study) -> int:
     """Fail and re-queue RUNNING trials whose worker stopped beating, on any machine.
 
-    Optuna's heartbeat marks them stale; this records why before failing each one, and only the
-    worker whose state change wins (several may look at once) queues the point again.
+    Optuna's heartbeat marks them stale; this records why before failing each one.
     """
     storage = study._storage
     if not isinstance(storage, BaseHeartbeat) or not storage.get_heartbeat_interval():
@@ -177,19 +187,9 @@ def recover_stale(study: optuna.Study) -> int:
     for trial_id in storage._get_stale_trial_ids(study._study_id):
         t = storage.get_trial(trial_id)
         worker = t.user_attrs.get("worker", "?")
-        try:
-            storage.set_trial_user_attr(trial_id, "interrupted", True)
-            storage.set_trial_user_attr(
-                trial_id,
-                "fail_reason",
-                f"its worker {worker} stopped beating for over {grace} s (machine or process gone)",
-            )
-            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker got there first
-        study.enqueue_trial(t.params, user_attrs=_retry_attrs(t))
-        n += 1
+        n += _fail_and_requeue(
+            study, t, f"its worker {worker} stopped beating for over {grace} s (machine or process gone)"
+        )
     return n
 
 
