@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,12 +30,26 @@ ConfigArg = Annotated[Path, typer.Argument(help="The search config (YAML).", sho
 
 def _load(path: Path, preflight: bool = True) -> Any:
     from autoinfer.config import load_config
-    from autoinfer.preflight import check
 
     config = load_config(path)
     if preflight:
-        check(config, str(path))
+        _preflight(path, config)
     return config
+
+
+def _preflight(path: Path, config: Any) -> None:
+    from autoinfer.preflight import check
+
+    check(config, str(path))
+
+
+def _override(path: Path, config: Any, section: str, **values: Any) -> Any:
+    """The config with command-line values in one section, validated as if the YAML had them."""
+    from autoinfer.config import parse_config
+
+    data = config.model_dump(mode="json")
+    data[section] = {**data[section], **values}
+    return parse_config(data, str(path), config.base_dir)
 
 
 def _fmt(v: Any, spec: str = ".3g") -> str:
@@ -85,6 +100,14 @@ def search(
     fresh: Annotated[
         bool, typer.Option(help="Start (or resume) a study of its own for this exact setup, named after its hash.")
     ] = False,
+    hardware: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--hardware",
+            help="Measure only these targets of space.hardware (repeat for several): one worker per machine, "
+            "all on one study. Overrides search.hardware.",
+        ),
+    ] = None,
 ) -> None:
     """Run (or resume) the search a config describes; every trial is measured for real."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -95,7 +118,10 @@ def search(
 
     _quiet_libraries()
 
-    cfg = _load(config)
+    cfg = _load(config, preflight=False)
+    if hardware:
+        cfg = _override(config, cfg, "search", hardware=hardware)
+    _preflight(config, cfg)
     for note in notes(cfg):
         err.print(f"[yellow]note:[/] {escape(note)}")
     if trials is not None:
@@ -135,6 +161,15 @@ def search(
             progress.console.print(f"[red]✗[/] {reason}")
         progress.advance(task)
 
+    # SIGTERM (a service manager, `kill`, a cluster scheduler) stops a search as Ctrl-C does: the
+    # running trial's process is killed, the trial recorded as interrupted and its point re-queued.
+    stopped_by = {"signal": int(signal.SIGINT)}
+
+    def terminate(signum: int, frame: Any) -> None:
+        stopped_by["signal"] = signum
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
     events = Events(
         trial_started=started,
         stage=lambda s: progress.update(task, description=escape(f"{current['label']} · {s}")),
@@ -146,7 +181,7 @@ def search(
             study, tracker = run_search(cfg, events, retry_failed=retry_failed, fresh=fresh)
     except KeyboardInterrupt:
         err.print("\ninterrupted: finished trials are saved; run the same command again to resume.")
-        raise typer.Exit(130) from None
+        raise typer.Exit(128 + stopped_by["signal"]) from None
     except ConfigError as e:
         raise ConfigError(e.where, e.message, e.source or str(config)) from None
     console.print(_frontier_table(study, cfg, f"Pareto frontier of {tracker.study_name}"))

@@ -214,6 +214,10 @@ class SearchConfig(_Strict):
     seed: int | None = 0
     storage: str = "sqlite:///mlruns/optuna.db"
     study_name: str | None = None
+    # The targets of space.hardware this worker measures (usually given per machine with
+    # `autoinfer search --hardware`); empty: all of them. Workers on several machines share one
+    # study, each taking only the points on its own hardware.
+    hardware: list[Hardware] = []
 
 
 class MlflowConfig(_Strict):

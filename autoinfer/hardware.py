@@ -89,3 +89,11 @@ def fingerprint() -> dict[str, Any]:
         "python": platform.python_version(),
         **{f"lib.{k}": v for k, v in libs.items()},
     }
+
+
+def machine_of_trial() -> dict[str, Any]:
+    """What a trial records of the machine it ran on (a study may span several)."""
+    import socket
+
+    return {"host": socket.gethostname(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+            "memory_gb": round(memory_gb(), 1), "gpus": gpus()}  # fmt: skip

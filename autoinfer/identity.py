@@ -27,7 +27,9 @@ from autoinfer.spaces.dimensions import DraftSpec
 # Bump when what a measurement means changes, so older studies are not mixed with newer numbers.
 # 2: the fixed prompt set for every batch size, per-pass roofline, generation-window peak memory.
 MEASUREMENT_VERSION = "2"
-EXTENSIBLE = ("engine.", "draft.")  # fields that appear when the space grows
+# Fields that appear when the space grows, or per hardware target: a study spread over machines
+# holds each target's machine, and each worker compares only the targets it measures.
+EXTENSIBLE = ("engine.", "draft.", "machine.")
 
 
 def _version(package: str) -> str:
@@ -74,10 +76,26 @@ def _prompts_identity(config: Config) -> str:
     return f"{wl.prompts} ({len(prompts)} prompts, sha256 {digest})"
 
 
-def _machine() -> dict[str, str]:
+def _machine(config: Config) -> dict[str, str]:
+    """The machine behind each target this worker measures (`machine.<target>.<field>`): a target's
+    numbers always come from one kind of machine, whichever worker measures it."""
     from autoinfer.hardware import cpu_model, gpus
 
-    return {"machine.cpu": cpu_model(), "machine.cpu_count": str(os.cpu_count()), "machine.gpus": ", ".join(gpus())}
+    here = {"cpu": cpu_model(), "cpu_count": str(os.cpu_count()), "gpus": ", ".join(gpus())}
+    targets = config.search.hardware or config.space.hardware
+    return {f"machine.{t}.{k}": v for t in targets for k, v in here.items()}
+
+
+def upgrade(stored: dict[str, str], current: dict[str, str]) -> dict[str, str]:
+    """A stored identity from before machines were recorded per target (`machine.cpu`, ...):
+    read as that machine behind every target the current worker measures."""
+    if "machine.cpu" not in stored:
+        return stored
+    old = {k: v for k, v in stored.items() if k.count(".") == 1 and k.startswith("machine.")}
+    out = {k: v for k, v in stored.items() if k not in old}
+    targets = {k.split(".")[1] for k in current if k.startswith("machine.")}
+    out.update({f"machine.{t}.{k.split('.')[1]}": v for t in targets for k, v in old.items()})
+    return out
 
 
 def study_identity(config: Config) -> dict[str, str]:
@@ -102,7 +120,7 @@ def study_identity(config: Config) -> dict[str, str]:
         "accuracy.metric": acc.metric,
         "accuracy.batch_size": str(acc.batch_size),
         "lib.lm_eval": _version("lm_eval"),
-        **_machine(),
+        **_machine(config),
     }
     for name in config.space.engine:
         for package in ENGINES.get(name).version_packages:
@@ -120,10 +138,11 @@ def _is_level(name: str) -> bool:
     return name in LLAMACPP_LEVELS
 
 
-def identity_hash(identity: dict[str, str], engine: str | None = None) -> str:
+def identity_hash(identity: dict[str, str], engine: str | None = None, hardware: str | None = None) -> str:
     """Short hash of the fields every trial of a study shares (extensible fields left out); with
-    `engine`, also that engine's own fields (its library versions): a trial's fingerprint."""
-    mine = f"engine.{engine}." if engine else None
+    `engine` and `hardware`, also that engine's own fields (its library versions) and the machine
+    behind that target: a trial's fingerprint."""
+    mine = tuple(p for p in (f"engine.{engine}." if engine else "", f"machine.{hardware}." if hardware else "") if p)
     core = {k: v for k, v in identity.items() if not k.startswith(EXTENSIBLE) or (mine and k.startswith(mine))}
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -157,11 +176,23 @@ def accuracy_key(identity: dict[str, str], config: Config, point: TrialPoint) ->
         "engine_settings": spec.accuracy_settings(config, point),
         "quantization": point.quantization,
         "device": point.hardware_spec.kind,
+        # Kernels differ between machines (AVX2 or AVX-512 paths, GPU models), and so may scores.
+        "machine": _machine_of(identity, point.hardware),
         "lm_eval": identity["lib.lm_eval"],
         "tasks": identity["accuracy.tasks"],
         **{k: identity[f"accuracy.{k}"] for k in ("limit", "num_fewshot", "metric", "batch_size")},
     }
     return json.dumps(parts, sort_keys=True)
+
+
+def _machine_of(identity: dict[str, str], target: str) -> dict[str, str]:
+    """The machine fields of one target. Every target of one identity is this worker's machine, so
+    a point outside them (seen only in tests) takes the first target's."""
+    targets = [k.split(".")[1] for k in identity if k.startswith("machine.") and k.count(".") == 2]
+    if not targets:
+        return {}
+    use = target if target in targets else targets[0]
+    return {k.rsplit(".", 1)[1]: v for k, v in identity.items() if k.startswith(f"machine.{use}.")}
 
 
 def scored_key(base: str, runtime: dict[str, Any]) -> str:

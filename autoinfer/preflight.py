@@ -11,15 +11,24 @@ from autoinfer.errors import ConfigError
 from autoinfer.hardware import target_problem
 from autoinfer.spaces import HardwareSpec, enumerate_points
 from autoinfer.spaces.dimensions import DraftSpec
-from autoinfer.spaces.space import hardware_for
+from autoinfer.spaces.space import owned_hardware
 
 
 def check(config: Config, source: str | None = None) -> int:
     """Raise ConfigError for the first problem; return the number of valid points in the space."""
-    for i, h in enumerate(config.space.hardware):
+    pinned = config.search.hardware
+    for i, h in enumerate(pinned):
+        if h not in config.space.hardware:
+            msg = f"{h} is not one of space.hardware {config.space.hardware}"
+            raise ConfigError(f"search.hardware[{i}]", msg, source)
         problem = target_problem(HardwareSpec.parse(h))
         if problem:
-            raise ConfigError(f"space.hardware[{i}]", problem, source)
+            raise ConfigError(f"search.hardware[{i}]", problem, source)
+    for i, h in enumerate([] if pinned else config.space.hardware):
+        problem = target_problem(HardwareSpec.parse(h))
+        if problem:
+            hint = "; a study over several machines: start each worker with --hardware for the targets it has"
+            raise ConfigError(f"space.hardware[{i}]", problem + hint, source)
     from autoinfer.engines import ENGINES
 
     for i, name in enumerate(config.space.engine):
@@ -67,12 +76,14 @@ def check(config: Config, source: str | None = None) -> int:
                     f"accuracy.tasks[{i}].data_files.{split}", f"{config.resolve(path)} does not exist", source
                 )
     _check_prompts(config, source)
-    for i, name in enumerate(config.space.engine):
-        if not hardware_for(config, name):
+    for i, name in enumerate([] if pinned else config.space.engine):
+        if not owned_hardware(config, name):
             _, why = ENGINES.get(name).hardware_here()
             msg = f"{name} can run on none of {config.space.hardware}" + (f": {why}" if why else "")
             raise ConfigError(f"space.engine[{i}]", msg, source)
     n = len(enumerate_points(config))
+    if n == 0 and pinned:
+        raise ConfigError("search.hardware", f"no point of the space runs on {', '.join(pinned)} here", source)
     if n == 0:
         raise ConfigError("space", "no combination of engine, hardware, quantization and draft can run", source)
     check_stores(config, source)

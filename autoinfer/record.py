@@ -40,6 +40,7 @@ class Provenance:
     draft_lossless: bool | None = None
     draft_check: str = ""  # what the lossless check compared, or where it first differed
     engine: dict[str, Any] = field(default_factory=dict)  # engine facts: files, backends, versions
+    machine: dict[str, Any] = field(default_factory=dict)  # the machine it ran on (host, CPU, GPUs)
 
 
 @dataclass(frozen=True)

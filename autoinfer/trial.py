@@ -18,6 +18,7 @@ from autoinfer.config import Config
 from autoinfer.engines import ENGINES, Engine, TrialPoint
 from autoinfer.errors import TrialError
 from autoinfer.evaluators.accuracy import AccuracyResult
+from autoinfer.hardware import machine_of_trial
 from autoinfer.identity import scored_key
 from autoinfer.record import Generations, Provenance, TrialRecord
 
@@ -195,6 +196,7 @@ def run_trial(
         draft_lossless=lossless,
         draft_check=draft_check,
         engine=dict(engine.info),
+        machine=machine_of_trial(),
     )
     return TrialRecord(point, metrics, provenance, accuracy, generations)
 

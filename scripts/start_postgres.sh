@@ -17,4 +17,8 @@ if ! as_pg "$BIN/pg_isready -q -h 127.0.0.1 -p $PORT"; then
   as_pg "$BIN/psql -q -h 127.0.0.1 -p $PORT -U postgres -c \"CREATE ROLE autoinfer LOGIN PASSWORD 'autoinfer'\""
   as_pg "$BIN/psql -q -h 127.0.0.1 -p $PORT -U postgres -c 'CREATE DATABASE autoinfer_test OWNER autoinfer'"
 fi
+# The MLflow tracking server's backend store (scripts/start_mlflow_server.sh), made once.
+if [ -z "$(as_pg "$BIN/psql -tA -h 127.0.0.1 -p $PORT -U postgres -c \"SELECT 1 FROM pg_database WHERE datname='autoinfer_mlflow'\"")" ]; then
+  as_pg "$BIN/psql -q -h 127.0.0.1 -p $PORT -U postgres -c 'CREATE DATABASE autoinfer_mlflow OWNER autoinfer'"
+fi
 echo "postgresql://autoinfer:autoinfer@127.0.0.1:$PORT/autoinfer_test"

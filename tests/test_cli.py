@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 from optuna.trial import TrialState
 
@@ -58,8 +59,10 @@ def wait_for_running(storage: str, proc: subprocess.Popen[str], need_done: int =
     raise AssertionError("never saw a running trial")
 
 
-def test_ctrl_c_then_rerun_resumes(tmp_path: Path) -> None:
-    """Ctrl-C mid-trial: exit 130, the trial is recorded as interrupted; the same command resumes."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_then_rerun_resumes(tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C (or SIGTERM) mid-trial: exit 128 + signal, the trial is recorded as interrupted; the
+    same command resumes."""
     cfg = write_config(tmp_path, workload={**SLOW, "max_new_tokens": 60}, search={"trials": 3, "sampler": "grid"},
                        **NO_ACC)  # fmt: skip
     storage = f"sqlite:///{tmp_path}/optuna.db"
@@ -67,13 +70,14 @@ def test_ctrl_c_then_rerun_resumes(tmp_path: Path) -> None:
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first_done = wait_for_running(storage, proc, need_done=1)[0]
     time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out[-1500:] + err[-1500:]
+    assert proc.returncode == 128 + sig, out[-1500:] + err[-1500:]
     assert "run the same command again to resume" in err
     study = optuna.load_study(study_name="t", storage=storage)
     stopped = [t for t in study.trials if t.user_attrs.get("interrupted")]
     assert len(stopped) == 1 and stopped[0].state == TrialState.FAIL
+    assert stopped[0].user_attrs["fail_reason"] == "interrupted (Ctrl-C or SIGTERM)"
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     study = optuna.load_study(study_name="t", storage=storage)

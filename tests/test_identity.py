@@ -95,7 +95,44 @@ def test_identity_names_the_first_changed_field(tmp_path: Path) -> None:
     prompts.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(4)))
     d = study_identity(config(tmp_path, workload={"prompts": str(prompts)}))
     assert first_difference(c, d)[0] == "workload.prompts"  # the file's content, not its name
-    assert a["machine.cpu_count"] and "engine.llama.cpp.llama_cpp_python" in a
+    assert any(k.startswith("machine.") and k.endswith(".cpu_count") for k in a)
+    assert "engine.llama.cpp.llama_cpp_python" in a
+
+
+def _pinned(tmp: Path, *targets: str) -> Any:
+    c = config(tmp)
+    space = c.space.model_copy(update={"hardware": ["cpu:1", "cpu:2"]})
+    return c.model_copy(update={"space": space, "search": c.search.model_copy(update={"hardware": list(targets)})})
+
+
+def test_each_target_keeps_the_machine_that_measured_it(tmp_path: Path) -> None:
+    here = study_identity(_pinned(tmp_path, "cpu:1"))
+    assert "machine.cpu:1.cpu" in here and "machine.cpu:2.cpu" not in here
+    # A worker on another machine that measures another target adds its own fields: no conflict.
+    there = {k.replace("cpu:1", "cpu:2"): ("Other CPU" if k.endswith(".cpu") else v) for k, v in here.items()}
+    assert first_difference(here, there) is None and first_difference(there, here) is None
+    # The same target on another machine is a change: its numbers would not compare.
+    moved = {k: ("Other CPU" if k == "machine.cpu:1.cpu" else v) for k, v in here.items()}
+    assert first_difference(here, moved) == ("machine.cpu:1.cpu", here["machine.cpu:1.cpu"], "Other CPU")
+    # A trial's fingerprint holds its own target's machine, not the others'.
+    assert identity_hash(here, "fake", "cpu:1") != identity_hash(moved, "fake", "cpu:1")
+    assert identity_hash(here, "fake", "cpu:2") == identity_hash(moved, "fake", "cpu:2")
+
+
+def test_an_identity_from_before_machines_per_target_still_compares(tmp_path: Path) -> None:
+    current = study_identity(_pinned(tmp_path, "cpu:1", "cpu:2"))
+    legacy = {k: v for k, v in current.items() if not k.startswith("machine.")}
+    legacy.update({f"machine.{f}": current[f"machine.cpu:1.{f}"] for f in ("cpu", "cpu_count", "gpus")})
+    assert first_difference(ident.upgrade(legacy, current), current) is None
+    legacy["machine.cpu"] = "Another CPU"
+    assert first_difference(ident.upgrade(legacy, current), current)[0] in ("machine.cpu:1.cpu", "machine.cpu:2.cpu")
+
+
+def test_scores_from_another_machine_are_not_reused(tmp_path: Path) -> None:
+    c = _pinned(tmp_path, "cpu:1")
+    here = study_identity(c)
+    there = {k: ("Other CPU" if k.endswith(".cpu") else v) for k, v in here.items()}
+    assert accuracy_key(here, c, BASE) != accuracy_key(there, c, BASE)
 
 
 def test_a_growing_space_is_not_a_change(tmp_path: Path) -> None:

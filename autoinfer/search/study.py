@@ -25,11 +25,11 @@ from autoinfer.config import Config
 from autoinfer.engines import TrialPoint
 from autoinfer.errors import ConfigError
 from autoinfer.evaluators.accuracy import AccuracyResult
-from autoinfer.identity import accuracy_key, base_of, first_difference, identity_hash, study_identity
+from autoinfer.identity import accuracy_key, base_of, first_difference, identity_hash, study_identity, upgrade
 from autoinfer.record import TrialRecord, copy_record, point_of, record_of, save_point, save_record
 from autoinfer.search.isolation import ChildOutcome, run_isolated
 from autoinfer.search.pareto import objective_values, violations
-from autoinfer.search.samplers import make_sampler
+from autoinfer.search.samplers import owns_everything, worker_sampler
 from autoinfer.search.storage import ensure_sqlite_dir
 from autoinfer.spaces import NoValidPoint, enumerate_points, sample_point
 
@@ -88,7 +88,7 @@ def check_identity(config: Config, study: optuna.Study, identity: dict[str, str]
     n = len([t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE])
     if stored is None and n == 0:
         return
-    diff = first_difference(stored or {}, identity)
+    diff = first_difference(upgrade(stored or {}, identity), identity)
     if diff is None:
         return
     field, old, new = diff
@@ -126,12 +126,38 @@ def open_study(config: Config, identity: dict[str, str] | None = None) -> optuna
             storage=storage,
             study_name=config.study_name,
             directions=directions,
-            sampler=make_sampler(config.search, config.search.trials),
+            sampler=worker_sampler(config),
             load_if_exists=True,
         )
         study.set_metric_names(names)
-    study.set_user_attr(IDENTITY_ATTR, {**(study.user_attrs.get(IDENTITY_ATTR) or {}), **identity})
+    study.set_user_attr(IDENTITY_ATTR, {**upgrade(study.user_attrs.get(IDENTITY_ATTR) or {}, identity), **identity})
+    if not owns_everything(config):
+        _take_only_own_points(study, config)
     return study
+
+
+def _take_only_own_points(study: optuna.Study, config: Config) -> None:
+    """Make `study.ask()` pop only queued points this worker can measure. Queued points (the grid,
+    re-queued lost trials) may be another machine's; Optuna pops the oldest whatever it is, so
+    this replaces its pop (`Study._pop_waiting_trial_id`, same claim: WAITING -> RUNNING wins once)."""
+    from autoinfer.spaces.space import owned_hardware
+
+    owned = {(e, h) for e in config.space.engine for h in owned_hardware(config, e)}
+    storage = study._storage
+
+    def pop() -> int | None:
+        for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+            point = t.user_attrs.get("point") or {}
+            if point and (point.get("engine"), point.get("hardware")) not in owned:
+                continue  # another worker's hardware: left in the queue for it
+            try:
+                if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                    return int(t._trial_id)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker took and finished it meanwhile
+        return None
+
+    study._pop_waiting_trial_id = pop  # type: ignore[method-assign]
 
 
 def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -147,16 +173,18 @@ def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
     return out
 
 
-def recover_interrupted(study: optuna.Study) -> int:
-    """Mark RUNNING trials of dead local workers FAIL(interrupted) and queue their points again."""
-    n = 0
+def recover_interrupted(study: optuna.Study) -> list[int]:
+    """Mark RUNNING trials of dead local workers FAIL(interrupted) and queue their points again;
+    returns the numbers of the trials this worker failed."""
+    lost = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = str(t.user_attrs.get("worker", ""))
         host, _, pid = worker.rpartition(":")
         if host != socket.gethostname() or (pid.isdigit() and _alive(int(pid))):
             continue  # another machine's worker, or a live process here: not ours to touch
-        n += _fail_and_requeue(study, t, "interrupted (search process stopped)")
-    return n
+        if _fail_and_requeue(study, t, "interrupted (search process stopped)"):
+            lost.append(t.number)
+    return lost
 
 
 def _fail_and_requeue(study: optuna.Study, t: FrozenTrial, reason: str) -> bool:
@@ -174,23 +202,24 @@ def _fail_and_requeue(study: optuna.Study, t: FrozenTrial, reason: str) -> bool:
     return True
 
 
-def recover_stale(study: optuna.Study) -> int:
+def recover_stale(study: optuna.Study) -> list[int]:
     """Fail and re-queue RUNNING trials whose worker stopped beating, on any machine.
 
-    Optuna's heartbeat marks them stale; this records why before failing each one.
+    Optuna's heartbeat marks them stale; this records why before failing each one. Returns the
+    numbers of the trials this worker failed.
     """
     storage = study._storage
     if not isinstance(storage, BaseHeartbeat) or not storage.get_heartbeat_interval():
-        return 0
-    n = 0
+        return []
+    lost = []
     grace = STALE_BEATS * (storage.get_heartbeat_interval() or 0)
     for trial_id in storage._get_stale_trial_ids(study._study_id):
         t = storage.get_trial(trial_id)
         worker = t.user_attrs.get("worker", "?")
-        n += _fail_and_requeue(
-            study, t, f"its worker {worker} stopped beating for over {grace} s (machine or process gone)"
-        )
-    return n
+        reason = f"its worker {worker} stopped beating for over {grace} s (machine or process gone)"
+        if _fail_and_requeue(study, t, reason):
+            lost.append(t.number)
+    return lost
 
 
 def _retry_attrs(t: FrozenTrial) -> dict[str, Any]:
@@ -219,6 +248,42 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    return True
+
+
+def _running(study: optuna.Study, below: int | None = None) -> list[FrozenTrial]:
+    """Trials in flight on any worker (numbered below `below`, if given)."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return [t for t in running if below is None or t.number < below]
+
+
+def _held_elsewhere(study: optuna.Study, number: int, point: TrialPoint, wait_s: float = 30.0) -> int | None:
+    """The number of an earlier running trial that is measuring `point` too (two workers sampled
+    it at once): the earliest trial keeps a point. A trial still being sampled has not said its
+    point yet, so wait (briefly) until every earlier one has, or the two could both go ahead."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        ahead = _running(study, below=number)
+        for t in ahead:
+            if point_of(t) == point:
+                return t.number
+        if all(point_of(t) is not None for t in ahead) or time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
+
+
+def _surplus(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
+    """Two workers that both saw one trial left may both have asked for it: the later-numbered
+    one hands its trial back (PRUNED, not counted, not logged; a queued point goes back in the
+    queue), so a shared study measures exactly its budget."""
+    if len(counted_trials(study)) + len(_running(study, below=trial.number)) < budget:
+        return False
+    frozen = study._storage.get_trial(trial._trial_id)
+    fixed = frozen.system_attrs.get("fixed_params")
+    if fixed:
+        study.enqueue_trial(fixed, user_attrs=dict(frozen.user_attrs))
+    trial.set_user_attr("surplus", True)
+    study.tell(trial, state=TrialState.PRUNED)
     return True
 
 
@@ -312,38 +377,52 @@ def run_search(
     study = open_study(config, identity)
     tracker = Tracker(config, config.study_name, config.search.storage)
     logs = logs_dir(config)
+    # Other workers log their own trials; one that finished this long ago and is still missing
+    # from MLflow lost its worker before it was logged.
+    grace = STALE_BEATS * config.search.heartbeat_s
     recovered = recover_interrupted(study)
     if recovered:
-        ev.message(f"re-queued {recovered} interrupted trial(s)")
+        ev.message(f"re-queued {len(recovered)} interrupted trial(s)")
     if retry_failed:
         ev.message(f"re-queued {requeue_failed(study)} failed trial(s)")
-    tracker.sync(study, logs)
+    tracker.sync(study, logs, WORKER, grace, also=set(recovered))
     if config.search.sampler == "grid":
         enqueue_grid(study, config, config.search.trials - len(counted_trials(study)))
-    total_points = len(enumerate_points(config))
+    own_points = {point for _, point in enumerate_points(config)}  # this worker's; others may hold more
     budget = config.search.trials
     started = time.monotonic()
     rejections = 0
     payload_config = config.model_dump(mode="json")
+    waiting = False
     while True:
         stale = recover_stale(study)
         if stale:
-            ev.message(f"re-queued {stale} trial(s) whose worker stopped beating")
-            tracker.sync(study, logs)
+            ev.message(f"re-queued {len(stale)} trial(s) whose worker stopped beating")
+            tracker.sync(study, logs, WORKER, grace, also=set(stale))
         counted = counted_trials(study)
         done = len(counted)
         measured = _measured_points(counted)
         if done >= budget:
             break
-        if len(measured) >= total_points:
-            ev.message(f"every one of the {total_points} valid points has been measured")
+        if own_points <= measured.keys():
+            ev.message(f"every one of the {len(own_points)} valid points has been measured")
             break
         if config.search.timeout_s and time.monotonic() - started > config.search.timeout_s:
             ev.message(f"search.timeout_s ({config.search.timeout_s:g} s) reached")
             break
+        if done + len(_running(study)) >= budget:
+            # The rest of the budget is being measured by other workers. Stay to re-run a trial
+            # whose worker dies (nobody else may be left to notice), and stop when it is met.
+            if not waiting:
+                ev.message("the rest of the budget is running on other workers; waiting for it")
+            waiting = True
+            time.sleep(config.search.heartbeat_s)
+            continue
         with warnings.catch_warnings():  # heartbeats run by hand here, not through study.optimize
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = study.ask()
+        if _surplus(study, trial, budget):
+            continue
         beat = get_heartbeat_thread(trial._trial_id, study._storage)
         beat.start()  # until the trial is told: a worker that dies stops beating (recover_stale)
         try:
@@ -367,13 +446,19 @@ def run_search(
                     ev.message("the sampler keeps proposing measured points; stopping")
                     break
                 continue
+            holder = _held_elsewhere(study, trial.number, point)
+            if holder is not None:  # another worker is measuring this point right now
+                trial.set_user_attr("in_flight_on", holder)
+                study.tell(trial, state=TrialState.PRUNED)
+                rejections += 1
+                continue
             rejections = 0
             akey = accuracy_key(identity, config, point)
             log_path = logs / f"trial-{trial.number}.log"
             payload = {
                 "config": payload_config,
                 "point": point.as_dict(),
-                "identity": identity_hash(identity, point.engine),  # the trial's own fingerprint
+                "identity": identity_hash(identity, point.engine, point.hardware),  # the trial's own fingerprint
                 "accuracy_key": akey,
                 "known_accuracy": _cached_accuracy(study, akey) if config.accuracy.tasks else {},
                 "log_path": str(log_path),
@@ -383,7 +468,7 @@ def run_search(
                 outcome = run_isolated(payload, config.search.trial_timeout_s, ev.stage)
             except KeyboardInterrupt:
                 trial.set_user_attr("interrupted", True)
-                trial.set_user_attr("fail_reason", "interrupted by the user (Ctrl-C)")
+                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM)")
                 study.tell(trial, state=TrialState.FAIL)
                 study.enqueue_trial(trial.params, user_attrs=_retry_attrs(study.trials[trial.number]))
                 tracker.log_trial(study.trials[trial.number], str(log_path))
@@ -397,7 +482,7 @@ def run_search(
         finally:
             beat.join()
     tracker.update_pareto(study)
-    tracker.finish()
+    tracker.finish(study=study)
     return study, tracker
 
 

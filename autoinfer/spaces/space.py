@@ -55,8 +55,18 @@ def drafts_for(config: Config, engine: str, batch_size: int) -> list[str]:
 
 
 def hardware_for(config: Config, engine: str) -> list[str]:
-    kinds, _ = _engine(engine).hardware_here()
+    """The targets of the space the engine is built for. This is the hardware parameter's set of
+    choices, so it must not depend on the machine: workers on several machines share one study."""
+    kinds = _engine(engine).hardware_kinds
     return [h for h in config.space.hardware if HardwareSpec.parse(h).kind in kinds]
+
+
+def owned_hardware(config: Config, engine: str) -> list[str]:
+    """The targets this worker measures with this engine: its own (search.hardware, else all of
+    the space's) that the engine, as installed here, can run on."""
+    kinds, _ = _engine(engine).hardware_here()
+    mine = config.search.hardware or config.space.hardware
+    return [h for h in hardware_for(config, engine) if h in mine and HardwareSpec.parse(h).kind in kinds]
 
 
 def sample_point(trial: Suggester, config: Config) -> TrialPoint:
@@ -66,6 +76,8 @@ def sample_point(trial: Suggester, config: Config) -> TrialPoint:
     if not hws:
         raise NoValidPoint(f"engine {engine} runs on none of {s.hardware}")
     hardware = _pick(trial, "hardware", hws, s.hardware, engine)
+    if hardware not in owned_hardware(config, engine):
+        raise NoValidPoint(f"engine {engine} on {hardware} is not measured by this worker")
     quants = quantizations_for(config, engine, hardware)
     if not quants:
         raise NoValidPoint(f"engine {engine} on {hardware} runs none of {s.quantization}")
@@ -105,7 +117,8 @@ class _Recorder:
 
 
 def enumerate_points(config: Config) -> list[tuple[dict[str, Any], TrialPoint]]:
-    """Every valid point with the Optuna params that select it (for grid search and checks)."""
+    """Every valid point this worker measures, with the Optuna params that select it (for grid
+    search and checks)."""
     s = config.space
     seen: set[TrialPoint] = set()
     out = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import math
 import tempfile
@@ -69,17 +70,29 @@ class Tracker:
             self.client = MlflowClient(tracking_uri=uri)
             exp = self.client.get_experiment_by_name(config.mlflow.experiment)
             if exp is None:
-                art = Path(config.mlflow.artifact_location).expanduser().resolve()
-                art.mkdir(parents=True, exist_ok=True)
-                self.experiment_id = self.client.create_experiment(
-                    config.mlflow.experiment, artifact_location=art.as_uri(), tags=EXPERIMENT_TAGS
-                )
+                self.experiment_id = self._create_experiment(uri)
             else:
                 self.experiment_id = exp.experiment_id
                 if KIND not in exp.tags:
                     self.client.set_experiment_tag(self.experiment_id, KIND, EXPERIMENT_TAGS[KIND])
             self.parent_id = self._parent_run()
         self._children: dict[int, str] | None = None
+
+    def _create_experiment(self, uri: str) -> str:
+        """A tracking server keeps the artifacts itself (proxied, `mlflow-artifacts:`), so workers on
+        other machines can write them; a local store gets the configured folder."""
+        name = self.config.mlflow.experiment
+        if uri.startswith(("http://", "https://")):
+            try:
+                return str(self.client.create_experiment(name, tags=EXPERIMENT_TAGS))
+            except Exception:  # another worker created it first (RESOURCE_ALREADY_EXISTS)
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+                return str(exp.experiment_id)
+        art = Path(self.config.mlflow.artifact_location).expanduser().resolve()
+        art.mkdir(parents=True, exist_ok=True)
+        return str(self.client.create_experiment(name, artifact_location=art.as_uri(), tags=EXPERIMENT_TAGS))
 
     def _find_parents(self) -> list[Any]:
         flt = f"tags.`autoinfer.study` = '{self.study_name}' and tags.`autoinfer.role` = 'study'"
@@ -184,15 +197,56 @@ class Tracker:
         self.client.set_terminated(rid, _STATUS.get(t.state, "FAILED"))
         self.children()[t.number] = rid
 
-    def sync(self, study: optuna.Study, logs_dir: Path | None = None) -> None:
-        """Log every finished trial that MLflow is missing (after a crash between the two stores)."""
+    def sync(
+        self,
+        study: optuna.Study,
+        logs_dir: Path | None = None,
+        worker: str = "",
+        grace_s: float = 0.0,
+        also: set[int] | None = None,
+    ) -> None:
+        """Log every finished trial that MLflow is missing (after a crash between the two stores).
+
+        With other workers on the study, a trial another worker finished a moment ago is theirs to
+        log (two workers logging it would make two runs of one trial): only this `worker`'s trials,
+        others' finished over `grace_s` ago and still missing (their worker died before logging),
+        and those in `also` (lost trials this worker failed) are logged here."""
+        self._children = None  # see what the other workers logged
+        now = datetime.datetime.now()
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-            if t.number not in self.children():
-                log = logs_dir / f"trial-{t.number}.log" if logs_dir else None
-                self.log_trial(t, str(log) if log else None)
+            if t.number in self.children():
+                continue
+            ended = t.datetime_complete or now
+            theirs = worker and t.user_attrs.get("worker", worker) != worker and t.number not in (also or set())
+            if theirs and (now - ended).total_seconds() < grace_s:
+                continue
+            log = logs_dir / f"trial-{t.number}.log" if logs_dir else None
+            self.log_trial(t, str(log) if log else None)
 
     def update_pareto(self, study: optuna.Study) -> None:
-        """Re-rank every measured trial under the current config and refresh the parent's artifacts."""
+        """Re-rank every measured trial under the current config and refresh the parent's artifacts.
+
+        Workers on several machines refresh the same artifacts. Each writes a whole snapshot read
+        from the shared storage, and first records how many trials it holds (metric
+        `pareto.trials`, step = that count). A writer that then finds a larger count recorded may
+        have overwritten a newer snapshot, so it reads the study again and writes once more: the
+        last snapshot written always holds every trial finished before it was read.
+        """
+        while True:
+            finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+            n = len(finished)
+            self._log_step(self.parent_id, "pareto.trials", n)
+            self._write_pareto(study)
+            newest = max((m.step for m in self.client.get_metric_history(self.parent_id, "pareto.trials")), default=n)
+            if newest <= n:
+                return
+
+    def _log_step(self, run_id: str, key: str, step: int) -> None:
+        from mlflow.entities import Metric
+
+        self.client.log_batch(run_id, metrics=[Metric(key, float(step), int(time.time() * 1000), step)])
+
+    def _write_pareto(self, study: optuna.Study) -> None:
         trials = measured_trials(study)
         front = {m.number for m in pareto_front(self.config, trials)}
         deltas = deltas_vs_most_accurate(trials)
@@ -210,5 +264,8 @@ class Tracker:
             self.client.set_tag(rid, "pareto", "true" if number in front else "false")
         self._log(self.parent_id, metrics={"n_trials": len(study.trials), "n_pareto": len(front)})
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str = "FINISHED", study: optuna.Study | None = None) -> None:
+        """End the study's run, unless other workers still hold trials of it (the last one ends it)."""
+        if study is not None and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return
         self.client.set_terminated(self.parent_id, status)

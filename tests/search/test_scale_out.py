@@ -1,0 +1,87 @@
+"""Three workers, one PostgreSQL study, one MLflow tracking server; one worker is killed -9 in the
+middle of a trial. Its trial is failed through the heartbeat and measured again by another worker,
+the study measures exactly its budget, and MLflow holds one run per trial. Each worker has its own
+worker id, as if on its own machine, so the same-machine pid check cannot rescue the lost trial."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from tests.conftest import fake_config
+
+
+def test_three_workers_survive_one_killed(pg_url: str, mlflow_server: str, tmp_path: Path) -> None:
+    name = f"scale-{os.getpid()}-{tmp_path.name}"
+    budget = 6
+    data = fake_config(
+        tmp_path, accuracy={"tasks": []}, objectives=[{"name": "tokens_per_s"}],
+        search={"trials": budget, "sampler": "random", "seed": None, "heartbeat_s": 1, "storage": pg_url,
+                "study_name": name},
+        mlflow={"tracking_uri": mlflow_server, "experiment": name},
+    )  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    cmd = [sys.executable, "-m", "autoinfer", "search", "c.yaml"]
+
+    def start(machine: str, load_s: str) -> subprocess.Popen[str]:
+        env = {**os.environ, "AUTOINFER_WORKER_ID": f"{machine}:1", "AUTOINFER_FAKE_LOAD_S": load_s}
+        return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    doomed = start("machine-a", "600")  # loads for ten minutes: killed long before
+    deadline = time.monotonic() + 300
+    lost: list[optuna.trial.FrozenTrial] = []
+    while not lost:
+        assert time.monotonic() < deadline and doomed.poll() is None, "worker A never started a trial"
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name=name, storage=pg_url).trials
+        except KeyError:
+            continue
+        lost = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("worker") == "machine-a:1"]
+    others = [start("machine-b", "2"), start("machine-c", "2")]
+    doomed.kill()  # kill -9 mid-trial: no cleanup, its heartbeat just stops
+    doomed.wait()
+    for w in others:
+        out, err = w.communicate(timeout=900)
+        assert w.returncode == 0, out[-2000:] + err[-2000:]
+
+    trials = optuna.load_study(study_name=name, storage=pg_url).trials
+    dead = trials[lost[0].number]
+    assert dead.state == TrialState.FAIL and "machine-a:1 stopped beating" in dead.user_attrs["fail_reason"]
+    rerun = [t for t in trials if t.user_attrs.get("retry_of") == dead.number]
+    assert len(rerun) == 1 and rerun[0].state == TrialState.COMPLETE
+    assert rerun[0].user_attrs["worker"] in ("machine-b:1", "machine-c:1")
+    done = [t for t in trials if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
+    points = [tuple(sorted(t.user_attrs["point"].items())) for t in done]
+    assert len(done) == budget and len(set(points)) == budget  # exactly the budget, no point twice
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name(name)
+    assert exp.artifact_location.startswith("mlflow-artifacts:")  # kept by the server, for every machine
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("autoinfer.role") == "study"]
+    assert len(parents) == 1
+    per_trial: dict[int, list[str]] = {}
+    for r in runs:
+        if "autoinfer.trial" in r.data.tags:
+            per_trial.setdefault(int(r.data.tags["autoinfer.trial"]), []).append(r.info.status)
+    finished = {t.number for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)}
+    surplus = {t.number for t in trials if t.user_attrs.get("surplus")}  # handed back: never a run
+    assert finished <= set(per_trial) and not surplus & set(per_trial)
+    assert all(len(v) == 1 for v in per_trial.values())  # one run per trial, whoever logged it
+    assert per_trial[dead.number] == ["FAILED"] and all(per_trial[t.number] == ["FINISHED"] for t in done)
+    # The parent's frontier artifacts hold every measured trial: no worker's older snapshot won.
+    table = Path(client.download_artifacts(parents[0].info.run_id, "pareto/trials.csv", str(tmp_path)))
+    with open(table) as f:
+        assert {int(row["trial"]) for row in csv.DictReader(f)} == {t.number for t in done}
+    assert parents[0].info.status == "FINISHED"
+    optuna.delete_study(study_name=name, storage=pg_url)
