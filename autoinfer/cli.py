@@ -238,11 +238,22 @@ def _study(cfg: Any) -> Any:
 
 
 @app.command()
-def pareto(config: ConfigArg) -> None:
+def pareto(
+    config: ConfigArg,
+    csv: Annotated[
+        Path | None, typer.Option(help="Also write every measured trial here (the study run's trials.csv).")
+    ] = None,
+) -> None:
     """Print the Pareto frontier of a config's study from its storage."""
     cfg = _load(config, preflight=False)
     study = _study(cfg)
     console.print(_frontier_table(study, cfg, f"Pareto frontier of {cfg.study_name} ({len(study.trials)} trials)"))
+    if csv is not None:
+        from autoinfer.tracking.plots import study_rows, write_csv
+
+        rows = study_rows(cfg, study)
+        write_csv(rows, csv)
+        err.print(f"{len(rows)} measured trials written to {csv}")
 
 
 @app.command()
@@ -335,7 +346,7 @@ def verify(
     console.print(table)
     console.print(f"server: {escape(report.command)}")
     if log:
-        where = log_report(deploy, report)
+        where = log_report(report)
         if where:
             err.print(where)
     if not report.passed:

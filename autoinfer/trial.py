@@ -75,9 +75,12 @@ def check_lossless(engine: Engine, prompts: list[str], drafted: tuple[tuple[int,
     # whole sequence in one pass (assisted generation's first pass also takes the prompt).
     shift = max(float(abs(single - logits(w)).max()) for w in (width, 0))
     margin = float(single[want] - single[got])
-    if int(single.argmax()) != want or margin > 2 * shift:
-        raise TrialError(f"draft is not lossless: {what}; the target prefers {want} by {margin:.3g} in logits, "
-                         f"more than batch shape moves them ({shift:.3g})")  # fmt: skip
+    # A tie: the target's best token is one of the two, and they are closer than pass shape moves
+    # its logits. Which one a one-token pass prefers is itself down to rounding (at batch > 1 it
+    # may pick the drafted token while plain decoding, with other rows beside it, picked the other).
+    if int(single.argmax()) not in (want, got) or abs(margin) > 2 * shift:
+        raise TrialError(f"draft is not lossless: {what}; the target's logits there: {want} {margin:+.3g} over "
+                         f"{got}, beyond what batch shape moves them ({shift:.3g})")  # fmt: skip
     return False, (
         f"floating-point tie: {what}, where the target's two tokens are {margin:.3g} apart in logits and "
         f"changing how many tokens a pass evaluates moves its logits there by up to {shift:.3g}"

@@ -157,7 +157,7 @@ class FakeEngine(Engine):
                     t = next_token(h[-1], h[-2])
                     if d.model == "lossy" and k < len(guess):
                         t = guess[k]  # a broken verifier: takes the draft's word for it
-                    if draft and d.model == "tie" and len(h) % 7 == 0:
+                    if draft and d.model in ("tie", "tie-single") and len(h) % 7 == 0:
                         t = (t + 2) % VOCAB  # a verification pass whose rounding flips a near-tie
                     h.append(t)
                     o.append(t)
@@ -183,6 +183,8 @@ class FakeEngine(Engine):
         logits[t] = 1.0
         if self.point.draft_spec.model == "tie":  # the runner-up within what batch shape changes
             logits[(t + 2) % VOCAB] = 0.99 if width == 1 else 1.01
+        if self.point.draft_spec.model == "tie-single":  # even a one-token pass prefers the drafted token
+            logits[(t + 2) % VOCAB] = 1.005 if width == 1 else 1.01
         return logits
 
     def prompt_ids(self, prompt: str) -> list[int]:

@@ -37,6 +37,8 @@ def deployment_config(config: Config, study: optuna.Study, number: int | None = 
             raise AutoinferError(f"trial {number} is {trial.state.name}, not a completed measurement")
         trial_number, rec, why = number, found, "chosen by --trial"
     point = rec.point.as_dict()
+    from autoinfer.tracking.mlflow_tracker import trial_run_id  # MLflow only when exporting
+
     prov = rec.provenance
     uri = config.mlflow.tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative to this directory
@@ -77,23 +79,6 @@ def engine_config(config: Config) -> dict[str, Any]:
     nothing with a secret in it (no storage or tracking URLs)."""
     dump = config.model_dump(mode="json")
     return {k: dump[k] for k in ("model", "workload", "transformers", "base_dir")}
-
-
-def trial_run_id(config: Config, number: int) -> str | None:
-    """The MLflow run that holds trial `number` of this config's study (None if not logged)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=config.mlflow.tracking_uri)
-    exp = client.get_experiment_by_name(config.mlflow.experiment)
-    if exp is None:
-        return None
-    flt = f"tags.`autoinfer.study` = '{config.study_name}' and tags.`autoinfer.role` = 'study'"
-    for parent in client.search_runs([exp.experiment_id], filter_string=flt, max_results=50):
-        child = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`autoinfer.trial` = '{number}'"
-        runs = client.search_runs([exp.experiment_id], filter_string=child, max_results=1)
-        if runs:
-            return str(runs[0].info.run_id)
-    return None
 
 
 def outputs_json(study: optuna.Study, number: int) -> str | None:

@@ -76,6 +76,9 @@ class Report:
     server_version: str = ""
     command: str = ""
     failures: list[str] = field(default_factory=list)
+    # Where the trial is logged (from the deployment config): the result is recorded there too.
+    mlflow_run_id: str | None = None
+    mlflow_tracking_uri: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -345,6 +348,8 @@ def verify(path: Path, tolerance: float = 0.8, startup_s: float = 300.0, request
         first_difference=first_difference(texts, exp.generations.texts),
         server_version=version,
         command=" ".join(shlex.quote(a) for a in argv),
+        mlflow_run_id=data["measured"].get("mlflow_run_id"),
+        mlflow_tracking_uri=data["measured"].get("mlflow_tracking_uri"),
     )
     if report.first_difference:
         report.failures.append(f"outputs differ from trial {exp.trial}: {report.first_difference}")
@@ -360,12 +365,9 @@ def verify(path: Path, tolerance: float = 0.8, startup_s: float = 300.0, request
     return report
 
 
-def log_report(path: Path, report: Report) -> str:
+def log_report(report: Report) -> str:
     """Record the verification on the trial's MLflow run; says where, or why not."""
-    import yaml
-
-    measured = yaml.safe_load(path.read_text())["measured"]
-    run_id, uri = measured.get("mlflow_run_id"), measured.get("mlflow_tracking_uri")
+    run_id, uri = report.mlflow_run_id, report.mlflow_tracking_uri
     if not run_id or not uri:
         return "not logged to MLflow: the deployment config names no run (or its tracking URI holds a secret)"
     from mlflow.tracking import MlflowClient

@@ -22,6 +22,7 @@ from autoinfer.record import TrialRecord, record_of
 class Measured:
     number: int  # Optuna trial number
     record: TrialRecord
+    duration_s: float | None = None  # the trial's wall time (load, quantize, measure, accuracy)
 
 
 def dominates(a: Sequence[float], b: Sequence[float], maximize: Sequence[bool]) -> bool:
@@ -48,7 +49,8 @@ def measured_trials(study: optuna.Study) -> list[Measured]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         rec = record_of(t)
         if rec is not None and "duplicate_of" not in t.user_attrs:
-            out.append(Measured(t.number, rec))
+            end, start = t.datetime_complete, t.datetime_start
+            out.append(Measured(t.number, rec, (end - start).total_seconds() if end and start else None))
     return out
 
 

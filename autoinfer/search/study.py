@@ -8,6 +8,7 @@ its point re-queued, so the next `autoinfer search` on the same config measures 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import socket
 import time
@@ -251,6 +252,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _being_logged(study: optuna.Study, grace_s: float) -> set[int]:
+    """Finished trials whose worker may still be logging them to MLflow: another worker, alive as
+    far as we can tell (not a dead process on this machine), that finished within `grace_s`.
+    Trials failed as lost carry the reason they were lost and are logged by whoever failed them."""
+    now = datetime.datetime.now()
+    out = set()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        worker = str(t.user_attrs.get("worker", WORKER))
+        host, _, pid = worker.rpartition(":")
+        gone_here = host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+        if worker == WORKER or gone_here or t.user_attrs.get("interrupted") or t.datetime_complete is None:
+            continue
+        if (now - t.datetime_complete).total_seconds() < grace_s:
+            out.add(t.number)
+    return out
+
+
 def _running(study: optuna.Study, below: int | None = None) -> list[FrozenTrial]:
     """Trials in flight on any worker (numbered below `below`, if given)."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -385,7 +403,7 @@ def run_search(
         ev.message(f"re-queued {len(recovered)} interrupted trial(s)")
     if retry_failed:
         ev.message(f"re-queued {requeue_failed(study)} failed trial(s)")
-    tracker.sync(study, logs, WORKER, grace, also=set(recovered))
+    tracker.sync(study, logs, leave=_being_logged(study, grace))
     if config.search.sampler == "grid":
         enqueue_grid(study, config, config.search.trials - len(counted_trials(study)))
     own_points = {point for _, point in enumerate_points(config)}  # this worker's; others may hold more
@@ -398,7 +416,7 @@ def run_search(
         stale = recover_stale(study)
         if stale:
             ev.message(f"re-queued {len(stale)} trial(s) whose worker stopped beating")
-            tracker.sync(study, logs, WORKER, grace, also=set(stale))
+            tracker.sync(study, logs, leave=_being_logged(study, grace))
         counted = counted_trials(study)
         done = len(counted)
         measured = _measured_points(counted)
@@ -481,6 +499,7 @@ def run_search(
             ev.trial_finished(frozen)
         finally:
             beat.join()
+    tracker.sync(study, logs, leave=_being_logged(study, grace))  # e.g. a worker that died after telling
     tracker.update_pareto(study)
     tracker.finish(study=study)
     return study, tracker

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import json
 import math
 import tempfile
@@ -22,9 +21,9 @@ from optuna.trial import FrozenTrial, TrialState
 from autoinfer.config import Config
 from autoinfer.hardware import fingerprint
 from autoinfer.record import point_of, record_of
-from autoinfer.search.pareto import deltas_vs_most_accurate, is_feasible, measured_trials, pareto_front, violations
+from autoinfer.search.pareto import violations
 from autoinfer.search.storage import ensure_sqlite_dir, redact
-from autoinfer.tracking.plots import frontier_markdown, trial_row, write_plots, write_table
+from autoinfer.tracking.plots import frontier_markdown, study_rows, write_plots, write_table
 
 # The UI opens an experiment of this kind on its runs table (the GenAI kind opens on an empty
 # traces overview): these are measurement runs, not LLM traces.
@@ -52,6 +51,31 @@ def _flat(prefix: str, obj: Any, out: dict[str, str]) -> dict[str, str]:
     else:
         out[prefix] = json.dumps(obj) if isinstance(obj, (list, tuple)) else str(obj)
     return out
+
+
+def study_runs(client: Any, experiment_id: str, study_name: str, storage: str) -> list[Any]:
+    """The parent runs of a study (earliest first): tagged with its name and its storage URL
+    (redacted), so two studies of one name in different storages are not mixed up."""
+    flt = f"tags.`autoinfer.study` = '{study_name}' and tags.`autoinfer.role` = 'study'"
+    runs = client.search_runs([experiment_id], filter_string=flt, max_results=50)
+    mine = [r for r in runs if r.data.tags.get("autoinfer.storage") == storage]
+    return sorted(mine, key=lambda r: (r.info.start_time, r.info.run_id))
+
+
+def trial_run_id(config: Config, number: int) -> str | None:
+    """The MLflow run that holds trial `number` of this config's study (None if not logged)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=config.mlflow.tracking_uri)
+    exp = client.get_experiment_by_name(config.mlflow.experiment)
+    if exp is None:
+        return None
+    for parent in study_runs(client, exp.experiment_id, config.study_name, redact(config.search.storage)):
+        child = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`autoinfer.trial` = '{number}'"
+        runs = client.search_runs([exp.experiment_id], filter_string=child, max_results=1)
+        if runs:
+            return str(runs[0].info.run_id)
+    return None
 
 
 class Tracker:
@@ -95,10 +119,7 @@ class Tracker:
         return str(self.client.create_experiment(name, artifact_location=art.as_uri(), tags=EXPERIMENT_TAGS))
 
     def _find_parents(self) -> list[Any]:
-        flt = f"tags.`autoinfer.study` = '{self.study_name}' and tags.`autoinfer.role` = 'study'"
-        runs = self.client.search_runs([self.experiment_id], filter_string=flt, max_results=50)
-        mine = [r for r in runs if r.data.tags.get("autoinfer.storage") == self.storage]
-        return sorted(mine, key=lambda r: (r.info.start_time, r.info.run_id))
+        return study_runs(self.client, self.experiment_id, self.study_name, self.storage)
 
     def _parent_run(self) -> str:
         """The study's parent run: found by tags (resume, other workers) or created."""
@@ -197,31 +218,15 @@ class Tracker:
         self.client.set_terminated(rid, _STATUS.get(t.state, "FAILED"))
         self.children()[t.number] = rid
 
-    def sync(
-        self,
-        study: optuna.Study,
-        logs_dir: Path | None = None,
-        worker: str = "",
-        grace_s: float = 0.0,
-        also: set[int] | None = None,
-    ) -> None:
-        """Log every finished trial that MLflow is missing (after a crash between the two stores).
-
-        With other workers on the study, a trial another worker finished a moment ago is theirs to
-        log (two workers logging it would make two runs of one trial): only this `worker`'s trials,
-        others' finished over `grace_s` ago and still missing (their worker died before logging),
-        and those in `also` (lost trials this worker failed) are logged here."""
+    def sync(self, study: optuna.Study, logs_dir: Path | None = None, leave: set[int] | None = None) -> None:
+        """Log every finished trial that MLflow is missing (after a crash between the two stores),
+        except those in `leave`: trials a live worker finished a moment ago and is about to log
+        itself (two workers logging one trial would make two runs of it)."""
         self._children = None  # see what the other workers logged
-        now = datetime.datetime.now()
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-            if t.number in self.children():
-                continue
-            ended = t.datetime_complete or now
-            theirs = worker and t.user_attrs.get("worker", worker) != worker and t.number not in (also or set())
-            if theirs and (now - ended).total_seconds() < grace_s:
-                continue
-            log = logs_dir / f"trial-{t.number}.log" if logs_dir else None
-            self.log_trial(t, str(log) if log else None)
+            if t.number not in self.children() and t.number not in (leave or set()):
+                log = logs_dir / f"trial-{t.number}.log" if logs_dir else None
+                self.log_trial(t, str(log) if log else None)
 
     def update_pareto(self, study: optuna.Study) -> None:
         """Re-rank every measured trial under the current config and refresh the parent's artifacts.
@@ -247,11 +252,8 @@ class Tracker:
         self.client.log_batch(run_id, metrics=[Metric(key, float(step), int(time.time() * 1000), step)])
 
     def _write_pareto(self, study: optuna.Study) -> None:
-        trials = measured_trials(study)
-        front = {m.number for m in pareto_front(self.config, trials)}
-        deltas = deltas_vs_most_accurate(trials)
-        rows = [trial_row(m, m.number in front, is_feasible(self.config, m.record), deltas.get(m.number))
-                for m in trials]  # fmt: skip
+        rows = study_rows(self.config, study)
+        front = {r["trial"] for r in rows if r["pareto"]}
         with tempfile.TemporaryDirectory() as d:
             out = Path(d)
             write_table(rows, out)

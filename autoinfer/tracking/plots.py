@@ -7,14 +7,24 @@ import json
 from pathlib import Path
 from typing import Any
 
-from autoinfer.search.pareto import AccuracyDelta, Measured
+import optuna
+
+from autoinfer.config import Config
+from autoinfer.search.pareto import (
+    AccuracyDelta,
+    Measured,
+    deltas_vs_most_accurate,
+    is_feasible,
+    measured_trials,
+    pareto_front,
+)
 
 COLUMNS = [
-    "trial", "engine", "quantization", "draft", "batch_size", "hardware",
+    "trial", "engine", "quantization", "draft", "draft_tokens", "batch_size", "hardware",
     "correct_tokens_per_j", "accuracy", "accuracy_stderr",
     "accuracy_vs_best", "accuracy_vs_best_se", "accuracy_best_trial", "tokens_per_s", "ttft_p50_s",
     "latency_p50_s", "peak_memory_gb", "j_per_token", "energy_source", "acceptance_rate", "draft_lossless",
-    "roofline_pct", "feasible", "pareto",
+    "roofline_pct", "feasible", "pareto", "duration_s",
 ]  # fmt: skip
 
 
@@ -32,14 +42,27 @@ def trial_row(m: Measured, pareto: bool, feasible: bool, delta: AccuracyDelta | 
     row["draft_lossless"] = "" if rec.provenance.draft_lossless is None else rec.provenance.draft_lossless
     row["feasible"] = feasible
     row["pareto"] = pareto
+    row["duration_s"] = "" if m.duration_s is None else round(m.duration_s, 1)
     return row
 
 
-def write_table(rows: list[dict[str, Any]], out: Path) -> None:
-    with open(out / "trials.csv", "w", newline="") as f:
+def study_rows(config: Config, study: optuna.Study) -> list[dict[str, Any]]:
+    """Every measured trial of the study as a row, ranked under the current config."""
+    trials = measured_trials(study)
+    front = {m.number for m in pareto_front(config, trials)}
+    deltas = deltas_vs_most_accurate(trials)
+    return [trial_row(m, m.number in front, is_feasible(config, m.record), deltas.get(m.number)) for m in trials]
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
+
+
+def write_table(rows: list[dict[str, Any]], out: Path) -> None:
+    write_csv(rows, out / "trials.csv")
     front = [r for r in rows if r["pareto"]]
     with open(out / "frontier.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")

@@ -7,10 +7,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.trial import TrialState
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 PG_URL = os.environ.get("AUTOINFER_TEST_PG", "postgresql://autoinfer:autoinfer@127.0.0.1:55432/autoinfer_test")
@@ -62,3 +65,18 @@ def mlflow_server(pg_url: str) -> str:
     if not up():
         pytest.fail(f"no MLflow tracking server answers at {MLFLOW_URL} (scripts/start_mlflow_server.sh starts one)")
     return MLFLOW_URL
+
+
+def running_trial(worker: subprocess.Popen[str], study: str, storage: str, timeout_s: float = 300) -> int:
+    """The number of the first trial the study holds RUNNING (waits while `worker` lives)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert time.monotonic() < deadline and worker.poll() is None, "the worker never started a trial"
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name=study, storage=storage).trials
+        except KeyError:
+            continue  # not created yet
+        running = [t.number for t in trials if t.state == TrialState.RUNNING]
+        if running:
+            return running[0]

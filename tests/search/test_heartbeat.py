@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from tests.conftest import fake_config
+from tests.search.conftest import running_trial
 
 
 def test_a_dead_workers_trial_is_rerun_through_the_heartbeat(tmp_path: Path) -> None:
@@ -29,20 +30,10 @@ def test_a_dead_workers_trial_is_rerun_through_the_heartbeat(tmp_path: Path) -> 
     env = {**os.environ, "AUTOINFER_WORKER_ID": "elsewhere:1", "AUTOINFER_FAKE_LOAD_S": "600"}
     a = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     storage = data["search"]["storage"]
-    deadline = time.monotonic() + 180
-    running: list[optuna.trial.FrozenTrial] = []
-    while not running:
-        assert time.monotonic() < deadline and a.poll() is None, "worker A never ran a trial"
-        time.sleep(0.5)
-        try:
-            running = [t for t in optuna.load_study(study_name="t", storage=storage).trials
-                       if t.state == TrialState.RUNNING]  # fmt: skip
-        except KeyError:
-            continue
+    lost = running_trial(a, "t", storage)
     a.kill()  # kill -9: no cleanup; its trial stays RUNNING until its heartbeat goes stale
     a.wait()
     time.sleep(4)  # past 3 missed beats, so the next worker finds the trial stale before its budget is met
-    lost = running[0].number
     b = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert b.returncode == 0, b.stderr[-2000:]
     trials = optuna.load_study(study_name="t", storage=storage).trials

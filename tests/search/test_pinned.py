@@ -3,6 +3,7 @@ each worker measuring only the points on its own targets. Two worker ids stand i
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -61,6 +62,12 @@ def test_each_worker_measures_only_its_own_hardware(tmp_path: Path, sampler: str
     client = MlflowClient(data["mlflow"]["tracking_uri"])
     runs = client.search_runs([client.get_experiment_by_name("autoinfer").experiment_id])
     assert all("info.machine.cpu" in r.data.params for r in runs if r.data.tags.get("autoinfer.state") == "COMPLETE")
+    # One frontier over both machines' trials, from any machine.
+    r = subprocess.run([sys.executable, "-m", "autoinfer", "pareto", "c.yaml", "--csv", "all.csv"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    with open(tmp_path / "all.csv") as f:
+        assert sorted(row["hardware"] for row in csv.DictReader(f)) == ["cpu:1"] * 4 + ["cpu:2"] * 4
 
 
 def test_a_queued_point_waits_for_the_worker_that_owns_its_hardware(tmp_path: Path) -> None:

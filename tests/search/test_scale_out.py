@@ -9,7 +9,6 @@ import csv
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -18,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from tests.conftest import fake_config
+from tests.search.conftest import running_trial
 
 
 def test_three_workers_survive_one_killed(pg_url: str, mlflow_server: str, tmp_path: Path) -> None:
@@ -37,16 +37,7 @@ def test_three_workers_survive_one_killed(pg_url: str, mlflow_server: str, tmp_p
         return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     doomed = start("machine-a", "600")  # loads for ten minutes: killed long before
-    deadline = time.monotonic() + 300
-    lost: list[optuna.trial.FrozenTrial] = []
-    while not lost:
-        assert time.monotonic() < deadline and doomed.poll() is None, "worker A never started a trial"
-        time.sleep(0.5)
-        try:
-            trials = optuna.load_study(study_name=name, storage=pg_url).trials
-        except KeyError:
-            continue
-        lost = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("worker") == "machine-a:1"]
+    lost = running_trial(doomed, name, pg_url)  # machine-a is the only worker so far
     others = [start("machine-b", "2"), start("machine-c", "2")]
     doomed.kill()  # kill -9 mid-trial: no cleanup, its heartbeat just stops
     doomed.wait()
@@ -55,7 +46,7 @@ def test_three_workers_survive_one_killed(pg_url: str, mlflow_server: str, tmp_p
         assert w.returncode == 0, out[-2000:] + err[-2000:]
 
     trials = optuna.load_study(study_name=name, storage=pg_url).trials
-    dead = trials[lost[0].number]
+    dead = trials[lost]
     assert dead.state == TrialState.FAIL and "machine-a:1 stopped beating" in dead.user_attrs["fail_reason"]
     rerun = [t for t in trials if t.user_attrs.get("retry_of") == dead.number]
     assert len(rerun) == 1 and rerun[0].state == TrialState.COMPLETE
