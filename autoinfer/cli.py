@@ -381,6 +381,9 @@ def _quiet_libraries() -> None:
 
 def main() -> None:
     _quiet()
+    # A shell starts background jobs with SIGINT ignored, and Python keeps that; `kill -INT` must
+    # still stop a search or verify cleanly (trial re-queued, server stopped), as Ctrl-C does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         app()
     except AutoinferError as e:
