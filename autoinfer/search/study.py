@@ -179,9 +179,7 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
     returns the numbers of the trials this worker failed."""
     lost = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = str(t.user_attrs.get("worker", ""))
-        host, _, pid = worker.rpartition(":")
-        if host != socket.gethostname() or (pid.isdigit() and _alive(int(pid))):
+        if not _gone_here(str(t.user_attrs.get("worker", ""))):
             continue  # another machine's worker, or a live process here: not ours to touch
         if _fail_and_requeue(study, t, "interrupted (search process stopped)"):
             lost.append(t.number)
@@ -242,6 +240,12 @@ def requeue_failed(study: optuna.Study) -> int:
     return n
 
 
+def _gone_here(worker: str) -> bool:
+    """Whether a worker id (host:pid) names a process of this machine that no longer runs."""
+    host, _, pid = worker.rpartition(":")
+    return host == socket.gethostname() and not (pid.isdigit() and _alive(int(pid)))
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -260,9 +264,7 @@ def _being_logged(study: optuna.Study, grace_s: float) -> set[int]:
     out = set()
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
         worker = str(t.user_attrs.get("worker", WORKER))
-        host, _, pid = worker.rpartition(":")
-        gone_here = host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
-        if worker == WORKER or gone_here or t.user_attrs.get("interrupted") or t.datetime_complete is None:
+        if worker == WORKER or _gone_here(worker) or t.user_attrs.get("interrupted") or t.datetime_complete is None:
             continue
         if (now - t.datetime_complete).total_seconds() < grace_s:
             out.add(t.number)
