@@ -18,6 +18,7 @@ from autoinfer.evaluators.accuracy import AccuracyResult
 from autoinfer.metrics import check_declared
 
 POINT_ATTR = "point"
+STAGE_ATTR = "stage_s"  # where the trial's wall time went: seconds per stage (search.study.stage_seconds)
 RECORD_ATTRS = ("metrics", "provenance", "accuracy", "generations")
 
 
@@ -103,6 +104,11 @@ def record_of(trial: FrozenTrial) -> TrialRecord | None:
 def point_of(trial: FrozenTrial) -> TrialPoint | None:
     p = trial.user_attrs.get(POINT_ATTR)
     return TrialPoint(**p) if p else None
+
+
+def stage_seconds_of(trial: FrozenTrial) -> dict[str, float]:
+    """Seconds per stage of a trial's wall time (empty for trials from before they were kept)."""
+    return {str(k): float(v) for k, v in (trial.user_attrs.get(STAGE_ATTR) or {}).items()}
 
 
 def save_point(trial: Any, point: TrialPoint) -> None:

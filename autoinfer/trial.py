@@ -115,6 +115,7 @@ def run_trial(
 
     stage("load")
     engine = ENGINES.get(point.engine).load_class()(config, point)
+    engine.on_stage = stage
     engine.load()
     loaded = load_peak(hw.kind, point.engine, hw.torch_device, gpu_handle)
     release_freed()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -33,33 +32,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from autoinfer.config import Config, load_config
+from benchkit import machine, measure, today
+
+from autoinfer.config import load_config
 from autoinfer.engines import TrialPoint
-from autoinfer.identity import accuracy_key, identity_hash, study_identity
 from autoinfer.record import TrialRecord
-from autoinfer.search.isolation import run_isolated
 
 CONFIGS = [
     TrialPoint("llama.cpp", "Q8_0", "none", 1, "cpu:2"),
     TrialPoint("llama.cpp", "Q4_0", "none", 1, "cpu:2"),
     TrialPoint("transformers", "fp32", "none", 1, "cpu:2"),
 ]
-
-
-def autoinfer_trial(config: Config, point: TrialPoint, logs: Path) -> TrialRecord:
-    identity = study_identity(config)
-    payload = {
-        "config": config.model_dump(mode="json"),
-        "point": point.as_dict(),
-        "identity": identity_hash(identity, point.engine, point.hardware),
-        "accuracy_key": accuracy_key(identity, config, point),
-        "known_accuracy": {},
-        "log_path": str(logs / f"{point.engine}-{point.quantization}.log"),
-    }
-    outcome = run_isolated(payload, 1800)
-    if not outcome.ok or not isinstance(outcome.result, TrialRecord):
-        raise SystemExit(f"{point.label()}: the autoinfer trial failed: {outcome.reason}")
-    return outcome.result
 
 
 def bare_llamacpp(rec: TrialRecord, threads: int) -> float:
@@ -143,7 +126,7 @@ def main() -> None:
         for point in [p for p in CONFIGS if not args.only or p.engine in args.only]:
             ours, bare, ratios, decode, bench = [], [], [], [], []
             for run in range(args.runs):
-                rec = autoinfer_trial(config, point, Path(d))
+                rec = measure(config, point, Path(d))
                 a = rec.metrics["tokens_per_s"]
                 b = bare_llamacpp(rec, threads) if point.engine == "llama.cpp" else bare_transformers(rec, threads)
                 ours.append(a)
@@ -159,8 +142,7 @@ def main() -> None:
                       flush=True)  # fmt: skip
             bench_ratio = [x / y for x, y in zip(decode, bench, strict=True)]
             rows.append((point.label(), ours, bare, ratios, bench_ratio))
-    cpu = _cpu()
-    print(f"\nFidelity of tokens/s ({args.runs} alternating runs each; {cpu}, {threads} threads; "
+    print(f"\nFidelity of tokens/s ({args.runs} alternating runs each; {machine()}, {today()}, {threads} threads; "
           f"{config.workload.prompts}, {config.workload.max_new_tokens} new tokens, batch 1)")  # fmt: skip
     print("| configuration | autoinfer tok/s (CV) | bare loop tok/s (CV) | ratio median [min, max] | "
           "decode / llama-bench tg median [min, max] |")  # fmt: skip
@@ -172,12 +154,6 @@ def main() -> None:
             f"| {label} | {statistics.median(ours):.1f} ({cv(ours):.1%}) | {statistics.median(bare):.1f} "
             f"({cv(bare):.1%}) | {statistics.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}] | {br} |"
         )
-
-
-def _cpu() -> str:
-    from autoinfer.hardware import cpu_model
-
-    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

@@ -168,6 +168,9 @@ class Engine(abc.ABC):
         # Token ids that end a sequence besides the model's own end-of-generation tokens.
         self.stop_tokens: set[int] = set()
         self.draft_width = 0  # most tokens the draft proposes per verification (0: no draft)
+        # Tells the search which stage the trial is in (progress display, time per stage). `load`
+        # calls it with "prepare" while it converts or quantizes files, then with "load".
+        self.on_stage: Callable[[str], None] = lambda stage: None
 
     @abc.abstractmethod
     def load(self) -> None:

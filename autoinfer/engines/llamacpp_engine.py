@@ -55,6 +55,7 @@ class LlamaCppEngine(Engine):
         hw = self.point.hardware_spec
         threads = hw.threads
         src = gguf_path(self.config)
+        self.on_stage("prepare")
         if src is None:  # an HF checkpoint: one unquantized GGUF first, the levels from it
             checkpoint = local_checkpoint(self.config)
             src, facts = converted_gguf(checkpoint, base_type(checkpoint, self.point.quantization))
@@ -65,6 +66,7 @@ class LlamaCppEngine(Engine):
         self.info["gguf_path"] = str(path)  # what `autoinfer export` tells users to ship
         self.info["gguf_sha256"] = file_digest(path)
         self.info["llama_cpp_python"] = metadata.version("llama_cpp_python")
+        self.on_stage("load")
         gpu_layers = -1 if hw.kind == "cuda" else 0  # everything offloaded where a GPU exists
         main_gpu = (hw.index or 0) if hw.kind == "cuda" else 0
         n_seq = self.point.batch_size
@@ -100,7 +102,9 @@ class LlamaCppEngine(Engine):
             self.info["batch_shift"] = shift
         self.info["repack"] = self.rt.repack
         if d.kind == "model":
+            self.on_stage("prepare")
             draft_path = self._draft_path(src, threads)
+            self.on_stage("load")
             self.draft_rt = LlamaRuntime(draft_path, self.n_ctx, n_seq, threads, gpu_layers, main_gpu)
             if self.draft_rt.n_vocab != self.rt.n_vocab:
                 raise TrialError(f"draft {d} has a vocabulary of {self.draft_rt.n_vocab}, target {self.rt.n_vocab}")

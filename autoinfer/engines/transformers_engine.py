@@ -149,7 +149,9 @@ class TransformersEngine(Engine):
 
         hw = self.point.hardware_spec
         q = self.point.quantization
+        self.on_stage("prepare")
         path, facts = dequantized_checkpoint(self.config)
+        self.on_stage("load")
         self.info.update(facts)
         self.info["checkpoint"] = str(path)  # what a stock server would load (export)
         m = self.config.model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import os
 import signal
@@ -26,6 +27,17 @@ class ChildOutcome:
     reason: str  # empty when ok
     log_path: str
     duration_s: float
+    # (stage, seconds after the process was started when the child reported it), in order; the
+    # time before the first is process start-up and imports, the last lasts until the result.
+    stages: tuple[tuple[str, float], ...] = ()
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds spent per stage (a stage entered twice is summed), with `spawn` for start-up."""
+        out: dict[str, float] = {}
+        marks = [("spawn", 0.0), *self.stages, ("", self.duration_s)]
+        for (name, t0), (_, t1) in itertools.pairwise(marks):
+            out[name] = out.get(name, 0.0) + max(0.0, t1 - t0)
+        return out
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -93,6 +105,7 @@ def run_isolated(
     child.close()
     result: Any = None
     reason = ""
+    stages: list[tuple[str, float]] = []
     try:
         while True:
             remaining = timeout_s - (time.monotonic() - t0)
@@ -105,6 +118,7 @@ def run_isolated(
                 except EOFError:
                     break  # the child died; its exit code tells how
                 if kind == "stage":
+                    stages.append((value, time.monotonic() - t0))
                     on_stage(value)
                 elif kind == "result":
                     result = value
@@ -115,6 +129,8 @@ def run_isolated(
             elif not proc.is_alive():
                 break
     finally:
+        if stages:
+            stages.append(("exit", time.monotonic() - t0))  # the child's tear-down, until it is reaped
         # Ctrl-C lands here too: never leave a child holding cores or memory.
         proc.join(timeout=10 if result is not None or reason else 0.1)
         if proc.is_alive():
@@ -122,4 +138,5 @@ def run_isolated(
             proc.join()
     if result is None and not reason:
         reason = _describe_exit(proc.exitcode)
-    return ChildOutcome(result is not None, result, reason, payload["log_path"], time.monotonic() - t0)
+    duration = time.monotonic() - t0
+    return ChildOutcome(result is not None, result, reason, payload["log_path"], duration, tuple(stages))

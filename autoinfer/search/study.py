@@ -27,7 +27,7 @@ from autoinfer.engines import TrialPoint
 from autoinfer.errors import ConfigError
 from autoinfer.evaluators.accuracy import AccuracyResult
 from autoinfer.identity import accuracy_key, base_of, first_difference, identity_hash, study_identity, upgrade
-from autoinfer.record import TrialRecord, copy_record, point_of, record_of, save_point, save_record
+from autoinfer.record import STAGE_ATTR, TrialRecord, copy_record, point_of, record_of, save_point, save_record
 from autoinfer.search.isolation import ChildOutcome, run_isolated
 from autoinfer.search.pareto import objective_values, violations
 from autoinfer.search.samplers import owns_everything, worker_sampler
@@ -341,6 +341,27 @@ def enqueue_grid(study: optuna.Study, config: Config, limit: int) -> int:
     return n
 
 
+def trial_payload(
+    config: Config,
+    identity: dict[str, str],
+    point: TrialPoint,
+    log_path: Path,
+    study: optuna.Study | None = None,
+    config_json: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What a trial process needs (`run_isolated`): plain data only. With `study`, accuracy the
+    study already measured for the same weights is handed over instead of being evaluated again."""
+    akey = accuracy_key(identity, config, point)
+    return {
+        "config": config_json if config_json is not None else config.model_dump(mode="json"),
+        "point": point.as_dict(),
+        "identity": identity_hash(identity, point.engine, point.hardware),  # the trial's own fingerprint
+        "accuracy_key": akey,
+        "known_accuracy": _cached_accuracy(study, akey) if study is not None and config.accuracy.tasks else {},
+        "log_path": str(log_path),
+    }
+
+
 def logs_dir(config: Config) -> Path:
     d = Path(config.mlflow.artifact_location).expanduser() / "trial-logs" / config.study_name
     d.mkdir(parents=True, exist_ok=True)
@@ -360,7 +381,23 @@ def _tell(study: optuna.Study, trial: optuna.Trial, config: Config, metrics: dic
     study.tell(trial, values)
 
 
-def _finish_trial(study: optuna.Study, trial: optuna.Trial, config: Config, outcome: ChildOutcome) -> None:
+def stage_seconds(outcome: ChildOutcome, record: TrialRecord | None, asked_s: float) -> dict[str, float]:
+    """Where a trial's wall time went, in seconds: `ask` (this process: sampling and preparing the
+    trial), `spawn` (child start-up and imports), then the child's stages. The measured window is
+    split out of its stage as `measure`, the rest of that stage being warm-up and timing set-up."""
+    out = {"ask": asked_s, **outcome.stage_seconds()}
+    window = record.metrics.get("wall_s") if record is not None else None
+    if window is not None and "throughput+energy" in out:
+        out["warmup"] = max(0.0, out.pop("throughput+energy") - window)
+        out["measure"] = window
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def _finish_trial(
+    study: optuna.Study, trial: optuna.Trial, config: Config, outcome: ChildOutcome, asked_s: float = 0.0
+) -> None:
+    record = outcome.result if isinstance(outcome.result, TrialRecord) else None
+    trial.set_user_attr(STAGE_ATTR, stage_seconds(outcome, record, asked_s))
     if not outcome.ok or not isinstance(outcome.result, TrialRecord):
         trial.set_user_attr("fail_reason", outcome.reason or "the trial returned no record")
         study.tell(trial, state=TrialState.FAIL)
@@ -438,6 +475,7 @@ def run_search(
             waiting = True
             time.sleep(config.search.heartbeat_s)
             continue
+        asked = time.monotonic()
         with warnings.catch_warnings():  # heartbeats run by hand here, not through study.optimize
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = study.ask()
@@ -473,17 +511,10 @@ def run_search(
                 rejections += 1
                 continue
             rejections = 0
-            akey = accuracy_key(identity, config, point)
             log_path = logs / f"trial-{trial.number}.log"
-            payload = {
-                "config": payload_config,
-                "point": point.as_dict(),
-                "identity": identity_hash(identity, point.engine, point.hardware),  # the trial's own fingerprint
-                "accuracy_key": akey,
-                "known_accuracy": _cached_accuracy(study, akey) if config.accuracy.tasks else {},
-                "log_path": str(log_path),
-            }
+            payload = trial_payload(config, identity, point, log_path, study, payload_config)
             ev.trial_started(trial.number, point, done + 1, budget)
+            asked_s = time.monotonic() - asked
             try:
                 outcome = run_isolated(payload, config.search.trial_timeout_s, ev.stage)
             except KeyboardInterrupt:
@@ -494,7 +525,7 @@ def run_search(
                 tracker.log_trial(study.trials[trial.number], str(log_path))
                 tracker.finish("KILLED")
                 raise
-            _finish_trial(study, trial, config, outcome)
+            _finish_trial(study, trial, config, outcome, asked_s)
             frozen = study.trials[trial.number]
             tracker.log_trial(frozen, str(log_path))
             tracker.update_pareto(study)

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoinfer.config import Config
 from autoinfer.hardware import fingerprint
-from autoinfer.record import point_of, record_of
+from autoinfer.record import point_of, record_of, stage_seconds_of
 from autoinfer.search.pareto import violations
 from autoinfer.search.storage import ensure_sqlite_dir, redact
 from autoinfer.tracking.plots import frontier_markdown, study_rows, write_plots, write_table
@@ -205,6 +206,8 @@ class Tracker:
                 metrics[f"constraint.{c.metric}{'_max' if c.op == '<=' else '_min'}_violation"] = v
             if rec.accuracy is not None and rec.accuracy.reused_from_trial is not None:
                 params["info.accuracy_reused_from_trial"] = str(rec.accuracy.reused_from_trial)
+        # Where the trial's wall time went, per stage as the progress display names them.
+        metrics.update({f"time.{re.sub(r'[^0-9A-Za-z_]', '_', k)}_s": v for k, v in stage_seconds_of(t).items()})
         name = f"trial-{t.number} {point.label()}" if point else f"trial-{t.number}"
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         rid = str(run.info.run_id)

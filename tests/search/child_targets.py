@@ -28,3 +28,10 @@ def segfaults(payload: dict[str, Any], stage: Callable[[str], None]) -> dict[str
 def hangs(payload: dict[str, Any], stage: Callable[[str], None]) -> dict[str, Any]:
     time.sleep(600)
     return {}
+
+
+def staged(payload: dict[str, Any], stage: Callable[[str], None]) -> dict[str, Any]:
+    for name, seconds in (("a", 0.3), ("b", 0.2), ("a", 0.1)):
+        stage(name)
+        time.sleep(seconds)
+    return {}

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from autoinfer.search.isolation import run_isolated
 
@@ -34,3 +37,22 @@ def test_hang_times_out_and_child_is_killed(tmp_path: Path) -> None:
     out = run_isolated(payload(tmp_path, "hangs"), 3)
     assert not out.ok and out.reason == "timed out after 3 s"
     assert out.duration_s < 20
+
+
+def test_time_is_accounted_per_stage(tmp_path: Path) -> None:
+    out = run_isolated(payload(tmp_path, "staged"), 60)
+    assert out.ok
+    secs = out.stage_seconds()
+    assert list(secs) == ["spawn", "a", "b", "exit"]  # a stage entered twice is summed
+    assert secs["a"] >= 0.4 and secs["b"] >= 0.2 and secs["spawn"] > 0
+    assert sum(secs.values()) == pytest.approx(out.duration_s)
+
+
+def test_a_trials_measured_window_is_split_out_of_its_stage() -> None:
+    from autoinfer.search.isolation import ChildOutcome
+    from autoinfer.search.study import stage_seconds
+
+    out = ChildOutcome(True, None, "", "", 10.0, (("load", 1.0), ("throughput+energy", 3.0), ("exit", 9.5)))
+    record = SimpleNamespace(metrics={"wall_s": 4.0})
+    secs = stage_seconds(out, record, asked_s=0.25)  # type: ignore[arg-type]
+    assert secs == {"ask": 0.25, "spawn": 1.0, "load": 2.0, "warmup": 2.5, "measure": 4.0, "exit": 0.5}
