@@ -43,6 +43,46 @@ def frontier_indices(points: Sequence[Sequence[float]], maximize: Sequence[bool]
     ]
 
 
+def hv2d(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
+    """Area dominated (minimisation) by points inside the reference box."""
+    pts = sorted(p for p in points if p[0] < ref[0] and p[1] < ref[1])
+    area, best_y = 0.0, ref[1]
+    for i, (x, y) in enumerate(pts):
+        best_y = min(best_y, y)
+        nxt = pts[i + 1][0] if i + 1 < len(pts) else ref[0]
+        area += (nxt - x) * (ref[1] - best_y)
+    return area
+
+
+def hypervolume(points: list[tuple[float, ...]], ref: tuple[float, ...]) -> float:
+    """Exact hypervolume for 1-3 minimised objectives (slicing along the last one)."""
+    if not points:
+        return 0.0
+    if len(ref) == 1:
+        return max(0.0, ref[0] - min(p[0] for p in points))
+    if len(ref) == 2:
+        return hv2d([(p[0], p[1]) for p in points], (ref[0], ref[1]))
+    if len(ref) > 3:
+        raise ValueError(f"hypervolume of {len(ref)} objectives is not implemented (1-3 are)")
+    zs = sorted({p[2] for p in points if p[2] < ref[2]})
+    total = 0.0
+    for i, z in enumerate(zs):
+        top = zs[i + 1] if i + 1 < len(zs) else ref[2]
+        total += (top - z) * hv2d([(p[0], p[1]) for p in points if p[2] <= z], (ref[0], ref[1]))
+    return total
+
+
+def normalized(points: Sequence[Sequence[float]], maximize: Sequence[bool]) -> list[tuple[float, ...]]:
+    """Points scaled to [0, 1] per objective over these points, every objective minimised."""
+    cols = list(zip(*points, strict=True))
+    lo, hi = [min(c) for c in cols], [max(c) for c in cols]
+    out = []
+    for p in points:
+        z = [(x - a) / (b - a) if b > a else 0.0 for x, a, b in zip(p, lo, hi, strict=True)]
+        out.append(tuple(1.0 - v if up else v for v, up in zip(z, maximize, strict=True)))
+    return out
+
+
 def measured_trials(study: optuna.Study) -> list[Measured]:
     """Completed trials that measured something (answers repeated from storage excluded)."""
     out = []

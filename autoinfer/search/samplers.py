@@ -1,4 +1,5 @@
-"""Optuna samplers by name. `auto` is the one our replay benchmark found fastest to the frontier.
+"""Optuna samplers by name. `auto` is the one our replay benchmark found fastest to the frontier:
+every set of weights first (at its largest batch), the frontier's at their smallest batch, then TPE.
 
 See scripts/sampler_benchmark.py: on real measured trials, replayed many times, it compares how
 much of the true frontier's hypervolume each sampler reaches after N trials.
@@ -96,6 +97,125 @@ class OwnedSampler(optuna.samplers.BaseSampler):
         self._base.after_trial(study, trial, state, values)
 
 
+class WeightsFirstSampler(optuna.samplers.BaseSampler):
+    """Measure every set of weights once before letting the base sampler loose.
+
+    Accuracy depends on the weights alone (engine x quantization on a machine), and most of a
+    trial's cost is spent on it the first time those weights are seen, while batch and draft only
+    move speed and energy. So the first trials take one point per weights, in a seeded random
+    order, at its largest batch without a draft (where tokens per joule peaks on every grid we
+    measured). With `extremes`, each weights that is then on the Pareto frontier is measured at
+    its smallest batch too (where latency bottoms out). The base sampler, which has seen all of
+    these, picks the rest. Points are chosen by setting the trial's fixed parameters, as a queued
+    point would be; a trial that already has them (the grid, a re-queued point) is left alone.
+    """
+
+    def __init__(
+        self, base: optuna.samplers.BaseSampler, config: Config, seed: int | None = None, extremes: bool = True
+    ) -> None:
+        from autoinfer.spaces import enumerate_points
+
+        self._base = base
+        self._config = config
+        self._extremes = extremes
+        self._points = enumerate_points(config)  # this worker's valid points, with their params
+        weights = sorted({self._unit(p) for _, p in self._points})
+        random.Random(seed).shuffle(weights)
+        self._order = weights
+        self._rng = random.Random(seed)
+
+    def _seen(self, study: optuna.Study) -> list[tuple[Any, FrozenTrial]]:
+        """(point, trial) of every trial that has chosen its point: measured, failed, running, queued."""
+        from optuna.trial import FixedTrial
+
+        from autoinfer.spaces import sample_point
+
+        out = []
+        for t in study.get_trials(deepcopy=False):
+            params = t.params or t.system_attrs.get("fixed_params") or {}
+            if not params or t.state == TrialState.PRUNED:
+                continue
+            try:
+                out.append((sample_point(FixedTrial(params), self._config), t))
+            except Exception:  # noqa: BLE001 - a trial still being sampled, or from another space
+                continue
+        return out
+
+    def _plan(self, study: optuna.Study) -> dict[str, Any] | None:
+        seen = self._seen(study)
+        taken = {p for p, _ in seen}
+        covered = {self._unit(p) for p in taken}
+        for key in self._order:
+            if key not in covered:
+                return self._pick(key, max, taken)
+        if not self._extremes or any(t.state != TrialState.COMPLETE for _, t in seen if t.state != TrialState.FAIL):
+            return None  # the base sampler from here (or wait for the first round's results)
+        from autoinfer.search.pareto import frontier_indices, hypervolume, normalized
+
+        done = [(p, t) for p, t in seen if t.state == TrialState.COMPLETE and t.values is not None]
+        maximize = [d == optuna.study.StudyDirection.MAXIMIZE for d in study.directions]
+        values = [t.values for _, t in done]
+        front = frontier_indices(values, maximize)
+        if 1 <= len(maximize) <= 3:  # the members that hold most of the frontier's volume first
+            norm = normalized(values, maximize)
+            ref = tuple(1.1 for _ in maximize)
+            whole = hypervolume([norm[i] for i in front], ref)
+            front.sort(key=lambda i: hypervolume([norm[j] for j in front if j != i], ref) - whole)
+        for i in front:
+            p = done[i][0]
+            params = self._pick(self._unit(p), min, taken)
+            if params is not None:
+                return params
+        return None
+
+    @staticmethod
+    def _unit(point: Any) -> tuple[str, str, str]:
+        """Weights on a hardware target: what accuracy (machines round differently) and, most of
+        all, speed hinge on."""
+        return (point.engine, point.quantization, point.hardware)
+
+    def _pick(self, key: tuple[str, str, str], extreme: Any, taken: set[Any]) -> dict[str, Any] | None:
+        """Params of these weights without a draft at the extreme batch, unless that is taken."""
+        plain = [(q, p) for q, p in self._points if self._unit(p) == key and p.draft == "none"]
+        if not plain:
+            return None
+        batch = extreme(p.batch_size for _, p in plain)
+        at = [(q, p) for q, p in plain if p.batch_size == batch]
+        if any(p in taken for _, p in at):
+            return None  # measured already (or being measured)
+        return dict(self._rng.choice([q for q, _ in at]))
+
+    def reseed_rng(self) -> None:
+        self._base.reseed_rng()
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._base.before_trial(study, trial)
+        if trial.system_attrs.get("fixed_params"):
+            return
+        params = self._plan(study)
+        if params is not None:
+            study._storage.set_trial_system_attr(trial._trial_id, "fixed_params", params)
+            trial.system_attrs["fixed_params"] = params  # the Trial reads it from this very object
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._base.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._base.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self._base.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        self._base.after_trial(study, trial, state, values)
+
+
 def owns_everything(config: Config) -> bool:
     """Whether this worker can measure every point of the space (no restriction needed)."""
     from autoinfer.spaces.space import hardware_for, owned_hardware
@@ -106,4 +226,6 @@ def owns_everything(config: Config) -> bool:
 def worker_sampler(config: Config) -> optuna.samplers.BaseSampler:
     """The config's sampler, restricted to this worker's hardware where it does not own it all."""
     base = make_sampler(config.search, config.search.trials)
+    if config.search.sampler == "auto":
+        base = WeightsFirstSampler(base, config, config.search.seed)
     return base if owns_everything(config) else OwnedSampler(base, config, config.search.seed)
