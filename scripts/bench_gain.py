@@ -22,6 +22,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import optuna
 from benchkit import machine, measure, throwaway, today
 
 from autoinfer.config import load_config
@@ -38,6 +39,11 @@ def main() -> None:
     ap.add_argument("config")
     ap.add_argument("--repeats", type=int, default=3, help="alternating re-measurements of each side")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument(
+        "--study-dir",
+        help="take the search from here (a `bench_overhead.py --keep` directory) instead of running it again; "
+        "the paired re-measurements are made in this run either way",
+    )
     args = ap.parse_args()
     config = load_config(args.config)
     if "transformers" not in config.space.engine:
@@ -47,9 +53,13 @@ def main() -> None:
         trial_started=lambda n, p, i, total: print(f"search trial {n} ({i}/{total}): {p.label()}", flush=True),
         message=lambda m: print(m, flush=True),
     )
-    with tempfile.TemporaryDirectory() as d:
-        cfg = throwaway(config, Path(d), f"{config.study_name}-gain")
-        study, _ = run_search(cfg, events)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(args.study_dir or tmp)
+        cfg = throwaway(config, d, f"{config.study_name}-bench")
+        if args.study_dir:
+            study = optuna.load_study(study_name=cfg.study_name, storage=cfg.search.storage)
+        else:
+            study, _ = run_search(cfg, events)
         found = [m for m in measured_trials(study) if is_feasible(cfg, m.record) and METRIC in m.record.metrics]
         if not found:
             raise SystemExit("the search measured no feasible trial with correct tokens per joule")
@@ -60,7 +70,7 @@ def main() -> None:
         sides: dict[str, list[TrialRecord]] = {"found": [], "default": []}
         for r in range(args.repeats):
             for name, point in (("found", best), ("default", default)):
-                rec = measure(cfg, point, Path(d) / "logs", study, tuple(sides["default"]))
+                rec = measure(cfg, point, d / "logs", study, tuple(sides["default"]))
                 sides[name].append(rec)
                 m = rec.metrics
                 print(f"repeat {r + 1} {name} {point.label()}: {m['tokens_per_s']:.1f} tok/s, "

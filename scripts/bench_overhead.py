@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("config")
     ap.add_argument("--trials", type=int, help="override the example's search.trials")
     ap.add_argument("--json", help="also write the breakdown here")
+    ap.add_argument("--keep", help="keep the study in this directory (scripts/bench_gain.py --study-dir can use it)")
     args = ap.parse_args()
     config = load_config(args.config)
     if args.trials:
@@ -67,8 +68,10 @@ def main() -> None:
         trial_started=lambda n, p, i, total: print(f"trial {n} ({i}/{total}): {p.label()}", flush=True),
         message=lambda m: print(m, flush=True),
     )
-    with tempfile.TemporaryDirectory() as d:
-        cfg = throwaway(config, Path(d), f"{config.study_name}-overhead")
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(args.keep) if args.keep else Path(tmp)
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = throwaway(config, d, f"{config.study_name}-bench")
         t0 = time.monotonic()
         study, _ = run_search(cfg, events)
         wall = time.monotonic() - t0

@@ -36,6 +36,50 @@ warnings.filterwarnings("ignore")
 
 
 Table = dict[str, tuple[list[float], list[float]]]
+# point key -> (the trial's wall time in the grid, the part of it spent on accuracy or None where
+# the grid did not keep it), for the seconds axis
+Costs = dict[str, tuple[float, float | None]]
+
+
+def load_costs(path: str) -> Costs:
+    """Each grid point's measured wall time, from a trials.csv that has `duration_s` (empty if not)."""
+    import csv
+
+    costs: Costs = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            if not row.get("duration_s"):
+                return {}
+            acc = float(row["accuracy_s"]) if row.get("accuracy_s") else None
+            point = {k: row[k] for k in ("engine", "quantization", "draft", "batch_size", "hardware", "draft_tokens")}
+            point["batch_size"], point["draft_tokens"] = int(row["batch_size"]), int(row["draft_tokens"] or 0)
+            costs[json.dumps(point, sort_keys=True)] = (float(row["duration_s"]), acc)
+    return costs
+
+
+def replay_seconds(keys: list[str], costs: Costs) -> list[float]:
+    """Cumulative seconds after each counted trial of a replay, from the grid's measured wall times.
+
+    Where the grid kept how long accuracy took, the replay pays it on the first trial of those
+    weights in *its* order (the grid paid it on the first in the grid's order); where it did not,
+    each trial costs what it cost in the grid."""
+    by_weights: dict[tuple[str, str, str], float] = {}
+    for key, (_, acc) in costs.items():
+        p = json.loads(key)
+        w = (p["engine"], p["quantization"], p["hardware"])
+        by_weights[w] = max(by_weights.get(w, 0.0), acc or 0.0)
+    seen: set[tuple[str, str, str]] = set()
+    total, out = 0.0, []
+    for key in keys:
+        wall, acc = costs[key]
+        if acc is not None:
+            p = json.loads(key)
+            w = (p["engine"], p["quantization"], p["hardware"])
+            wall += (by_weights[w] if w not in seen else 0.0) - acc
+            seen.add(w)
+        total += wall
+        out.append(total)
+    return out
 
 
 def load_csv(config: Any, path: str) -> Table:
@@ -83,11 +127,13 @@ def replay(
     seed: int,
     n_trials: int,
     score: Callable[[list[list[float]]], float],
-) -> list[float]:
-    """Search with real values looked up; return the hypervolume ratio after each counted trial."""
+) -> tuple[list[float], list[str]]:
+    """Search with real values looked up; return the hypervolume ratio after each counted trial,
+    and the points measured, in order."""
     directions = [o.resolved_direction for o in config.objectives]
     study = optuna.create_study(directions=directions, sampler=make(seed))
     seen: set[str] = set()
+    order: list[str] = []
     found: list[list[float]] = []
     curve: list[float] = []
     asks = 0
@@ -105,12 +151,13 @@ def replay(
         if key in seen:
             continue  # answered from storage: no measurement spent
         seen.add(key)
+        order.append(key)
         if all(v <= 0 for v in violations):
             found.append(values)
         curve.append(score(found))
     while len(curve) < n_trials:
         curve.append(curve[-1] if curve else 0.0)
-    return curve
+    return curve, order
 
 
 def main() -> None:
@@ -122,6 +169,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--trials", type=int, default=15)
     ap.add_argument("--json", help="also write the curves here")
+    ap.add_argument("--plot", help="also draw hypervolume against trials per sampler into this PNG")
     ap.add_argument("--samplers", nargs="+", help="only these (names as printed)")
     ap.add_argument(
         "--allow-missing",
@@ -190,10 +238,18 @@ def main() -> None:
     marks = [m for m in (3, 5, 8, 10, 12, 15, 20) if m <= args.trials]
     print(f"{'sampler':24s}" + "".join(f"  HV@{m:<3d}" for m in marks) + "  median to 95%  mean trials to 100%")
     results = {}
+    costs = load_costs(args.grid_csv) if args.grid_csv else {}
+    seconds_to_95: dict[str, list[float]] = {}
     for name, make in candidates.items():
         if args.samplers and name.split(" ")[0] not in args.samplers and name not in args.samplers:
             continue
-        curves = [replay(config, table, make, seed, args.trials, score) for seed in range(args.seeds)]
+        runs = [replay(config, table, make, seed, args.trials, score) for seed in range(args.seeds)]
+        curves = [c for c, _ in runs]
+        if costs:
+            for c, order in runs:
+                secs = replay_seconds(order, costs)
+                i = next((i for i, v in enumerate(c) if v >= 0.95), None)
+                seconds_to_95.setdefault(name, []).append(secs[i] if i is not None and i < len(secs) else math.inf)
         mean = [statistics.fmean(c[i] for c in curves) for i in range(args.trials)]
         hits = [next((i + 1 for i, v in enumerate(c) if v >= 1 - 1e-9), math.inf) for c in curves]
         reached = [h for h in hits if h != math.inf]
@@ -204,10 +260,43 @@ def main() -> None:
         to_95 = f"{near:.0f} ({near / len(table):.0%})" if near != math.inf else f">{args.trials}"
         print(f"{name:24s}" + "".join(f"  {mean[m - 1]:6.3f}" for m in marks) + f"  {to_95:>13s}  {to_full}")
         results[name] = {"mean_hv_ratio": mean, "trials_to_full": hits, "median_trials_to_95": near}
+    if costs:
+        grid_s = sum(w for w, _ in costs.values())
+        kept = (
+            "with accuracy charged in replay order"
+            if all(a is not None for _, a in costs.values())
+            else ("as each trial cost in the grid (the grid did not keep its accuracy time apart)")
+        )
+        print(f"\nseconds to 95 % (median over seeds; the whole grid took {grid_s / 3600:.1f} h; {kept}):")
+        for name, xs in seconds_to_95.items():
+            med = statistics.median(xs)
+            print(f"{name:24s}  " + (f"{med / 60:.0f} min ({med / grid_s:.0%})" if med != math.inf else "not reached"))
+    if args.plot:
+        plot(results, args.plot, f"{args.config}: {len(table)} points, {args.seeds} seeds")
     if args.json:
         summary = {"points": len(table), "frontier": len(front), "seeds": args.seeds, "results": results}
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=1)
+
+
+def plot(results: dict[str, Any], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, r in results.items():
+        curve = r["mean_hv_ratio"]
+        ax.plot(range(1, len(curve) + 1), curve, marker="o", markersize=3, label=name)
+    ax.axhline(0.95, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("trials measured")
+    ax.set_ylabel("share of the grid frontier's hypervolume (mean)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

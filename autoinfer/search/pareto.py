@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autoinfer.config import Config
-from autoinfer.record import TrialRecord, record_of
+from autoinfer.record import TrialRecord, record_of, stage_seconds_of
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class Measured:
     number: int  # Optuna trial number
     record: TrialRecord
     duration_s: float | None = None  # the trial's wall time (load, quantize, measure, accuracy)
+    accuracy_s: float | None = None  # the part of it spent evaluating accuracy (0: reused; None: not kept)
 
 
 def dominates(a: Sequence[float], b: Sequence[float], maximize: Sequence[bool]) -> bool:
@@ -90,7 +91,9 @@ def measured_trials(study: optuna.Study) -> list[Measured]:
         rec = record_of(t)
         if rec is not None and "duplicate_of" not in t.user_attrs:
             end, start = t.datetime_complete, t.datetime_start
-            out.append(Measured(t.number, rec, (end - start).total_seconds() if end and start else None))
+            stages = stage_seconds_of(t)
+            acc_s = stages.get("accuracy", 0.0) if stages else None
+            out.append(Measured(t.number, rec, (end - start).total_seconds() if end and start else None, acc_s))
     return out
 
 

@@ -24,7 +24,7 @@ COLUMNS = [
     "correct_tokens_per_j", "accuracy", "accuracy_stderr",
     "accuracy_vs_best", "accuracy_vs_best_se", "accuracy_best_trial", "tokens_per_s", "ttft_p50_s",
     "latency_p50_s", "peak_memory_gb", "j_per_token", "energy_source", "acceptance_rate", "draft_lossless",
-    "roofline_pct", "feasible", "pareto", "duration_s",
+    "roofline_pct", "feasible", "pareto", "duration_s", "accuracy_s",
 ]  # fmt: skip
 
 
@@ -43,6 +43,7 @@ def trial_row(m: Measured, pareto: bool, feasible: bool, delta: AccuracyDelta | 
     row["feasible"] = feasible
     row["pareto"] = pareto
     row["duration_s"] = "" if m.duration_s is None else round(m.duration_s, 1)
+    row["accuracy_s"] = "" if m.accuracy_s is None else round(m.accuracy_s, 1)
     return row
 
 
