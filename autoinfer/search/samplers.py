@@ -146,8 +146,9 @@ class WeightsFirstSampler(optuna.samplers.BaseSampler):
         taken = {p for p, _ in seen}
         covered = {self._unit(p) for p in taken}
         for key in self._order:
-            if key not in covered:
-                return self._pick(key, max, taken)
+            plan = self._pick(key, max, taken) if key not in covered else None
+            if plan is not None:  # (None: these weights have no point without a draft)
+                return plan
         if not self._extremes or any(t.state != TrialState.COMPLETE for _, t in seen if t.state != TrialState.FAIL):
             return None  # the base sampler from here (or wait for the first round's results)
         from autoinfer.search.pareto import frontier_indices, hypervolume, normalized

@@ -90,3 +90,20 @@ def test_deltas_against_the_most_accurate_trial() -> None:
     d = deltas_vs_most_accurate(trials)
     assert {x.reference for x in d.values()} == {1} and (d[1].delta, d[1].stderr) == (0.0, 0.0)
     assert d[0].delta == pytest.approx(-0.25) and d[2].delta == pytest.approx(-0.5) and d[2].items == 4
+
+
+def test_hypervolume_of_known_shapes() -> None:
+    from autoinfer.search.pareto import hypervolume, normalized
+
+    assert hypervolume([], (1.0, 1.0)) == 0.0
+    assert hypervolume([(0.0,)], (2.0,)) == 2.0
+    # two points in 2-D: their boxes to (1, 1) overlap in 0.5 x 0.5
+    assert hypervolume([(0.0, 0.5), (0.5, 0.0)], (1.0, 1.0)) == pytest.approx(0.75)
+    # a dominated point adds nothing; a point outside the reference box neither
+    assert hypervolume([(0.0, 0.5), (0.5, 0.0), (0.6, 0.6), (2.0, 0.0)], (1.0, 1.0)) == pytest.approx(0.75)
+    assert hypervolume([(0.0, 0.0, 0.0)], (1.0, 2.0, 3.0)) == pytest.approx(6.0)
+    assert hypervolume([(0.0, 0.0, 0.5), (0.5, 0.5, 0.0)], (1.0, 1.0, 1.0)) == pytest.approx(0.5 + 0.25 * 0.5)
+    with pytest.raises(ValueError, match="4 objectives"):
+        hypervolume([(0.0,) * 4], (1.0,) * 4)
+    # maximised objectives are flipped, so 1 - best is 0
+    assert normalized([(1.0, 10.0), (3.0, 20.0)], [True, False]) == [(1.0, 0.0), (0.0, 1.0)]

@@ -81,6 +81,13 @@ def test_search_tracks_every_trial_and_the_frontier(tmp_path: Path) -> None:
         rows = list(csv.DictReader(f))
     assert sorted(int(r["trial"]) for r in rows) == sorted(m.number for m in measured)
     assert all(float(r["duration_s"]) > 0 and r["draft_tokens"] != "" for r in rows)
+    # ... and where that time went: accuracy only where it was evaluated, not where it was reused.
+    fresh_acc = {m.number for m in measured if m.record.accuracy and m.record.accuracy.reused_from_trial is None}
+    assert all((float(r["accuracy_s"]) > 0) == (int(r["trial"]) in fresh_acc) for r in rows)
+    for m in measured:
+        stages = runs[m.number].data.metrics
+        assert stages["time.measure_s"] == pytest.approx(m.record.metrics["wall_s"], abs=1e-3)
+        assert stages["time.spawn_s"] > 0 and stages["time.load_s"] > 0 and "time.warmup_s" in stages
 
 
 def test_a_lossy_draft_fails_its_trial_and_a_rounding_tie_is_recorded(tmp_path: Path) -> None:
