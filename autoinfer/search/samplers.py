@@ -39,7 +39,38 @@ def make_sampler(cfg: SearchConfig, n_trials: int) -> optuna.samplers.BaseSample
     raise ValueError(name)
 
 
-class OwnedSampler(optuna.samplers.BaseSampler):
+class _Wrapper(optuna.samplers.BaseSampler):
+    """Hands every decision to `base`; subclasses override what they change."""
+
+    def __init__(self, base: optuna.samplers.BaseSampler) -> None:
+        self._base = base
+
+    def reseed_rng(self) -> None:
+        self._base.reseed_rng()
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._base.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._base.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self._base.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._base.before_trial(study, trial)
+
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        self._base.after_trial(study, trial, state, values)
+
+
+class OwnedSampler(_Wrapper):
     """A sampler for a worker that measures only some of the space's hardware (its own machine).
 
     The parameters keep the choices every worker sees, since one study's distributions must be
@@ -51,7 +82,7 @@ class OwnedSampler(optuna.samplers.BaseSampler):
     def __init__(self, base: optuna.samplers.BaseSampler, config: Config, seed: int | None = None) -> None:
         from autoinfer.spaces.space import owned_hardware
 
-        self._base = base
+        super().__init__(base)
         self._config = config
         self._owned = {e: owned_hardware(config, e) for e in config.space.engine}
         self._rng = random.Random(seed)
@@ -73,11 +104,6 @@ class OwnedSampler(optuna.samplers.BaseSampler):
         space = self._base.infer_relative_search_space(study, trial)
         return {k: v for k, v in space.items() if self._allowed(trial, k) is None}
 
-    def sample_relative(
-        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
-    ) -> dict[str, Any]:
-        return self._base.sample_relative(study, trial, search_space)
-
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
@@ -88,16 +114,8 @@ class OwnedSampler(optuna.samplers.BaseSampler):
         choices = [c for c in getattr(param_distribution, "choices", ()) if c in allowed]
         return self._rng.choice(choices) if choices else value  # no choice of ours: sample_point rejects it
 
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._base.before_trial(study, trial)
 
-    def after_trial(
-        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
-    ) -> None:
-        self._base.after_trial(study, trial, state, values)
-
-
-class WeightsFirstSampler(optuna.samplers.BaseSampler):
+class WeightsFirstSampler(_Wrapper):
     """Measure every set of weights once before letting the base sampler loose.
 
     Accuracy depends on the weights alone (engine x quantization on a machine), and most of a
@@ -115,7 +133,7 @@ class WeightsFirstSampler(optuna.samplers.BaseSampler):
     ) -> None:
         from autoinfer.spaces import enumerate_points
 
-        self._base = base
+        super().__init__(base)
         self._config = config
         self._extremes = extremes
         self._points = enumerate_points(config)  # this worker's valid points, with their params
@@ -186,9 +204,6 @@ class WeightsFirstSampler(optuna.samplers.BaseSampler):
             return None  # measured already (or being measured)
         return dict(self._rng.choice([q for q, _ in at]))
 
-    def reseed_rng(self) -> None:
-        self._base.reseed_rng()
-
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._base.before_trial(study, trial)
         if trial.system_attrs.get("fixed_params"):
@@ -197,24 +212,6 @@ class WeightsFirstSampler(optuna.samplers.BaseSampler):
         if params is not None:
             study._storage.set_trial_system_attr(trial._trial_id, "fixed_params", params)
             trial.system_attrs["fixed_params"] = params  # the Trial reads it from this very object
-
-    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return self._base.infer_relative_search_space(study, trial)
-
-    def sample_relative(
-        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
-    ) -> dict[str, Any]:
-        return self._base.sample_relative(study, trial, search_space)
-
-    def sample_independent(
-        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
-    ) -> Any:
-        return self._base.sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(
-        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
-    ) -> None:
-        self._base.after_trial(study, trial, state, values)
 
 
 def owns_everything(config: Config) -> bool:
