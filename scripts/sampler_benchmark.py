@@ -41,7 +41,7 @@ Table = dict[str, tuple[list[float], list[float]]]
 Costs = dict[str, tuple[float, float | None]]
 
 
-def load_costs(path: str) -> Costs:
+def load_costs(config: Any, path: str) -> Costs:
     """Each grid point's measured wall time, from a trials.csv that has `duration_s` (empty if not)."""
     import csv
 
@@ -51,9 +51,7 @@ def load_costs(path: str) -> Costs:
             if not row.get("duration_s"):
                 return {}
             acc = float(row["accuracy_s"]) if row.get("accuracy_s") else None
-            point = {k: row[k] for k in ("engine", "quantization", "draft", "batch_size", "hardware", "draft_tokens")}
-            point["batch_size"], point["draft_tokens"] = int(row["batch_size"]), int(row["draft_tokens"] or 0)
-            costs[json.dumps(point, sort_keys=True)] = (float(row["duration_s"]), acc)
+            costs[row_key(config, row)] = (float(row["duration_s"]), acc)
     return costs
 
 
@@ -82,26 +80,31 @@ def replay_seconds(keys: list[str], costs: Costs) -> list[float]:
     return out
 
 
+def row_key(config: Any, row: dict[str, str]) -> str:
+    """The point a trials.csv row measured, as the replay's table keys it."""
+    from autoinfer.spaces import DraftSpec
+
+    keys = ("engine", "quantization", "draft", "batch_size", "hardware")
+    point: dict[str, Any] = {k: int(row[k]) if k == "batch_size" else row[k] for k in keys}
+    if row.get("draft_tokens"):
+        point["draft_tokens"] = int(row["draft_tokens"])
+    else:  # tables from before the column: the only length those spaces had
+        spec = DraftSpec.parse(row["draft"])
+        model_k = config.space.draft_tokens[0] if spec.reads_weights else 0
+        point["draft_tokens"] = spec.n if spec.kind == "prompt_lookup" else model_k
+    return json.dumps(point, sort_keys=True)
+
+
 def load_csv(config: Any, path: str) -> Table:
     """The same table from a `trials.csv` artifact (pareto/trials.csv of a grid study's MLflow run)."""
     import csv
 
-    from autoinfer.spaces import DraftSpec
-
     table: Table = {}
-    keys = ("engine", "quantization", "draft", "batch_size", "hardware")
     with open(path) as f:
         for row in csv.DictReader(f):
-            point: dict[str, Any] = {k: int(row[k]) if k == "batch_size" else row[k] for k in keys}
-            if row.get("draft_tokens"):
-                point["draft_tokens"] = int(row["draft_tokens"])
-            else:  # tables from before the column: the only length those spaces had
-                spec = DraftSpec.parse(row["draft"])
-                model_k = config.space.draft_tokens[0] if spec.reads_weights else 0
-                point["draft_tokens"] = spec.n if spec.kind == "prompt_lookup" else model_k
             m = {k: float(v) for k, v in row.items() if k in METRICS and v}
             values = [m[o.name] for o in config.objectives]
-            table[json.dumps(point, sort_keys=True)] = (values, [c.violation(m) for c in config.constraints])
+            table[row_key(config, row)] = (values, [c.violation(m) for c in config.constraints])
     return table
 
 
@@ -238,7 +241,7 @@ def main() -> None:
     marks = [m for m in (3, 5, 8, 10, 12, 15, 20) if m <= args.trials]
     print(f"{'sampler':24s}" + "".join(f"  HV@{m:<3d}" for m in marks) + "  median to 95%  mean trials to 100%")
     results = {}
-    costs = load_costs(args.grid_csv) if args.grid_csv else {}
+    costs = load_costs(config, args.grid_csv) if args.grid_csv else {}
     seconds_to_95: dict[str, list[float]] = {}
     for name, make in candidates.items():
         if args.samplers and name.split(" ")[0] not in args.samplers and name not in args.samplers:
