@@ -1,5 +1,6 @@
 """Optuna samplers by name. `auto` is the one our replay benchmark found fastest to the frontier:
-every set of weights first (at its largest batch), the frontier's at their smallest batch, then TPE.
+every set of weights first (at its largest batch), the frontier's at their smallest batch, each
+draft once on the leading point, then TPE.
 
 See scripts/sampler_benchmark.py: on real measured trials, replayed many times, it compares how
 much of the true frontier's hypervolume each sampler reaches after N trials.
@@ -123,19 +124,29 @@ class WeightsFirstSampler(_Wrapper):
     move speed and energy. So the first trials take one point per weights, in a seeded random
     order, at its largest batch without a draft (where tokens per joule peaks on every grid we
     measured). With `extremes`, each weights that is then on the Pareto frontier is measured at
-    its smallest batch too (where latency bottoms out). The base sampler, which has seen all of
-    these, picks the rest. Points are chosen by setting the trial's fixed parameters, as a queued
-    point would be; a trial that already has them (the grid, a re-queued point) is left alone.
+    its smallest batch too (where latency bottoms out). With `drafts`, the point leading the first
+    objective then gets each draft of the space once, at a middle draft length: whether drafting
+    pays is a property of the machine and the weights (a step's cost against a verification's),
+    so it is tried where it would matter most rather than left for the base sampler to stumble
+    on. The base sampler, which has seen all of these, picks the rest. Points are chosen by
+    setting the trial's fixed parameters, as a queued point would be; a trial that already has
+    them (the grid, a re-queued point) is left alone.
     """
 
     def __init__(
-        self, base: optuna.samplers.BaseSampler, config: Config, seed: int | None = None, extremes: bool = True
+        self,
+        base: optuna.samplers.BaseSampler,
+        config: Config,
+        seed: int | None = None,
+        extremes: bool = True,
+        drafts: bool = True,
     ) -> None:
         from autoinfer.spaces import enumerate_points
 
         super().__init__(base)
         self._config = config
         self._extremes = extremes
+        self._drafts = drafts
         self._points = enumerate_points(config)  # this worker's valid points, with their params
         weights = sorted({self._unit(p) for _, p in self._points})
         random.Random(seed).shuffle(weights)
@@ -185,6 +196,27 @@ class WeightsFirstSampler(_Wrapper):
             params = self._pick(self._unit(p), min, taken)
             if params is not None:
                 return params
+        return self._draft_plan(done, maximize[0], taken) if self._drafts else None
+
+    def _draft_plan(self, done: list[tuple[Any, FrozenTrial]], maximize: bool, taken: set[Any]) -> dict[str, Any] | None:
+        """Params of the next draft not yet tried on the leader's weights and batch (None: all
+        tried, or that batch cannot draft). The leader is the best feasible trial on the first
+        objective, the one a user ranks by (correct tokens per joule in the examples)."""
+        feasible = [(p, t) for p, t in done if all(v <= 0 for v in t.constraints.values())] or done
+        sign = 1.0 if maximize else -1.0
+        lead = max(feasible, key=lambda pt: sign * pt[1].values[0])[0]
+        here = [
+            (q, p)
+            for q, p in self._points
+            if self._unit(p) == self._unit(lead) and p.batch_size == lead.batch_size and p.draft != "none"
+        ]
+        for draft in self._config.space.draft:  # in the order the user listed them
+            tries = [(q, p) for q, p in here if p.draft == draft]
+            if not tries or any(p in taken for _, p in tries):
+                continue  # not valid here, or tried here already (at some length)
+            lengths = sorted({p.draft_tokens for _, p in tries})
+            middle = lengths[len(lengths) // 2]  # 4 of (2, 4, 8): long enough to show acceptance
+            return dict(self._rng.choice([q for q, p in tries if p.draft_tokens == middle]))
         return None
 
     @staticmethod

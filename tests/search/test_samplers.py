@@ -71,3 +71,38 @@ def test_a_queued_point_is_measured_as_queued(tmp_path: Path) -> None:
     study.enqueue_trial({"hardware": "cpu:1", "quantization": "int8", "batch_size": 1, "draft": "prompt_lookup:2"})
     point = sample_point(study.ask(), config)
     assert (point.quantization, point.batch_size, point.draft) == ("int8", 1, "prompt_lookup:2")
+
+
+def test_auto_then_tries_each_draft_once_on_the_leading_point(tmp_path: Path) -> None:
+    # Ranked by latency first, the leader is bf16 at batch 1 (the only batch the fake engine drafts
+    # at); after the two weights and the frontier's smallest batch, each draft gets one trial
+    # there, the model draft at the middle of its lengths, before TPE takes over.
+    objectives = [{"name": "latency_p50_s", "direction": "minimize"}, {"name": "tokens_per_s", "direction": "maximize"}]
+    space = {"quantization": ["fp32", "bf16"], "draft": ["none", "prompt_lookup:2", "model:int8"], "draft_tokens": [2, 4, 8]}
+    raw = fake_config(tmp_path, objectives=objectives, search={"seed": 3})
+    raw["space"] = {**raw["space"], **space}
+    config = parse_config(raw, base_dir=str(tmp_path))
+    study = optuna.create_study(directions=["minimize", "maximize"], sampler=worker_sampler(config))
+    points = []
+    for _ in range(5):
+        trial = study.ask()
+        point = sample_point(trial, config)
+        points.append(point)
+        speed, latency = _value(point)
+        study.tell(trial, [latency, speed])
+    assert [(p.quantization, p.batch_size, p.draft) for p in points[:2]] in (
+        [("fp32", 2, "none"), ("bf16", 2, "none")],
+        [("bf16", 2, "none"), ("fp32", 2, "none")],
+    )
+    assert (points[2].quantization, points[2].batch_size, points[2].draft) == ("bf16", 1, "none")
+    assert [(p.quantization, p.batch_size, p.draft, p.draft_tokens) for p in points[3:5]] == [
+        ("bf16", 1, "prompt_lookup:2", 2),
+        ("bf16", 1, "model:int8", 4),
+    ]
+    without = WeightsFirstSampler(optuna.samplers.RandomSampler(seed=0), config, 3, drafts=False)
+    study = optuna.create_study(directions=["minimize", "maximize"], sampler=without)
+    for _ in range(3):
+        trial = study.ask()
+        speed, latency = _value(sample_point(trial, config))
+        study.tell(trial, [latency, speed])
+    assert without._plan(study) is None  # the base sampler from here
