@@ -244,7 +244,9 @@ def main() -> None:
     # each replay measures it.
     first = config.objectives[0]
     up = 1.0 if maximize[0] else -1.0
-    best_key = max((k for k, (_, viol) in table.items() if all(x <= 0 for x in viol)), key=lambda k: up * table[k][0][0])
+    best_key = max(
+        (k for k, (_, viol) in table.items() if all(x <= 0 for x in viol)), key=lambda k: up * table[k][0][0]
+    )
     print(f"the grid's best {first.name}: {table[best_key][0][0]:.4g} at {best_key}")
     print(
         f"{'sampler':24s}"

@@ -198,7 +198,9 @@ class WeightsFirstSampler(_Wrapper):
                 return params
         return self._draft_plan(done, maximize[0], taken) if self._drafts else None
 
-    def _draft_plan(self, done: list[tuple[Any, FrozenTrial]], maximize: bool, taken: set[Any]) -> dict[str, Any] | None:
+    def _draft_plan(
+        self, done: list[tuple[Any, FrozenTrial]], maximize: bool, taken: set[Any]
+    ) -> dict[str, Any] | None:
         """Params of the next draft not yet tried on the leader's weights and batch (None: all
         tried, or that batch cannot draft). The leader is the best feasible trial on the first
         objective, the one a user ranks by (correct tokens per joule in the examples)."""

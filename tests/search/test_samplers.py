@@ -78,7 +78,11 @@ def test_auto_then_tries_each_draft_once_on_the_leading_point(tmp_path: Path) ->
     # at); after the two weights and the frontier's smallest batch, each draft gets one trial
     # there, the model draft at the middle of its lengths, before TPE takes over.
     objectives = [{"name": "latency_p50_s", "direction": "minimize"}, {"name": "tokens_per_s", "direction": "maximize"}]
-    space = {"quantization": ["fp32", "bf16"], "draft": ["none", "prompt_lookup:2", "model:int8"], "draft_tokens": [2, 4, 8]}
+    space = {
+        "quantization": ["fp32", "bf16"],
+        "draft": ["none", "prompt_lookup:2", "model:int8"],
+        "draft_tokens": [2, 4, 8],
+    }
     raw = fake_config(tmp_path, objectives=objectives, search={"seed": 3})
     raw["space"] = {**raw["space"], **space}
     config = parse_config(raw, base_dir=str(tmp_path))
