@@ -152,6 +152,7 @@ class WeightsFirstSampler(_Wrapper):
         random.Random(seed).shuffle(weights)
         self._order = weights
         self._rng = random.Random(seed)
+        self._known: dict[int, Any] = {}  # trial id -> its point, for finished trials (asked every trial)
 
     def _seen(self, study: optuna.Study) -> list[tuple[Any, FrozenTrial]]:
         """(point, trial) of every trial that has chosen its point: measured, failed, running, queued."""
@@ -161,13 +162,20 @@ class WeightsFirstSampler(_Wrapper):
 
         out = []
         for t in study.get_trials(deepcopy=False):
-            params = t.params or t.system_attrs.get("fixed_params") or {}
-            if not params or t.state == TrialState.PRUNED:
+            if t.state == TrialState.PRUNED:
                 continue
-            try:
-                out.append((sample_point(FixedTrial(params), self._config), t))
-            except Exception:  # noqa: BLE001 - a trial still being sampled, or from another space
-                continue
+            point = self._known.get(t._trial_id)
+            if point is None:
+                params = t.params or t.system_attrs.get("fixed_params") or {}
+                if not params:
+                    continue
+                try:
+                    point = sample_point(FixedTrial(params), self._config)
+                except Exception:  # noqa: BLE001 - a trial still being sampled, or from another space
+                    continue
+                if t.state.is_finished():  # its params can no longer change: parse it once
+                    self._known[t._trial_id] = point
+            out.append((point, t))
         return out
 
     def _plan(self, study: optuna.Study) -> dict[str, Any] | None:
