@@ -204,29 +204,25 @@ class WeightsFirstSampler(_Wrapper):
             params = self._pick(self._unit(p), min, taken)
             if params is not None:
                 return params
-        return self._draft_plan(done, maximize[0], taken) if self._drafts else None
+        return self._draft_plan([done[i][0] for i in front], taken) if self._drafts else None
 
-    def _draft_plan(
-        self, done: list[tuple[Any, FrozenTrial]], maximize: bool, taken: set[Any]
-    ) -> dict[str, Any] | None:
-        """Params of the next draft not yet tried on the leader's weights and batch (None: all
-        tried, or that batch cannot draft). The leader is the best feasible trial on the first
-        objective, the one a user ranks by (correct tokens per joule in the examples)."""
-        feasible = [(p, t) for p, t in done if all(v <= 0 for v in t.constraints.values())] or done
-        sign = 1.0 if maximize else -1.0
-        lead = max(feasible, key=lambda pt: sign * pt[1].values[0])[0]
-        here = [
-            (q, p)
-            for q, p in self._points
-            if self._unit(p) == self._unit(lead) and p.batch_size == lead.batch_size and p.draft != "none"
-        ]
-        for draft in self._config.space.draft:  # in the order the user listed them
-            tries = [(q, p) for q, p in here if p.draft == draft]
-            if not tries or any(p in taken for _, p in tries):
-                continue  # not valid here, or tried here already (at some length)
-            lengths = sorted({p.draft_tokens for _, p in tries})
-            middle = lengths[len(lengths) // 2]  # 4 of (2, 4, 8): long enough to show acceptance
-            return dict(self._rng.choice([q for q, p in tries if p.draft_tokens == middle]))
+    def _draft_plan(self, front: list[Any], taken: set[Any]) -> dict[str, Any] | None:
+        """Params of the next draft not yet tried on a frontier member's weights and batch (None:
+        all tried, or those batches cannot draft). Draft by draft, in the order the user listed
+        them, each across the frontier (in the order given): a kind of draft that pays on one
+        member tends to pay on the others, so each kind is seen everywhere before the next."""
+        for draft in self._config.space.draft:
+            for lead in front:
+                tries = [
+                    (q, p)
+                    for q, p in self._points
+                    if self._unit(p) == self._unit(lead) and p.batch_size == lead.batch_size and p.draft == draft
+                ]
+                if not tries or any(p in taken for _, p in tries):
+                    continue  # not valid here, or tried here already (at some length)
+                lengths = sorted({p.draft_tokens for _, p in tries})
+                middle = lengths[len(lengths) // 2]  # 4 of (2, 4, 8): long enough to show acceptance
+                return dict(self._rng.choice([q for q, p in tries if p.draft_tokens == middle]))
         return None
 
     @staticmethod

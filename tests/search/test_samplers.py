@@ -73,10 +73,10 @@ def test_a_queued_point_is_measured_as_queued(tmp_path: Path) -> None:
     assert (point.quantization, point.batch_size, point.draft) == ("int8", 1, "prompt_lookup:2")
 
 
-def test_auto_then_tries_each_draft_once_on_the_leading_point(tmp_path: Path) -> None:
-    # Ranked by latency first, the leader is bf16 at batch 1 (the only batch the fake engine drafts
-    # at); after the two weights and the frontier's smallest batch, each draft gets one trial
-    # there, the model draft at the middle of its lengths, before TPE takes over.
+def test_auto_then_tries_each_draft_once_across_the_frontier(tmp_path: Path) -> None:
+    # After the two weights and the frontier's smallest batch, each draft gets one trial on the
+    # frontier's members where their batch can draft (the fake engine drafts at batch 1 only: bf16
+    # at batch 1 here), the model draft at the middle of its lengths, before TPE takes over.
     objectives = [{"name": "latency_p50_s", "direction": "minimize"}, {"name": "tokens_per_s", "direction": "maximize"}]
     space = {
         "quantization": ["fp32", "bf16"],
