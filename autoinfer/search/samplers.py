@@ -1,6 +1,6 @@
 """Optuna samplers by name. `auto` is the one our replay benchmark found fastest to the frontier:
 every set of weights first (at its largest batch), the frontier's at their smallest batch, each
-draft once on the leading point, then TPE.
+draft once across the frontier, then TPE.
 
 See scripts/sampler_benchmark.py: on real measured trials, replayed many times, it compares how
 much of the true frontier's hypervolume each sampler reaches after N trials.
@@ -124,11 +124,11 @@ class WeightsFirstSampler(_Wrapper):
     move speed and energy. So the first trials take one point per weights, in a seeded random
     order, at its largest batch without a draft (where tokens per joule peaks on every grid we
     measured). With `extremes`, each weights that is then on the Pareto frontier is measured at
-    its smallest batch too (where latency bottoms out). With `drafts`, the point leading the first
-    objective then gets each draft of the space once, at a middle draft length: whether drafting
-    pays is a property of the machine and the weights (a step's cost against a verification's),
-    so it is tried where it would matter most rather than left for the base sampler to stumble
-    on. The base sampler, which has seen all of these, picks the rest. Points are chosen by
+    its smallest batch too (where latency bottoms out). With `drafts`, each draft of the space is
+    then tried once on every frontier member whose batch can draft, at a middle draft length:
+    whether drafting pays is a property of the machine and the weights (a step's cost against a
+    verification's), so it is tried where it would matter most rather than left for the base
+    sampler to stumble on. The base sampler, which has seen all of these, picks the rest. Points are chosen by
     setting the trial's fixed parameters, as a queued point would be; a trial that already has
     them (the grid, a re-queued point) is left alone.
     """
