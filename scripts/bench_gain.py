@@ -22,7 +22,6 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import optuna
 from benchkit import machine, measure, throwaway, today
 
 from autoinfer.config import load_config
@@ -41,8 +40,9 @@ def main() -> None:
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument(
         "--study-dir",
-        help="take the search from here (a `bench_overhead.py --keep` directory) instead of running it again; "
-        "the paired re-measurements are made in this run either way",
+        help="keep the search here; a search already here (say a `bench_overhead.py --keep` directory) is "
+        "resumed, or reused as it is once its budget is spent; the paired re-measurements are made in this run "
+        "either way",
     )
     args = ap.parse_args()
     config = load_config(args.config)
@@ -56,10 +56,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(args.study_dir or tmp)
         cfg = throwaway(config, d, f"{config.study_name}-bench")
-        if args.study_dir:
-            study = optuna.load_study(study_name=cfg.study_name, storage=cfg.search.storage)
-        else:
-            study, _ = run_search(cfg, events)
+        study, _ = run_search(cfg, events)  # resumes a study kept in --study-dir; a spent one runs nothing
         found = [m for m in measured_trials(study) if is_feasible(cfg, m.record) and METRIC in m.record.metrics]
         if not found:
             raise SystemExit("the search measured no feasible trial with correct tokens per joule")
