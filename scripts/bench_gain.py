@@ -22,6 +22,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import optuna
 from benchkit import machine, measure, throwaway, today
 
 from autoinfer.config import Config, load_config
@@ -63,8 +64,14 @@ def main() -> None:
     args = ap.parse_args()
     config = load_config(args.config)
     default = TrialPoint("transformers", "fp32", "none", 1, f"cpu:{os.cpu_count()}")
+
+    def finished(t: optuna.trial.FrozenTrial) -> None:
+        if t.state == optuna.trial.TrialState.FAIL:  # kept in the log: a lost point may be the best one
+            print(f"search trial {t.number} FAILED: {t.user_attrs.get('fail_reason')}", flush=True)
+
     events = Events(
         trial_started=lambda n, p, i, total: print(f"search trial {n} ({i}/{total}): {p.label()}", flush=True),
+        trial_finished=finished,
         message=lambda m: print(m, flush=True),
     )
     with tempfile.TemporaryDirectory() as tmp:
