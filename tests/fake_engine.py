@@ -2,7 +2,8 @@
 
 `model:lossy` is a draft whose verification is broken (drafted tokens are taken unchecked), for
 testing that such a trial fails; `model:tie` is one whose verification rounds differently from
-plain decoding (every 7th position picks the runner-up, which its logits put within rounding).
+plain decoding (every 7th position picks the runner-up, which its logits put within rounding);
+`model:tie-batch` the same, where only a pass of one sequence shows the rounding.
 
 It is a deterministic toy language model (the next token is a function of the last two) whose
 forward passes burn real CPU time, so timings, the CPU-time energy estimate and the whole trial
@@ -157,7 +158,7 @@ class FakeEngine(Engine):
                     t = next_token(h[-1], h[-2])
                     if d.model == "lossy" and k < len(guess):
                         t = guess[k]  # a broken verifier: takes the draft's word for it
-                    if draft and d.model in ("tie", "tie-single") and len(h) % 7 == 0:
+                    if draft and d.model in ("tie", "tie-single", "tie-batch") and len(h) % 7 == 0:
                         t = (t + 2) % VOCAB  # a verification pass whose rounding flips a near-tie
                     h.append(t)
                     o.append(t)
@@ -185,6 +186,8 @@ class FakeEngine(Engine):
             logits[(t + 2) % VOCAB] = 0.99 if width == 1 else 1.01
         if self.point.draft_spec.model == "tie-single":  # even a one-token pass prefers the drafted token
             logits[(t + 2) % VOCAB] = 1.005 if width == 1 else 1.01
+        if self.point.draft_spec.model == "tie-batch":  # only passes of one sequence round differently
+            logits[(t + 2) % VOCAB] = 0.99 if batch > 1 else 1.01
         return logits
 
     def prompt_ids(self, prompt: str) -> list[int]:

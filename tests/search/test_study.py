@@ -100,7 +100,7 @@ def test_a_lossy_draft_fails_its_trial_and_a_rounding_tie_is_recorded(tmp_path: 
     by_draft = {t.user_attrs["point"]["draft"]: t for t in study.trials}
     bad = by_draft["model:lossy"]
     assert bad.state == TrialState.FAIL and "draft is not lossless" in bad.user_attrs["fail_reason"]
-    assert "beyond what batch shape moves them" in bad.user_attrs["fail_reason"]
+    assert "beyond what pass shape moves them" in bad.user_attrs["fail_reason"]
     assert by_draft["none"].state == TrialState.COMPLETE
     tie = record_of(by_draft["model:tie"])  # measured, kept, and not called lossless
     assert tie is not None and tie.provenance.draft_lossless is False
