@@ -37,6 +37,10 @@ METRICS: dict[str, Metric] = {
         # energy
         Metric("energy_j", "J", "min", "energy over the measured repeats (read energy_source)"),
         Metric("mean_power_w", "W", "min", "energy_j / wall time of the measured repeats"),
+        # the machine during the measured window
+        Metric("other_cpu_pct", "%", "min", "CPU time of processes outside the trial's tree / the target's CPU time"),
+        Metric("steal_pct", "%", "min", "CPU time the hypervisor gave to other guests / the machine's CPU time"),
+        Metric("busy_remeasures", "1", "min", "measured windows thrown away because the machine was busy"),
         Metric("j_per_token", "J/tok", "min", "energy_j / generated tokens"),
         # accuracy, on the trial's own loaded model
         Metric("accuracy", "1", "max", "lm-eval metric (acc by default) averaged over tasks"),
@@ -45,6 +49,8 @@ METRICS: dict[str, Metric] = {
         Metric("correct_tokens_per_j", "tok/J", "max", "accuracy * generated_tokens / energy_j"),
         # drafts
         Metric("acceptance_rate", "1", "max", "accepted draft tokens / proposed draft tokens"),
+        Metric("draft_tied_prompts", "prompts", "min", "prompts whose drafted output parted from plain at a tie"),
+        Metric("draft_tie_margin", "logits", "min", "largest logit margin between two tokens accepted as a tie"),
         Metric("draft_proposed", "tok", "max", "draft tokens proposed over the measured repeats"),
         Metric("draft_accepted", "tok", "max", "of which the target accepted"),
         # roofline
