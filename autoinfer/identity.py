@@ -26,7 +26,9 @@ from autoinfer.spaces.dimensions import DraftSpec
 
 # Bump when what a measurement means changes, so older studies are not mixed with newer numbers.
 # 2: the fixed prompt set for every batch size, per-pass roofline, generation-window peak memory.
-MEASUREMENT_VERSION = "2"
+# 3: the CPU-time estimate counts the whole process tree and adds a static share over wall time;
+#    busy windows are measured again (search.max_other_cpu_pct).
+MEASUREMENT_VERSION = "3"
 # Fields that appear when the space grows, or per hardware target: a study spread over machines
 # holds each target's machine, and each worker compares only the targets it measures.
 EXTENSIBLE = ("engine.", "draft.", "machine.")
@@ -83,7 +85,19 @@ def _machine(config: Config) -> dict[str, str]:
 
     here = {"cpu": cpu_model(), "cpu_count": str(os.cpu_count()), "gpus": ", ".join(gpus())}
     targets = config.search.hardware or config.space.hardware
-    return {f"machine.{t}.{k}": v for t in targets for k, v in here.items()}
+    out = {f"machine.{t}.{k}": v for t in targets for k, v in here.items()}
+    # The meter behind each target: joules from RAPL and joules estimated from CPU time are not
+    # the same quantity, so a target that changes meter changes what its numbers mean.
+    out.update({f"machine.{t}.energy_meter": _meter_source(config, t) for t in targets})
+    return out
+
+
+def _meter_source(config: Config, target: str) -> str:
+    from autoinfer.evaluators.energy import meter_for
+    from autoinfer.spaces.dimensions import HardwareSpec
+
+    e = config.energy
+    return meter_for(HardwareSpec.parse(target), e.cpu_watts_per_core, e.cpu_static_watts_per_core)[0].source
 
 
 def upgrade(stored: dict[str, str], current: dict[str, str]) -> dict[str, str]:
@@ -114,6 +128,7 @@ def study_identity(config: Config) -> dict[str, str]:
         "workload.ignore_eos": str(wl.ignore_eos),
         "transformers.int_backend": config.transformers.int_backend,
         "energy.cpu_watts_per_core": f"{config.energy.cpu_watts_per_core:g}",
+        "energy.cpu_static_watts_per_core": f"{config.energy.cpu_static_watts_per_core:g}",
         "accuracy.tasks": _data_identity(config),
         "accuracy.limit": str(acc.limit),
         "accuracy.num_fewshot": str(acc.num_fewshot),
@@ -192,7 +207,9 @@ def _machine_of(identity: dict[str, str], target: str) -> dict[str, str]:
     if not targets:
         return {}
     use = target if target in targets else targets[0]
-    return {k.rsplit(".", 1)[1]: v for k, v in identity.items() if k.startswith(f"machine.{use}.")}
+    # The energy meter does not change a score: two targets of one machine share their accuracy.
+    fields = {k.rsplit(".", 1)[1]: v for k, v in identity.items() if k.startswith(f"machine.{use}.")}
+    return {k: v for k, v in fields.items() if k != "energy_meter"}
 
 
 def scored_key(base: str, runtime: dict[str, Any]) -> str:

@@ -41,6 +41,10 @@ class Provenance:
     draft_lossless: bool | None = None
     draft_check: str = ""  # what the lossless check compared, or where it first differed
     engine: dict[str, Any] = field(default_factory=dict)  # engine facts: files, backends, versions
+    # An estimated energy figure's formula inputs (cpu_s, wall_s, cores, watts, both terms' joules).
+    energy_inputs: dict[str, float] = field(default_factory=dict)
+    # How busy the machine was in the kept measured window (autoinfer.evaluators.machine_load).
+    machine_load: str = ""
     machine: dict[str, Any] = field(default_factory=dict)  # the machine it ran on (host, CPU, GPUs)
 
 

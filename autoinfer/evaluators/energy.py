@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ class EnergyReading:
     duration_s: float
     source: str  # measured:nvml | measured:rapl | estimated:cpu-time
     detail: str = ""  # what exactly was counted (device, domains, assumed watts)
+    inputs: dict[str, float] = field(default_factory=dict)  # an estimate's formula inputs, by name
 
     @property
     def mean_power_w(self) -> float:
@@ -182,23 +183,53 @@ class RaplMeter(EnergyMeter):
 
 
 class CpuTimeEstimate(EnergyMeter):
-    """No counter readable: joules ~= this process's CPU seconds x an assumed watts per busy core."""
+    """No counter readable: an estimate from CPU time, in two terms.
+
+    - busy: the CPU seconds of the trial's whole process tree (threads and child processes: vLLM
+      works in children) x an assumed watts per busy core;
+    - static: the wall seconds x the target's cores x an assumed static watts per core, the share
+      of package/uncore power a machine draws whatever its cores do, attributed to the cores the
+      target takes. Without it a trial that leaves cores idle looks cheaper than it is: the idle
+      cores still draw power, and a deployment on a machine of that size pays for them.
+    """
 
     source = "estimated:cpu-time"
 
-    def __init__(self, watts_per_core: float) -> None:
+    def __init__(self, watts_per_core: float, static_watts_per_core: float = 0.0, cores: int = 1) -> None:
         self.watts_per_core = watts_per_core
+        self.static_watts_per_core = static_watts_per_core
+        self.cores = cores
 
     def _start(self) -> float:
-        return time.process_time()  # user + system seconds of every thread of this process
+        from autoinfer.evaluators.machine_load import tree_cpu_s
+
+        return tree_cpu_s()
 
     def _stop(self, state: float, duration_s: float) -> EnergyReading:
-        cpu_s = time.process_time() - state
-        detail = f"{cpu_s:.3f} CPU-s x {self.watts_per_core:g} W/core (assumed)"
-        return EnergyReading(cpu_s * self.watts_per_core, duration_s, self.source, detail)
+        from autoinfer.evaluators.machine_load import tree_cpu_s
+
+        cpu_s = tree_cpu_s() - state
+        busy_j = cpu_s * self.watts_per_core
+        static_j = duration_s * self.cores * self.static_watts_per_core
+        detail = (
+            f"E = {cpu_s:.3f} CPU-s x {self.watts_per_core:g} W/busy core + {duration_s:.3f} s x {self.cores} "
+            f"cores x {self.static_watts_per_core:g} W/core static = {busy_j:.3g} + {static_j:.3g} J (assumed watts)"
+        )
+        inputs = {
+            "cpu_s": cpu_s,
+            "wall_s": duration_s,
+            "cores": float(self.cores),
+            "watts_per_busy_core": self.watts_per_core,
+            "static_watts_per_core": self.static_watts_per_core,
+            "busy_j": busy_j,
+            "static_j": static_j,
+        }
+        return EnergyReading(busy_j + static_j, duration_s, self.source, detail, inputs)
 
 
-def meter_for(hardware: HardwareSpec, watts_per_core: float) -> tuple[EnergyMeter, str]:
+def meter_for(
+    hardware: HardwareSpec, watts_per_core: float, static_watts_per_core: float = 0.0
+) -> tuple[EnergyMeter, str]:
     """The best meter for a target, and why it was chosen (shown by `autoinfer hardware`)."""
     if hardware.kind == "cuda":
         try:
@@ -212,4 +243,5 @@ def meter_for(hardware: HardwareSpec, watts_per_core: float) -> tuple[EnergyMete
         reason = f"no readable RAPL counter under {RAPL_ROOT}"
     else:
         reason = f"no energy counter for {hardware.kind}"
-    return CpuTimeEstimate(watts_per_core), f"{reason}; estimating from CPU time"
+    cores = hardware.threads if hardware.kind == "cpu" else 1  # a GPU target holds one host core
+    return CpuTimeEstimate(watts_per_core, static_watts_per_core, cores), f"{reason}; estimating from CPU time"

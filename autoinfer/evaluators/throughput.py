@@ -8,10 +8,13 @@ whole set; the CV is over repeats of that same work.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from autoinfer.engines.base import Engine, GenerationResult
-from autoinfer.evaluators.energy import EnergyMeter, EnergyReading
+from autoinfer.errors import TrialError
+from autoinfer.evaluators.energy import EnergyBox, EnergyMeter, EnergyReading
+from autoinfer.evaluators.machine_load import LoadBox, LoadGuard, LoadReading, available, measure_load
 from autoinfer.evaluators.workload import batches
 
 
@@ -37,6 +40,8 @@ class ThroughputResult:
     decode_s: float
     outputs: tuple[tuple[int, ...], ...]  # the first measured repeat's token ids, one per prompt
     energy: EnergyReading
+    load: LoadReading | None = None  # how busy the machine was in the kept window (None: not read)
+    busy_remeasures: int = 0  # windows thrown away because the machine was busy
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -70,15 +75,21 @@ def measure_throughput(
     warmup: int,
     meter: EnergyMeter,
     ignore_eos: bool = False,
+    guard: LoadGuard | None = None,
 ) -> ThroughputResult:
-    """`warmup` unmeasured batches, then `repeats` measured passes over the whole prompt set."""
+    """`warmup` unmeasured batches, then `repeats` measured passes over the whole prompt set.
+
+    With a `guard`, a window in which the machine was busy (other processes on the target's cores,
+    or steal) is thrown away and measured again after the machine quiets down; a machine that stays
+    busy fails the trial, so no busy window is ever ranked."""
     sets = batches(prompts, batch_size)
     for w in range(warmup):
         engine.generate(sets[w % len(sets)], max_new_tokens, ignore_eos)
-    passes: list[list[GenerationResult]] = []
-    with meter.measure() as box:
-        for _ in range(repeats):
-            passes.append(generate_set(engine, prompts, batch_size, max_new_tokens, ignore_eos))
+    passes, box, load, thrown = _measured_window(
+        lambda: [generate_set(engine, prompts, batch_size, max_new_tokens, ignore_eos) for _ in range(repeats)],
+        meter,
+        guard,
+    )
     assert box.reading is not None
     runs = [g for p in passes for g in p]
     tokens = sum(sum(g.new_tokens) for g in runs)
@@ -112,4 +123,33 @@ def measure_throughput(
         decode_s=sum(g.decode_s for g in runs),
         outputs=outputs_of(passes[0]),
         energy=box.reading,
+        load=load,
+        busy_remeasures=thrown,
     )
+
+
+Passes = list[list[GenerationResult]]
+
+
+def _measured_window(
+    work: Callable[[], Passes], meter: EnergyMeter, guard: LoadGuard | None
+) -> tuple[Passes, EnergyBox, LoadReading | None, int]:
+    """Run `work` under the energy meter (and the load reading, with a guard) until a window is the
+    trial's own. Returns the passes, the energy box, the kept window's load and how many were thrown."""
+    if guard is None or not available():
+        with meter.measure() as box:
+            passes = work()
+        return passes, box, None, 0
+    reasons = []
+    for attempt in range(guard.retries + 1):
+        lbox: LoadBox
+        with measure_load(guard.target_cores) as lbox, meter.measure() as box:
+            passes = work()
+        assert lbox.reading is not None
+        reason = lbox.reading.busy_reason(guard.max_other_pct, guard.max_steal_pct)
+        if reason is None:
+            return passes, box, lbox.reading, attempt
+        reasons.append(reason)
+        if attempt < guard.retries:
+            guard.wait_for_quiet()
+    raise TrialError(f"machine busy: {reasons[-1]}; measured {len(reasons)} time(s), busy every time")

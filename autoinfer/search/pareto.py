@@ -114,12 +114,44 @@ def objective_values(config: Config, metrics: dict[str, float]) -> list[float] |
     return [float(v) for v in values if v is not None]
 
 
+# Metrics whose value is joules or derived from them: comparable only under one energy meter.
+ENERGY_METRICS = frozenset({"energy_j", "mean_power_w", "j_per_token", "correct_tokens_per_j"})
+
+
+def ranks_energy(config: Config) -> bool:
+    """Whether the config's objectives or constraints read an energy figure."""
+    return bool(ENERGY_METRICS & ({o.name for o in config.objectives} | {c.metric for c in config.constraints}))
+
+
+def measured_busy(config: Config, record: TrialRecord) -> bool:
+    """A trial whose kept window had more of other processes or steal than the config allows now
+    (measured before the guard, or under a looser limit): its speed and energy are not its own."""
+    x, s = record.metrics, config.search
+    return x.get("other_cpu_pct", 0.0) > s.max_other_cpu_pct or x.get("steal_pct", 0.0) > s.max_steal_pct
+
+
+def by_energy_source(config: Config, trials: Sequence[Measured]) -> dict[str, list[Measured]]:
+    """Trials grouped by what can be ranked together: by energy source when the config ranks an
+    energy figure (joules from RAPL and joules estimated from CPU time are different quantities),
+    else all in one group ("")."""
+    groups: dict[str, list[Measured]] = {}
+    for m in trials:
+        key = m.record.provenance.energy_source if ranks_energy(config) else ""
+        groups.setdefault(key, []).append(m)
+    return groups
+
+
 def pareto_front(config: Config, trials: Sequence[Measured]) -> list[Measured]:
-    ranked = [(m, objective_values(config, m.record.metrics)) for m in trials if is_feasible(config, m.record)]
-    rankable = [(m, v) for m, v in ranked if v is not None]
+    """The non-dominated feasible trials, one frontier per energy source (see `by_energy_source`):
+    a trial is on the frontier when no trial measured with the same meter dominates it. Trials
+    measured on a busy machine are never on it."""
     maximize = [o.resolved_direction == "maximize" for o in config.objectives]
-    idx = frontier_indices([v for _, v in rankable], maximize)
-    return [rankable[i][0] for i in idx]
+    out: list[Measured] = []
+    for group in by_energy_source(config, trials).values():
+        ranked = [(m, objective_values(config, m.record.metrics)) for m in group if is_feasible(config, m.record)]
+        rankable = [(m, v) for m, v in ranked if v is not None and not measured_busy(config, m.record)]
+        out.extend(rankable[i][0] for i in frontier_indices([v for _, v in rankable], maximize))
+    return sorted(out, key=lambda m: m.number)
 
 
 def pareto_trials(study: optuna.Study, config: Config) -> list[Measured]:
