@@ -251,3 +251,32 @@ def test_nvml_meter_on_a_gpu() -> None:
     with meter.measure() as box:
         time.sleep(0.5)
     assert box.reading is not None and box.reading.energy_j > 0
+
+
+def test_cpu_estimate_adds_a_static_share_over_wall_time_and_writes_its_formula() -> None:
+    """Fewer busy threads must not look free: the cores a target takes draw static power over the
+    whole window, whether they compute or wait."""
+    with CpuTimeEstimate(10.0, static_watts_per_core=5.0, cores=2).measure() as box:
+        time.sleep(0.3)  # idle: almost no CPU time
+    r = box.reading
+    assert r is not None
+    x = r.inputs
+    assert x["static_j"] == pytest.approx(r.duration_s * 2 * 5.0) and x["static_j"] >= 3.0
+    assert r.energy_j == pytest.approx(x["busy_j"] + x["static_j"]) and x["busy_j"] < 0.5
+    assert x["busy_j"] == pytest.approx(x["cpu_s"] * 10.0) and x["wall_s"] == r.duration_s
+    assert "W/core static" in r.detail and "CPU-s x 10 W/busy core" in r.detail
+
+
+def test_cpu_estimate_counts_the_cpu_time_of_child_processes() -> None:
+    """vLLM works in child processes: their CPU time is the trial's."""
+    import subprocess
+
+    with CpuTimeEstimate(10.0).measure() as box:
+        subprocess.run([sys.executable, "-c", "import time\nwhile time.process_time() < 0.5: pass"], check=True)
+    assert box.reading is not None and box.reading.inputs["cpu_s"] >= 0.5
+
+
+def test_meter_for_cpu_estimates_over_the_targets_cores() -> None:
+    meter, _ = meter_for(HardwareSpec.parse("cpu:1"), 10.0, 5.0)
+    if isinstance(meter, CpuTimeEstimate):
+        assert meter.cores == 1 and meter.static_watts_per_core == 5.0
