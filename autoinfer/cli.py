@@ -318,24 +318,31 @@ def serve(
 def verify(
     deploy: Annotated[Path, typer.Argument(help="A deployment config written by `autoinfer export --out`.")],
     tolerance: Annotated[
-        float, typer.Option(help="Least served tokens/s, as a fraction of the trial's, that passes.")
+        float, typer.Option(help="Least served tokens/s, as a fraction of the trial's, that passes (below 1).")
     ] = 0.8,
+    max_ratio: Annotated[
+        float,
+        typer.Option(
+            help="Most served tokens/s, as a multiple of the trial's, that passes (above 1): beyond it the "
+            "trial's own figure is off."
+        ),
+    ] = 1.5,
     startup_timeout: Annotated[float, typer.Option(help="Seconds the server may take to become healthy.")] = 300.0,
     log: Annotated[bool, typer.Option(help="Log the result to the trial's MLflow run.")] = True,
 ) -> None:
     """Run the exported server, send it the trial's prompts, compare outputs and speed with the trial."""
-    from autoinfer.export.verify import VerifyFailed, log_report
+    from autoinfer.export.verify import VerifyFailed, check_band, log_report
     from autoinfer.export.verify import verify as run_verify
 
-    if not 0 < tolerance <= 10:
-        raise ConfigError("--tolerance", f"must be a fraction above 0 (got {tolerance})")
+    check_band(tolerance, max_ratio)
     err.print(f"starting the exported server for {deploy} on 127.0.0.1...")
     try:
-        report = run_verify(deploy, tolerance, startup_timeout)
+        report = run_verify(deploy, tolerance, startup_timeout, max_ratio=max_ratio)
     except KeyboardInterrupt:
         err.print("\ninterrupted: the server was stopped.")
         raise typer.Exit(130) from None
-    table = Table(title=f"{deploy}: served vs trial {report.trial}")
+    band = f"tok/s ratio passes in {report.tolerance:.2f}-{report.max_ratio:.2f}"
+    table = Table(title=f"{deploy}: served vs trial {report.trial}", caption=band)
     for col in ("", "served", "trial", "ratio"):
         table.add_column(col, justify="right" if col else "left")
     for key, label in (("tokens_per_s", "tok/s"), ("ttft_p50_s", "TTFT p50 s"),

@@ -3,7 +3,8 @@
 It answers each token-id prompt with the text a trial recorded for it (`--outputs`, the file
 `autoinfer export` writes), one word per chunk, so `autoinfer verify` can be tested without a
 model. `--wrong N` changes prompt N's answer; `--pidfile` says where it runs; `--crash` exits
-before it is healthy.
+before it is healthy; `--delay S` waits S seconds before each chunk, which caps its tokens/s at
+one per S per request in flight however fast the machine (how tests set its speed without timing).
 """
 
 from __future__ import annotations
