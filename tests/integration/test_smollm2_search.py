@@ -161,9 +161,10 @@ def test_both_engines_in_one_study(tmp_path: Path) -> None:
             assert rt["serve"] == f"autoinfer serve {out.name}"
         # Served (llama-server built from the binding's sources; the measured engine for transformers),
         # sent the trial's prompts at batch 4: the same greedy outputs. Speed is a benchmark's business
-        # (`autoinfer verify` defaults to 80 %); here only a gross loss would fail.
-        r = subprocess.run([sys.executable, "-m", "autoinfer", "verify", out.name, "--tolerance", "0.25"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+        # (`autoinfer verify` passes 0.8-1.5x); here only a gross gap either way would fail: a few
+        # prompts of a few tokens, where an HTTP round trip per batch weighs more than in a benchmark.
+        r = subprocess.run([sys.executable, "-m", "autoinfer", "verify", out.name, "--tolerance", "0.25",
+                            "--max-ratio", "4"], cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
         assert r.returncode == 0, (engine, r.stdout[-3000:], r.stderr[-3000:])
         assert "4/4" in r.stdout and "verified" in r.stdout
         run = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").get_run(
