@@ -202,9 +202,18 @@ class ConstraintConfig(_Strict):
 
 
 class EnergyConfig(_Strict):
-    # Used only where no counter is readable, and always labelled estimated:cpu-time.
+    # Used only where no counter is readable, and always labelled estimated:cpu-time:
+    #   E = CPU-s of the trial's process tree x cpu_watts_per_core
+    #     + wall s x the target's cores x cpu_static_watts_per_core
     # 10 W per busy core is a mid-range server figure (e.g. a 320 W TDP / 32-core part).
     cpu_watts_per_core: float = Field(10.0, gt=0, le=1000)
+    # What a core's share of the package (uncore, memory controller, fabric, leakage) draws whatever
+    # the core does. Servers idle at roughly a third to a half of their full-load power: "about half"
+    # in Barroso & Hoelzle, "The Case for Energy-Proportional Computing", IEEE Computer 40(12), 2007;
+    # energy proportionality had improved to 50-80 % by Ryckbosch, Polfliet & Eeckhout, "Trends in
+    # Server Energy Proportionality", IEEE Computer 44(9), 2011. Idle at a third of full power with
+    # 10 W per busy core on top gives 10 x (1/3) / (2/3) = 5 W per core. 0 turns the term off.
+    cpu_static_watts_per_core: float = Field(5.0, ge=0, le=1000)
 
 
 class TransformersConfig(_Strict):
@@ -229,6 +238,16 @@ class SearchConfig(_Strict):
     # `autoinfer search --hardware`); empty: all of them. Workers on several machines share one
     # study, each taking only the points on its own hardware.
     hardware: list[Hardware] = []
+    # A measured window counts only if the machine was the trial's: other processes' CPU time beyond
+    # the cores the target leaves free, as % of the target's core-seconds (autoinfer.evaluators.
+    # machine_load), at most this; and the hypervisor's steal, as % of the machine's CPU time. 10 %
+    # sits at the VM's own run-to-run noise, so a trial slowed by more than that is not ranked.
+    max_other_cpu_pct: float = Field(10.0, ge=0, le=100)
+    max_steal_pct: float = Field(10.0, ge=0, le=100)
+    # A busy window is thrown away: wait up to busy_wait_s for the machine to quiet down, measure
+    # again, at most busy_retries times; still busy, the trial fails as "machine busy".
+    busy_retries: int = Field(2, ge=0, le=100)
+    busy_wait_s: float = Field(30.0, ge=0, le=3600)
 
 
 class MlflowConfig(_Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -372,3 +373,23 @@ def notes(config: Config) -> list[str]:
         if dropped:
             out.append(f"{name} × {', '.join(dropped)} left out: {why}")
     return out
+
+
+def busy_now(config: Config, seconds: float = 1.0) -> str | None:
+    """Whether the machine is already too busy for one of this worker's CPU targets (a second of
+    sampling /proc/stat while this process waits): said at the start of a search, since its trials
+    would wait and measure again."""
+    from autoinfer.evaluators.machine_load import available, sample_load
+
+    targets = [HardwareSpec.parse(h) for h in (config.search.hardware or config.space.hardware)]
+    cores = sorted({t.threads for t in targets if t.kind == "cpu"}, reverse=True)
+    if not cores or not available():
+        return None
+    s = config.search
+    reading = sample_load(cores[0], seconds)
+    for n in cores:  # the widest target is the first to feel other processes
+        r = dataclasses.replace(reading, target_cores=n)
+        reason = r.busy_reason(s.max_other_cpu_pct, s.max_steal_pct)
+        if reason:
+            return f"for cpu:{n}, {reason}"
+    return None
