@@ -56,6 +56,13 @@ def _fmt(v: Any, spec: str = ".3g") -> str:
     return format(v, spec) if isinstance(v, (int, float)) else "-"
 
 
+TIED = "†"  # a frontier row whose drafted output parted from plain greedy decoding at a tie
+
+
+def _tied(record: Any) -> bool:
+    return record.provenance.draft_lossless is False  # drafted, kept, not identical: ties only
+
+
 def _frontier_table(study: Any, config: Any, title: str) -> Table:
     from autoinfer.search.pareto import deltas_vs_most_accurate, measured_trials, pareto_front
 
@@ -68,6 +75,8 @@ def _frontier_table(study: Any, config: Any, title: str) -> Table:
     if deltas:
         ref = next(iter(deltas.values())).reference
         notes.append(f"Δacc: paired over the same items, vs the most accurate trial #{ref}")
+    if any(_tied(m.record) for m in front):
+        notes.append(f"{TIED} drafted output parted from plain greedy decoding at floating-point ties: not bit-exact")
     table = Table(title=title, caption="\n".join(notes) or None)
     table.add_column("#", no_wrap=True)
     table.add_column("configuration")  # wraps between words
@@ -78,8 +87,9 @@ def _frontier_table(study: Any, config: Any, title: str) -> Table:
         acc = f"{_fmt(x.get('accuracy'))}±{_fmt(x.get('accuracy_stderr'), '.2f')}" if "accuracy" in x else "-"
         d = deltas.get(m.number)
         delta = f"{d.delta:+.3f}±{d.stderr:.3f}" if d else "-"
+        label = m.record.point.label() + (f" {TIED}" if _tied(m.record) else "")
         table.add_row(
-            str(m.number), m.record.point.label(), _fmt(x.get("correct_tokens_per_j")), acc, delta,
+            str(m.number), label, _fmt(x.get("correct_tokens_per_j")), acc, delta,
             _fmt(x.get("tokens_per_s"), ".1f"), _fmt(x.get("ttft_p50_s")),
         )  # fmt: skip
     return table
@@ -272,6 +282,8 @@ def export(
     cfg = _load(config, preflight=False)
     study = _study(cfg)
     data = deployment_config(cfg, study, trial)
+    for warning in data["measured"]["warnings"]:
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
     if copy_files:
         if out is None:
             raise ConfigError("--copy-files", "needs --out (the files go next to the deployment config)")

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from autoinfer.config import Config
-from autoinfer.engines import ENGINES, Engine, TrialPoint
-from autoinfer.errors import TrialError
+from autoinfer.engines import ENGINES, TrialPoint
 from autoinfer.evaluators.accuracy import AccuracyResult
+from autoinfer.evaluators.lossless import check_lossless
 from autoinfer.hardware import machine_of_trial
 from autoinfer.identity import scored_key
 from autoinfer.record import Generations, Provenance, TrialRecord
@@ -29,67 +29,6 @@ def set_threads(point: TrialPoint) -> int:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n)
     return n
-
-
-def first_divergence(
-    drafted: tuple[tuple[int, ...], ...], plain: tuple[tuple[int, ...], ...]
-) -> tuple[int, int] | None:
-    """(prompt index, token index) where drafted output first differs from plain, None if identical."""
-    for i, (a, b) in enumerate(zip(drafted, plain, strict=True)):
-        if a != b:
-            j = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-            return i, j
-    return None
-
-
-def check_lossless(engine: Engine, prompts: list[str], drafted: tuple[tuple[int, ...], ...]) -> tuple[bool, str]:
-    """Greedy speculative decoding must produce what plain greedy decoding of the same target
-    produces, token for token and to full length. Returns (identical, what was found).
-
-    Where they differ, the target's own logits at the first difference decide what it is: if the
-    two tokens are closer than batch shape alone moves the target's logits there (a verification
-    evaluates several tokens in one pass, plain decoding one, and some kernels round those
-    differently), it is a floating-point tie, recorded as such. Anything else is a broken draft
-    path, and the trial fails.
-    """
-    from autoinfer.evaluators.throughput import generate_set, outputs_of
-
-    wl = engine.config.workload
-    plain = outputs_of(generate_set(engine, prompts, engine.point.batch_size, wl.max_new_tokens, wl.ignore_eos, False))
-    where = first_divergence(drafted, plain)
-    if where is None:
-        return True, f"{len(plain)} prompts, {sum(map(len, plain))} tokens identical to plain greedy decoding"
-    i, j = where
-    got, want = drafted[i][j] if j < len(drafted[i]) else None, plain[i][j] if j < len(plain[i]) else None
-    what = f"prompt {i} differs from plain greedy decoding at token {j} (drafted {got}, plain {want})"
-    width = engine.draft_width + 1  # tokens of each sequence a verification evaluates in one pass
-    batch = engine.point.batch_size
-
-    def logits(w: int, b: int = batch) -> Any:
-        return engine.next_token_logits(prompts[i], plain[i][:j], w, b)
-
-    single = logits(1) if got is not None and want is not None else None
-    if single is None:
-        raise TrialError(f"draft is not lossless: {what}")
-    # How far pass shape alone moves the target's logits here: a verification's shape, the whole
-    # sequence in one pass (assisted generation's first pass also takes the prompt), and passes of
-    # one sequence. The last matter at batch > 1: a drafted batch's passes hold any number of
-    # tokens, and some kernels take a different path for the tokens past a multiple of 4 (Gemma-3
-    # Q4_K_M repacked, batch 8, AVX2: a 9-token pass moved a logit by 1.2 from the 8-token pass,
-    # while passes of 8, 32 and 8 x prompt tokens agreed exactly).
-    shapes = {(width, batch), (0, batch), (1, 1), (width, 1)} - {(1, batch)}
-    shift = max(float(abs(single - logits(w, b)).max()) for w, b in shapes)
-    margin = float(single[want] - single[got])
-    # A tie: the target's best token is one of the two, and they are closer than pass shape moves
-    # its logits. Which one a one-token pass prefers is itself down to rounding (at batch > 1 it
-    # may pick the drafted token while plain decoding, with other rows beside it, picked the other).
-    if int(single.argmax()) not in (want, got) or abs(margin) > 2 * shift:
-        raise TrialError(f"draft is not lossless: {what}; the target's logits there: {want} {margin:+.3g} over "
-                         f"{got}, beyond what pass shape moves them ({shift:.3g})")  # fmt: skip
-    return False, (
-        f"floating-point tie: {what}, where the target's two tokens are {margin:.3g} apart in logits and "
-        f"changing how many tokens a pass evaluates moves its logits there by up to {shift:.3g}"
-    )
 
 
 def run_trial(
@@ -138,7 +77,8 @@ def run_trial(
     draft_check = ""
     if drafted:
         stage("lossless check")
-        lossless, draft_check = check_lossless(engine, prompts, tp.outputs)
+        check = check_lossless(engine, prompts, tp.outputs)
+        lossless, draft_check = check.lossless, check.detail
 
     e = tp.energy
     metrics: dict[str, float] = {
@@ -160,6 +100,8 @@ def run_trial(
         metrics["acceptance_rate"] = tp.acceptance_rate or 0.0
         metrics["draft_proposed"] = float(tp.draft_proposed)
         metrics["draft_accepted"] = float(tp.draft_accepted)
+        metrics["draft_tied_prompts"] = float(check.tied_prompts)
+        metrics["draft_tie_margin"] = check.max_tie_margin
 
     # Roofline: what decoding streamed (target weights once per forward pass, draft weights once
     # per draft step) per second of decoding, against the measured bandwidth.

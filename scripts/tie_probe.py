@@ -13,9 +13,10 @@ import numpy as np
 
 from autoinfer.config import load_config
 from autoinfer.engines import ENGINES, TrialPoint
+from autoinfer.evaluators.lossless import first_divergence
 from autoinfer.evaluators.throughput import generate_set, outputs_of
 from autoinfer.evaluators.workload import load_prompts, prompt_set
-from autoinfer.trial import first_divergence, set_threads
+from autoinfer.trial import set_threads
 
 cfg_path, quant, draft, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 cfg = load_config(cfg_path)

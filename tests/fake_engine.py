@@ -3,7 +3,9 @@
 `model:lossy` is a draft whose verification is broken (drafted tokens are taken unchecked), for
 testing that such a trial fails; `model:tie` is one whose verification rounds differently from
 plain decoding (every 7th position picks the runner-up, which its logits put within rounding);
-`model:tie-batch` the same, where only a pass of one sequence shows the rounding.
+`model:tie-batch` the same, where only a pass of one sequence shows the rounding; `model:tie-shape`
+the same, with the margin per prompt, how far each pass shape moves it, which prompts flip and
+which pass shapes the engine says it runs all set by a test on the loaded engine (`TieShape`).
 
 It is a deterministic toy language model (the next token is a function of the last two) whose
 forward passes burn real CPU time, so timings, the CPU-time energy estimate and the whole trial
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from lm_eval.api.model import TemplateLM
@@ -100,6 +103,22 @@ def inject(fault: str) -> None:
     raise RuntimeError(f"injected {fault} failure")
 
 
+TIES = ("tie", "tie-single", "tie-batch", "tie-shape")
+
+
+@dataclass
+class TieShape:
+    """What `model:tie-shape` does at the positions its verification flips (runner-up: token + 2)."""
+
+    margin: dict[str, float] = field(default_factory=dict)  # per prompt: logit[plain] - logit[runner-up]
+    default_margin: float = 0.01  # for prompts not in `margin`, in the reference pass (1, batch)
+    # How far a pass of each (width, batch) shape lowers that margin (0 for shapes not listed).
+    shift: dict[tuple[int, int], float] = field(default_factory=dict)
+    noise: float = 0.0  # how far every other pass shape moves an unrelated token (never the best)
+    prompts: tuple[str, ...] | None = None  # the prompts whose verification flips (None: all)
+    shapes: tuple[tuple[int, int], ...] | None = None  # what verify_pass_shapes says (None: the default)
+
+
 class FakeEngine(Engine):
     def load(self) -> None:
         if self.point.quantization in FAULTS:
@@ -110,6 +129,7 @@ class FakeEngine(Engine):
             raise TrialError(f"fake engine has no {self.point.quantization}")
         self.pass_s = PASS_S[self.point.quantization]
         self.draft_width = 3 if self.point.draft != "none" else 0
+        self.tie_shape = TieShape()
         self.info["fake"] = True
 
     def _stops(self, t: int) -> bool:
@@ -135,6 +155,8 @@ class FakeEngine(Engine):
         _burn(self.pass_s * (1 + 0.2 * len(prompts)))  # prefill
         outs: list[list[int]] = [[] for _ in prompts]
         times: list[list[float]] = [[] for _ in prompts]
+        ties = self.tie_shape.prompts
+        flips = [d.model in TIES and (ties is None or list(p) in map(encode, ties)) for p in prompts]
         for h, o, tm in zip(hists, outs, times, strict=True):
             t = next_token(h[-1], h[-2])
             h.append(t)
@@ -158,7 +180,7 @@ class FakeEngine(Engine):
                     t = next_token(h[-1], h[-2])
                     if d.model == "lossy" and k < len(guess):
                         t = guess[k]  # a broken verifier: takes the draft's word for it
-                    if draft and d.model in ("tie", "tie-single", "tie-batch") and len(h) % 7 == 0:
+                    if draft and flips[i] and len(h) % 7 == 0:
                         t = (t + 2) % VOCAB  # a verification pass whose rounding flips a near-tie
                     h.append(t)
                     o.append(t)
@@ -180,15 +202,23 @@ class FakeEngine(Engine):
 
         h = encode(prompt) + list(prefix)
         t = next_token(h[-1], h[-2])
-        logits = np.zeros(VOCAB, dtype=np.float32)
+        logits = np.zeros(VOCAB, dtype=np.float64)
         logits[t] = 1.0
+        if self.point.draft_spec.model == "tie-shape":
+            ts = self.tie_shape
+            logits[(t + 2) % VOCAB] = 1.0 - ts.margin.get(prompt, ts.default_margin) + ts.shift.get((width, batch), 0)
+            if (width, batch) != (1, self.point.batch_size):
+                logits[(t + 5) % VOCAB] = 0.1 + ts.noise
         if self.point.draft_spec.model == "tie":  # the runner-up within what batch shape changes
             logits[(t + 2) % VOCAB] = 0.99 if width == 1 else 1.01
         if self.point.draft_spec.model == "tie-single":  # even a one-token pass prefers the drafted token
-            logits[(t + 2) % VOCAB] = 1.005 if width == 1 else 1.01
+            logits[(t + 2) % VOCAB] = 1.004 if width == 1 else 1.01
         if self.point.draft_spec.model == "tie-batch":  # only passes of one sequence round differently
             logits[(t + 2) % VOCAB] = 0.99 if batch > 1 else 1.01
         return logits
+
+    def verify_pass_shapes(self) -> tuple[tuple[int, int], ...]:
+        return self.tie_shape.shapes or super().verify_pass_shapes()
 
     def prompt_ids(self, prompt: str) -> list[int]:
         return encode(prompt)

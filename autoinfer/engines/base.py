@@ -224,5 +224,15 @@ class Engine(abc.ABC):
         logits; None where not supported."""
         return None
 
+    def verify_pass_shapes(self) -> tuple[tuple[int, int], ...]:
+        """The pass shapes, as `next_token_logits` (width, batch), that this engine's drafted
+        generation evaluates a token in besides plain decoding's (1, batch size): the lossless check
+        measures how far each moves the target's logits and tolerates a tie within no more than
+        that. By default a verification of the whole batch (draft_width + 1 tokens of each
+        sequence) and, at batch > 1, one of a single sequence (a drafted batch's last passes, once
+        the other sequences have ended)."""
+        width, batch = self.draft_width + 1, self.point.batch_size
+        return ((width, batch), (width, 1)) if batch > 1 else ((width, 1),)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release memory; the child process exits afterwards anyway."""

@@ -268,6 +268,23 @@ class LlamaCppEngine(Engine):
             row = self.rt.decode([(prefix[-1], pos + i, s, True) for s in seqs for i in range(width)])[0]
         return self.rt.logits(row).copy()
 
+    def verify_pass_shapes(self) -> tuple[tuple[int, int], ...]:
+        # Besides verifications of k + 1 tokens: the whole sequence in one pass. No drafted pass
+        # evaluates a prompt differently from plain decoding, but a drafted sequence's history (its
+        # accepted tokens) was evaluated in verification passes of many tokens, and its KV cache
+        # differs from plain decoding's one-token history; the other shapes feed the history one
+        # token per pass and miss that. SmolLM2 Q4_K_M repacked, batch 4, model:Q4_0: the real
+        # drafted passes put two prompts' margins at -0.010 and -0.249 where plain decoding had
+        # +0.227 and +0.058; the whole sequence in one pass gave exactly -0.010 and -0.249, while
+        # k + 1 tokens after a one-token history moved them by 0.024 and 0.013 at most.
+        # At batch > 1 a verification holds any number of tokens (sequences end, prompt lookup
+        # proposes fewer or none), and some kernels take another path for the tokens past a
+        # multiple of 4 (Gemma-3 Q4_K_M repacked, batch 8, AVX2: a 9-token pass moved a logit by
+        # 1.2 from the 8-token pass, while passes of 8, 32 and 8 x prompt tokens agreed exactly):
+        # passes of one sequence, of k + 1 tokens and of 1, show that path.
+        batch = self.point.batch_size
+        return (*super().verify_pass_shapes(), (0, batch), *(((1, 1),) if batch > 1 else ()))
+
     def lm_eval_model(self) -> Any:
         from autoinfer.engines.llamacpp_lm import LlamaCppLM
 

@@ -344,6 +344,11 @@ class TransformersEngine(Engine):
                 logits = self.model(input_ids=last, past_key_values=out.past_key_values).logits[0, 0]
         return logits.float().cpu().numpy()
 
+    def verify_pass_shapes(self) -> tuple[tuple[int, int], ...]:
+        # Assisted generation runs at batch 1, and its first pass takes the whole prompt with the
+        # first candidates (no separate prefill); later passes verify up to draft_width + 1 tokens.
+        return ((self.draft_width + 1, 1), (0, 1))
+
     def lm_eval_model(self) -> Any:
         from lm_eval.models.huggingface import HFLM
 

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from autoinfer.config import Config
 from autoinfer.errors import AutoinferError
 from autoinfer.export.runtime import runtime_block
-from autoinfer.record import record_of
+from autoinfer.record import Provenance, record_of
 from autoinfer.search.pareto import pareto_trials
 from autoinfer.search.storage import redact
 
@@ -66,12 +66,28 @@ def deployment_config(config: Config, study: optuna.Study, number: int | None = 
             "repeats": prov.repeats,
             "sequences": prov.sequences,
             "draft_lossless": prov.draft_lossless,
+            "draft_check": prov.draft_check,
+            "warnings": [w for w in (draft_tie_warning(trial_number, prov, rec.metrics),) if w],
             "identity": prov.identity,
             # Where `autoinfer verify` logs its result (the URI only where it holds no secret).
             "mlflow_run_id": trial_run_id(config, trial_number),
             "mlflow_tracking_uri": uri if redact(uri) == uri else None,
         },
     }
+
+
+def draft_tie_warning(number: int, prov: Provenance, metrics: dict[str, float]) -> str | None:
+    """For a drafted trial whose output parted from plain greedy decoding at floating-point ties
+    (kept, not bit-exact): what a user of the export should know. None for any other trial."""
+    if prov.draft_lossless is not False:
+        return None
+    tied, margin = metrics.get("draft_tied_prompts"), metrics.get("draft_tie_margin")
+    where = f" on {int(tied)} of {prov.prompts} prompts, up to {margin:.3g} logits apart" if tied and margin else ""
+    return (
+        f"trial {number}'s drafted output was not identical to plain greedy decoding: it parted at "
+        f"floating-point ties{where}, so served greedy output need not be bit-exact with plain decoding "
+        "of the same model (measured.draft_check has each tie)"
+    )
 
 
 def engine_config(config: Config) -> dict[str, Any]:

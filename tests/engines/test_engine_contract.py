@@ -11,7 +11,7 @@ import pytest
 from autoinfer.config import parse_config
 from autoinfer.engines import ENGINES, Engine, TrialPoint
 from autoinfer.errors import TrialError
-from autoinfer.trial import check_lossless
+from autoinfer.evaluators.lossless import check_lossless
 from tests.conftest import base_config, fake_config
 from tests.engines.contract import PROMPTS, EngineContract
 
@@ -106,5 +106,12 @@ def test_a_tie_only_a_one_sequence_pass_shows_is_still_a_tie(tmp_path: Path) -> 
     eng.load()
     drafted = eng.generate(PROMPTS[:2], 16, ignore_eos=True).token_ids
     assert drafted != eng.generate(PROMPTS[:2], 16, ignore_eos=True, draft=False).token_ids
-    identical, what = check_lossless(eng, PROMPTS[:2], drafted)
-    assert not identical and what.startswith("floating-point tie"), what
+    check = check_lossless(eng, PROMPTS[:2], drafted)
+    assert not check.lossless and check.detail.startswith("floating-point tie"), check.detail
+    assert check.tied_prompts == 2 and check.max_tie_margin == pytest.approx(0.01)
+
+
+def test_engines_name_the_pass_shapes_their_drafts_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Assisted generation's first pass takes the whole prompt, at batch 1 only."""
+    eng = make(tiny_model_dir, tmp_path, "transformers", "fp32", "prompt_lookup:2", 1)
+    assert eng.verify_pass_shapes() == ((eng.draft_width + 1, 1), (0, 1))

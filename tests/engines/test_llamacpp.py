@@ -13,7 +13,7 @@ import pytest
 from autoinfer.config import parse_config
 from autoinfer.engines import ENGINES, Engine, TrialPoint
 from autoinfer.engines.llamacpp_engine import lookup_draft
-from autoinfer.trial import check_lossless
+from autoinfer.evaluators.lossless import check_lossless
 from tests.conftest import ARC_DIR
 from tests.engines.contract import PROMPTS, REPEATING, EngineContract
 
@@ -144,8 +144,12 @@ def test_a_batch_drafts_per_sequence_and_equals_the_plain_batch(tmp_path: Path, 
     else:  # Q4_K rounds passes of some sizes differently: on an AVX-512 build the load probe sees it,
         # on an AVX2 build it measured 0 and a 13-token pass still parted from plain decoding. So any
         # divergence is judged by the target's logits, as a trial does.
-        identical, what = check_lossless(eng, prompts, drafted.token_ids)
-        assert identical or what.startswith("floating-point tie"), what
+        check = check_lossless(eng, prompts, drafted.token_ids)
+        assert check.lossless or check.detail.startswith("floating-point tie"), check.detail
+    # The shapes its drafts run: verifications of the batch and of one sequence, a history evaluated
+    # in many-token passes (the whole sequence in one), one token of one sequence.
+    k = eng.draft_width
+    assert eng.verify_pass_shapes() == ((k + 1, 4), (k + 1, 1), (0, 4), (1, 1))
     assert drafted.draft_proposed > 0 and drafted.draft_accepted > 0
     # A step ends when every sequence is verified, so the batch saves a pass only when all of its
     # sequences accepted drafts; prompt lookup finds none in most of these prompts.
