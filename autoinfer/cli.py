@@ -64,14 +64,28 @@ def _tied(record: Any) -> bool:
 
 
 def _frontier_table(study: Any, config: Any, title: str) -> Table:
-    from autoinfer.search.pareto import deltas_vs_most_accurate, measured_trials, pareto_front
+    from autoinfer.search.pareto import (
+        deltas_vs_most_accurate,
+        measured_busy,
+        measured_trials,
+        pareto_front,
+        ranks_energy,
+    )
 
     trials = measured_trials(study)
     deltas = deltas_vs_most_accurate(trials)
     # Narrow enough for an 80-column terminal: one configuration column, short headers.
-    front = sorted(pareto_front(config, trials), key=lambda m: -m.record.metrics.get("correct_tokens_per_j", 0))
+    front = sorted(
+        pareto_front(config, trials),
+        key=lambda m: (m.record.provenance.energy_source, -m.record.metrics.get("correct_tokens_per_j", 0)),
+    )
     sources = sorted({m.record.provenance.energy_source for m in front})
     notes = [f"energy: {', '.join(sources)}"] if sources else []
+    if len(sources) > 1 and ranks_energy(config):
+        notes.append("one frontier per energy meter: a row is ranked only against trials of the same meter")
+    busy = [m.number for m in trials if measured_busy(config, m.record)]
+    if busy:
+        notes.append(f"not ranked, measured on a busy machine: {', '.join(f'#{n}' for n in busy)}")
     if deltas:
         ref = next(iter(deltas.values())).reference
         notes.append(f"Δacc: paired over the same items, vs the most accurate trial #{ref}")
@@ -88,6 +102,8 @@ def _frontier_table(study: Any, config: Any, title: str) -> Table:
         d = deltas.get(m.number)
         delta = f"{d.delta:+.3f}±{d.stderr:.3f}" if d else "-"
         label = m.record.point.label() + (f" {TIED}" if _tied(m.record) else "")
+        if len(sources) > 1:  # which frontier the row belongs to
+            label += f" [{m.record.provenance.energy_source}]"
         table.add_row(
             str(m.number), label, _fmt(x.get("correct_tokens_per_j")), acc, delta,
             _fmt(x.get("tokens_per_s"), ".1f"), _fmt(x.get("ttft_p50_s")),
@@ -122,7 +138,7 @@ def search(
     """Run (or resume) the search a config describes; every trial is measured for real."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from autoinfer.preflight import notes
+    from autoinfer.preflight import busy_now, notes
     from autoinfer.search.storage import redact
     from autoinfer.search.study import Events, run_search
 
@@ -134,6 +150,9 @@ def search(
     _preflight(config, cfg)
     for note in notes(cfg):
         err.print(f"[yellow]note:[/] {escape(note)}")
+    busy = busy_now(cfg)
+    if busy:
+        err.print(f"[yellow]warning:[/] machine busy now: {escape(busy)}; trials will wait and measure again")
     if trials is not None:
         cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"trials": trials})})
     progress = Progress(

@@ -18,6 +18,7 @@ from autoinfer.config import Config
 from autoinfer.engines import ENGINES, TrialPoint
 from autoinfer.evaluators.accuracy import AccuracyResult
 from autoinfer.evaluators.lossless import check_lossless
+from autoinfer.evaluators.machine_load import LoadGuard
 from autoinfer.hardware import machine_of_trial
 from autoinfer.identity import scored_key
 from autoinfer.record import Generations, Provenance, TrialRecord
@@ -29,6 +30,14 @@ def set_threads(point: TrialPoint) -> int:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n)
     return n
+
+
+def load_guard(config: Config, point: TrialPoint) -> LoadGuard:
+    """When the trial's measured window counts as its own (search.max_other_cpu_pct and friends)."""
+    hw = point.hardware_spec
+    s = config.search
+    cores = hw.threads if hw.kind == "cpu" else 1  # a GPU trial's host thread
+    return LoadGuard(cores, s.max_other_cpu_pct, s.max_steal_pct, s.busy_retries, s.busy_wait_s)
 
 
 def run_trial(
@@ -65,12 +74,13 @@ def run_trial(
     release_freed()
     wl = config.workload
     prompts = prompt_set(load_prompts(wl.prompts, Path(config.base_dir)), wl.prompt_count)
-    meter, meter_reason = meter_for(hw, config.energy.cpu_watts_per_core)
+    meter, meter_reason = meter_for(hw, config.energy.cpu_watts_per_core, config.energy.cpu_static_watts_per_core)
     stage("throughput+energy")
     with generation_window(hw.kind, point.engine, hw.torch_device, gpu_handle) as mem:
         tp = measure_throughput(
-            engine, prompts, point.batch_size, wl.max_new_tokens, wl.repeats, wl.warmup, meter, wl.ignore_eos
-        )
+            engine, prompts, point.batch_size, wl.max_new_tokens, wl.repeats, wl.warmup, meter, wl.ignore_eos,
+            load_guard(config, point),
+        )  # fmt: skip
     assert mem.reading is not None
     drafted = point.draft_spec.kind != "none"
     lossless: bool | None = None
@@ -95,7 +105,10 @@ def run_trial(
         "energy_j": e.energy_j,
         "mean_power_w": e.mean_power_w,
         "j_per_token": e.energy_j / tp.generated_tokens if tp.generated_tokens else math.inf,
+        "busy_remeasures": float(tp.busy_remeasures),
     }
+    if tp.load is not None:
+        metrics.update(other_cpu_pct=tp.load.other_cpu_pct, steal_pct=tp.load.steal_pct)
     if drafted:
         metrics["acceptance_rate"] = tp.acceptance_rate or 0.0
         metrics["draft_proposed"] = float(tp.draft_proposed)
@@ -137,6 +150,8 @@ def run_trial(
         energy_source=e.source,
         energy_detail=e.detail,
         energy_meter_reason=meter_reason,
+        energy_inputs=dict(e.inputs),
+        machine_load=tp.load.detail() if tp.load is not None else "not read (no /proc/stat)",
         memory_source=mem.reading.source,
         threads=threads,
         prompts=tp.prompts,

@@ -15,7 +15,7 @@ from autoinfer.config import Config
 from autoinfer.errors import AutoinferError
 from autoinfer.export.runtime import runtime_block
 from autoinfer.record import Provenance, record_of
-from autoinfer.search.pareto import pareto_trials
+from autoinfer.search.pareto import pareto_trials, ranks_energy
 from autoinfer.search.storage import redact
 
 
@@ -24,6 +24,12 @@ def deployment_config(config: Config, study: optuna.Study, number: int | None = 
         front = pareto_trials(study, config)
         if not front:
             raise AutoinferError(f"study {config.study_name!r} has no feasible completed trial yet")
+        sources = sorted({m.record.provenance.energy_source for m in front})
+        if ranks_energy(config) and len(sources) > 1:
+            raise AutoinferError(
+                f"study {config.study_name!r} has one frontier per energy meter ({', '.join(sources)}): their "
+                "joules are not the same quantity, so there is no single best trial; pick one with --trial"
+            )
         first = config.objectives[0]
         sign = 1 if first.resolved_direction == "maximize" else -1
         chosen = max(front, key=lambda m: sign * m.record.metrics[first.name])
