@@ -11,17 +11,22 @@ import dataclasses
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoinfer.config import Config
-from autoinfer.engines import ENGINES, TrialPoint
+from autoinfer.engines import ENGINES, Engine, TrialPoint
 from autoinfer.evaluators.accuracy import AccuracyResult
-from autoinfer.evaluators.lossless import check_lossless
+from autoinfer.evaluators.lossless import DraftCheck, check_lossless
 from autoinfer.evaluators.machine_load import LoadGuard
 from autoinfer.hardware import machine_of_trial
 from autoinfer.identity import scored_key
 from autoinfer.record import Generations, Provenance, TrialRecord
+
+if TYPE_CHECKING:
+    from autoinfer.evaluators.memory import MemoryReading
+    from autoinfer.evaluators.throughput import ThroughputResult
 
 
 def set_threads(point: TrialPoint) -> int:
@@ -40,41 +45,47 @@ def load_guard(config: Config, point: TrialPoint) -> LoadGuard:
     return LoadGuard(cores, s.max_other_cpu_pct, s.max_steal_pct, s.busy_retries, s.busy_wait_s)
 
 
-def run_trial(
-    config: Config,
-    point: TrialPoint,
-    identity: str,
-    accuracy_key: str,
-    known_accuracy: dict[str, AccuracyResult],
-    stage: Callable[[str], None],
-) -> TrialRecord:
-    threads = set_threads(point)
+@dataclass(frozen=True)
+class Measurement:
+    """What the measured window gave: speed and energy, memory, and the draft check."""
+
+    tp: ThroughputResult
+    memory: MemoryReading  # peak while generating
+    loaded: MemoryReading  # peak until the end of loading
+    meter_reason: str
+    draft: DraftCheck | None  # drafted trials only
+
+
+def _load(config: Config, point: TrialPoint, stage: Callable[[str], None]) -> tuple[Engine, Any]:
+    """The loaded engine, and the NVML handle a GPU llama.cpp trial reads its memory through."""
     hw = point.hardware_spec
     if point.engine == "transformers":
         import torch
 
-        torch.set_num_threads(threads)
-    from autoinfer.evaluators.bandwidth import cached_bandwidth_gbs
-    from autoinfer.evaluators.energy import meter_for
-    from autoinfer.evaluators.memory import generation_window, load_peak, release_freed
-    from autoinfer.evaluators.throughput import measure_throughput
-    from autoinfer.evaluators.workload import load_prompts, prompt_set
-
+        torch.set_num_threads(hw.threads)
     gpu_handle = None
     if hw.kind == "cuda" and point.engine != "transformers":
         from autoinfer.gpu import nvml_handle
 
         gpu_handle, _ = nvml_handle(hw.index or 0)
-
     stage("load")
     engine = ENGINES.get(point.engine).load_class()(config, point)
     engine.on_stage = stage
     engine.load()
+    return engine, gpu_handle
+
+
+def _measure(
+    config: Config, engine: Engine, prompts: list[str], gpu_handle: Any, stage: Callable[[str], None]
+) -> Measurement:
+    from autoinfer.evaluators.energy import meter_for
+    from autoinfer.evaluators.memory import generation_window, load_peak, release_freed
+    from autoinfer.evaluators.throughput import measure_throughput
+
+    point, hw, wl, en = engine.point, engine.point.hardware_spec, config.workload, config.energy
     loaded = load_peak(hw.kind, point.engine, hw.torch_device, gpu_handle)
     release_freed()
-    wl = config.workload
-    prompts = prompt_set(load_prompts(wl.prompts, Path(config.base_dir)), wl.prompt_count)
-    meter, meter_reason = meter_for(hw, config.energy.cpu_watts_per_core, config.energy.cpu_static_watts_per_core)
+    meter, meter_reason = meter_for(hw, en.cpu_watts_per_core, en.cpu_static_watts_per_core)
     stage("throughput+energy")
     with generation_window(hw.kind, point.engine, hw.torch_device, gpu_handle) as mem:
         tp = measure_throughput(
@@ -82,15 +93,15 @@ def run_trial(
             load_guard(config, point),
         )  # fmt: skip
     assert mem.reading is not None
-    drafted = point.draft_spec.kind != "none"
-    lossless: bool | None = None
-    draft_check = ""
-    if drafted:
+    check = None
+    if point.draft_spec.kind != "none":
         stage("lossless check")
         check = check_lossless(engine, prompts, tp.outputs)
-        lossless, draft_check = check.lossless, check.detail
+    return Measurement(tp, mem.reading, loaded, meter_reason, check)
 
-    e = tp.energy
+
+def _metrics(m: Measurement) -> dict[str, float]:
+    tp, e = m.tp, m.tp.energy
     metrics: dict[str, float] = {
         "tokens_per_s": tp.tokens_per_s,
         "tokens_per_s_cv": tp.tokens_per_s_cv,
@@ -100,8 +111,8 @@ def run_trial(
         "latency_p95_s": tp.latency_p95_s,
         "generated_tokens": float(tp.generated_tokens),
         "wall_s": tp.wall_s,
-        "peak_memory_gb": mem.reading.peak_gb,
-        "load_peak_memory_gb": loaded.peak_gb,
+        "peak_memory_gb": m.memory.peak_gb,
+        "load_peak_memory_gb": m.loaded.peak_gb,
         "energy_j": e.energy_j,
         "mean_power_w": e.mean_power_w,
         "j_per_token": e.energy_j / tp.generated_tokens if tp.generated_tokens else math.inf,
@@ -109,31 +120,65 @@ def run_trial(
     }
     if tp.load is not None:
         metrics.update(other_cpu_pct=tp.load.other_cpu_pct, steal_pct=tp.load.steal_pct)
-    if drafted:
+    if m.draft is not None:
         metrics["acceptance_rate"] = tp.acceptance_rate or 0.0
         metrics["draft_proposed"] = float(tp.draft_proposed)
         metrics["draft_accepted"] = float(tp.draft_accepted)
-        metrics["draft_tied_prompts"] = float(check.tied_prompts)
-        metrics["draft_tie_margin"] = check.max_tie_margin
+        metrics["draft_tied_prompts"] = float(m.draft.tied_prompts)
+        metrics["draft_tie_margin"] = m.draft.max_tie_margin
+    return metrics
 
-    # Roofline: what decoding streamed (target weights once per forward pass, draft weights once
-    # per draft step) per second of decoding, against the measured bandwidth.
+
+def _roofline(engine: Engine, tp: ThroughputResult) -> tuple[dict[str, float], str]:
+    """What decoding streamed (target weights once per forward pass, draft weights once per draft
+    step) per second of decoding, against the measured bandwidth; and how that was measured."""
+    from autoinfer.evaluators.bandwidth import cached_bandwidth_gbs
+
+    hw = engine.point.hardware_spec
     target_bytes, draft_bytes = engine.weight_bytes(), engine.draft_weight_bytes()
-    bw, bw_how = cached_bandwidth_gbs(hw.torch_device, threads)
-    metrics.update(weight_bytes=float(target_bytes), draft_weight_bytes=float(draft_bytes), bandwidth_gbs=bw)
+    bw, bw_how = cached_bandwidth_gbs(hw.torch_device, hw.threads)
+    out = {"weight_bytes": float(target_bytes), "draft_weight_bytes": float(draft_bytes), "bandwidth_gbs": bw}
     if tp.decode_s > 0 and tp.target_passes > 0:
         streamed = tp.target_passes * target_bytes + tp.draft_steps * draft_bytes
-        metrics["roofline_pct"] = 100.0 * streamed / tp.decode_s / (bw * 1e9)
+        out["roofline_pct"] = 100.0 * streamed / tp.decode_s / (bw * 1e9)
+    return out, f"{bw_how}: sum over a 256 MB fp32 buffer, {hw.threads} threads"
 
-    accuracy: AccuracyResult | None = None
-    if config.accuracy.tasks:
-        key = scored_key(accuracy_key, engine.score_facts())
-        accuracy = known_accuracy.get(key)
-        if accuracy is None:
-            stage("accuracy")
-            from autoinfer.evaluators.accuracy import evaluate_accuracy
 
-            accuracy = dataclasses.replace(evaluate_accuracy(engine.lm_eval_model(), config), key=key)
+def _score(
+    config: Config, engine: Engine, accuracy_key: str, known: dict[str, AccuracyResult], stage: Callable[[str], None]
+) -> AccuracyResult:
+    """Accuracy of the loaded engine, or an earlier trial's run whose full key matches."""
+    key = scored_key(accuracy_key, engine.score_facts())
+    accuracy = known.get(key)
+    if accuracy is None:
+        stage("accuracy")
+        from autoinfer.evaluators.accuracy import evaluate_accuracy
+
+        accuracy = dataclasses.replace(evaluate_accuracy(engine.lm_eval_model(), config), key=key)
+    return accuracy
+
+
+def run_trial(
+    config: Config,
+    point: TrialPoint,
+    identity: str,
+    accuracy_key: str,
+    known_accuracy: dict[str, AccuracyResult],
+    stage: Callable[[str], None],
+) -> TrialRecord:
+    from autoinfer.evaluators.workload import load_prompts, prompt_set
+
+    threads = set_threads(point)
+    engine, gpu_handle = _load(config, point, stage)
+    wl = config.workload
+    prompts = prompt_set(load_prompts(wl.prompts, Path(config.base_dir)), wl.prompt_count)
+    m = _measure(config, engine, prompts, gpu_handle, stage)
+    tp, e = m.tp, m.tp.energy
+    metrics = _metrics(m)
+    roofline, bw_how = _roofline(engine, tp)
+    metrics.update(roofline)
+    accuracy = _score(config, engine, accuracy_key, known_accuracy, stage) if config.accuracy.tasks else None
+    if accuracy is not None:
         metrics["accuracy"] = accuracy.accuracy
         metrics["accuracy_stderr"] = accuracy.stderr
         metrics["accuracy_samples"] = float(accuracy.samples)
@@ -149,18 +194,18 @@ def run_trial(
         identity=identity,
         energy_source=e.source,
         energy_detail=e.detail,
-        energy_meter_reason=meter_reason,
+        energy_meter_reason=m.meter_reason,
         energy_inputs=dict(e.inputs),
         machine_load=tp.load.detail() if tp.load is not None else "not read (no /proc/stat)",
-        memory_source=mem.reading.source,
+        memory_source=m.memory.source,
         threads=threads,
         prompts=tp.prompts,
         repeats=tp.repeats,
         warmup=wl.warmup,
         sequences=tp.sequences,
-        bandwidth_source=f"{bw_how}: sum over a 256 MB fp32 buffer, {threads} threads",
-        draft_lossless=lossless,
-        draft_check=draft_check,
+        bandwidth_source=bw_how,
+        draft_lossless=m.draft.lossless if m.draft is not None else None,
+        draft_check=m.draft.detail if m.draft is not None else "",
         engine=dict(engine.info),
         machine=machine_of_trial(),
     )
