@@ -181,7 +181,7 @@ def test_no_trial_measured_beside_a_burner_reaches_the_frontier(tmp_path: Path) 
     """A whole search on all cores with burners running beside it: every trial is measured, found
     busy, measured again and failed as busy; nothing is ranked. The same search alone ranks."""
     need_a_quiet_machine()
-    search = {"trials": 2, "sampler": "grid", "busy_retries": 1, "busy_wait_s": 0}
+    search = {"trials": 2, "sampler": "grid", "busy_retries": 1, "busy_wait_s": 0, "max_other_cpu_pct": 10}
     over = {"accuracy": {"tasks": []}, "objectives": [{"name": "tokens_per_s"}], "space": {"hardware": ["cpu"]}}
     (tmp_path / "busy").mkdir()
     (tmp_path / "quiet").mkdir()
