@@ -17,6 +17,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from autoinfer.config import Config, SearchConfig
+from autoinfer.search import _optuna
 
 AUTO_SAMPLER = "tpe"
 
@@ -164,7 +165,7 @@ class WeightsFirstSampler(_Wrapper):
         for t in study.get_trials(deepcopy=False):
             if t.state == TrialState.PRUNED:
                 continue
-            point = self._known.get(t._trial_id)
+            point = self._known.get(_optuna.trial_id(t))
             if point is None:
                 params = t.params or t.system_attrs.get("fixed_params") or {}
                 if not params:
@@ -174,7 +175,7 @@ class WeightsFirstSampler(_Wrapper):
                 except Exception:  # noqa: BLE001 - a trial still being sampled, or from another space
                     continue
                 if t.state.is_finished():  # its params can no longer change: parse it once
-                    self._known[t._trial_id] = point
+                    self._known[_optuna.trial_id(t)] = point
             out.append((point, t))
         return out
 
@@ -248,7 +249,7 @@ class WeightsFirstSampler(_Wrapper):
             return
         params = self._plan(study)
         if params is not None:
-            study._storage.set_trial_system_attr(trial._trial_id, "fixed_params", params)
+            _optuna.set_trial_system_attr(study, trial, "fixed_params", params)
             trial.system_attrs["fixed_params"] = params  # the Trial reads it from this very object
 
 

@@ -1,25 +1,23 @@
-"""The search loop: ask Optuna for a point, measure it in a child process, tell, track.
+"""The search loop: ask Optuna for a point, measure it in a child process, tell, and tell listeners.
 
 Resumable: the study lives in an RDB storage (SQLite by default). Finished trials are never run
 again; a trial cut short by Ctrl-C or a crash of this process is marked FAIL ("interrupted") and
-its point re-queued, so the next `autoinfer search` on the same config measures it.
+its point re-queued, so the next `autoinfer search` on the same config measures it. Sharing the
+study with other workers (budget, claims, lost trials, duplicates) is autoinfer.search.coordination's
+business; MLflow follows the loop as a listener (the Tracker subscribes to its events).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import os
-import socket
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
-from optuna.storages._heartbeat import BaseHeartbeat, get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
 from autoinfer.config import Config
@@ -28,18 +26,25 @@ from autoinfer.errors import ConfigError
 from autoinfer.evaluators.accuracy import AccuracyResult
 from autoinfer.identity import accuracy_key, base_of, first_difference, identity_hash, study_identity, upgrade
 from autoinfer.record import STAGE_ATTR, TrialRecord, copy_record, point_of, record_of, save_point, save_record
+from autoinfer.search.coordination import (
+    STALE_BEATS,
+    WORKER,
+    Coordinator,
+    counted_trials,
+    measured_points,
+    recover_interrupted,
+    recover_stale,
+    requeue_failed,
+)
 from autoinfer.search.isolation import ChildOutcome, run_isolated
 from autoinfer.search.pareto import objective_values, violations
-from autoinfer.search.samplers import owns_everything, worker_sampler
+from autoinfer.search.samplers import worker_sampler
 from autoinfer.search.storage import ensure_sqlite_dir
 from autoinfer.spaces import NoValidPoint, enumerate_points, sample_point
 
 if TYPE_CHECKING:
     from autoinfer.tracking.mlflow_tracker import Tracker
 
-# Who runs a trial: host:pid. AUTOINFER_WORKER_ID names it otherwise (tests stand in for another machine).
-WORKER = os.environ.get("AUTOINFER_WORKER_ID") or f"{socket.gethostname()}:{os.getpid()}"
-STALE_BEATS = 3  # missed heartbeats after which a running trial's worker counts as gone
 MAX_REJECTIONS = 200  # samples in a row that repeat a measured point before we call the space done
 
 
@@ -51,6 +56,28 @@ class Events:
     stage: Callable[[str], None] = lambda s: None
     trial_finished: Callable[[FrozenTrial], None] = lambda t: None
     message: Callable[[str], None] = lambda m: None
+
+
+class Listener(Protocol):
+    """What follows the loop besides the display (the MLflow tracker subscribes): told of every
+    trial the study records. Trials handed back (surplus, held by another trial) are not part of
+    the record and are never told."""
+
+    def trial_finished(self, study: optuna.Study, trial: FrozenTrial, log_path: str | None) -> None:
+        """A trial was measured (or failed being measured)."""
+
+    def trial_skipped(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """A trial was told without a measurement: a repeat answered from storage, a rejected point."""
+
+    def trial_interrupted(self, study: optuna.Study, trial: FrozenTrial, log_path: str | None) -> None:
+        """This worker's trial was cut short (Ctrl-C, SIGTERM); its point is queued again."""
+
+    def catch_up(self, study: optuna.Study, logs: Path, trials: Sequence[FrozenTrial]) -> None:
+        """Finished trials that no other worker is about to record (other workers' that died before
+        they did, lost ones): record those still missing downstream."""
+
+    def search_ended(self, study: optuna.Study, status: str, logs: Path, trials: Sequence[FrozenTrial]) -> None:
+        """The loop stopped: FINISHED (with a last catch-up), or KILLED (Ctrl-C, SIGTERM)."""
 
 
 def _rdb_storage(url: str, heartbeat_s: int | None = None, attempts: int = 5) -> optuna.storages.RDBStorage:
@@ -132,189 +159,7 @@ def open_study(config: Config, identity: dict[str, str] | None = None) -> optuna
         )
         study.set_metric_names(names)
     study.set_user_attr(IDENTITY_ATTR, {**upgrade(study.user_attrs.get(IDENTITY_ATTR) or {}, identity), **identity})
-    if not owns_everything(config):
-        _take_only_own_points(study, config)
     return study
-
-
-def _take_only_own_points(study: optuna.Study, config: Config) -> None:
-    """Make `study.ask()` pop only queued points this worker can measure. Queued points (the grid,
-    re-queued lost trials) may be another machine's; Optuna pops the oldest whatever it is, so
-    this replaces its pop (`Study._pop_waiting_trial_id`, same claim: WAITING -> RUNNING wins once)."""
-    from autoinfer.spaces.space import owned_hardware
-
-    owned = {(e, h) for e in config.space.engine for h in owned_hardware(config, e)}
-    storage = study._storage
-
-    def pop() -> int | None:
-        for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
-            point = t.user_attrs.get("point") or {}
-            if point and (point.get("engine"), point.get("hardware")) not in owned:
-                continue  # another worker's hardware: left in the queue for it
-            try:
-                if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
-                    return int(t._trial_id)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # another worker took and finished it meanwhile
-        return None
-
-    study._pop_waiting_trial_id = pop  # type: ignore[method-assign]
-
-
-def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials that use up the budget: measured or failed, not repeats, interruptions or retried failures."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
-    out = []
-    for t in trials:
-        if t.number in retried or "duplicate_of" in t.user_attrs:
-            continue
-        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted")):
-            out.append(t)
-    return out
-
-
-def recover_interrupted(study: optuna.Study) -> list[int]:
-    """Mark RUNNING trials of dead local workers FAIL(interrupted) and queue their points again;
-    returns the numbers of the trials this worker failed."""
-    lost = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not _gone_here(str(t.user_attrs.get("worker", ""))):
-            continue  # another machine's worker, or a live process here: not ours to touch
-        if _fail_and_requeue(study, t, "interrupted (search process stopped)"):
-            lost.append(t.number)
-    return lost
-
-
-def _fail_and_requeue(study: optuna.Study, t: FrozenTrial, reason: str) -> bool:
-    """Record why a RUNNING trial was lost, fail it and queue its point again. Several workers may
-    look at once: only the one whose state change wins queues the point."""
-    storage = study._storage
-    try:
-        storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-        storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
-        if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-            return False
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False  # another worker got there first
-    study.enqueue_trial(t.params, user_attrs=_retry_attrs(t))
-    return True
-
-
-def recover_stale(study: optuna.Study) -> list[int]:
-    """Fail and re-queue RUNNING trials whose worker stopped beating, on any machine.
-
-    Optuna's heartbeat marks them stale; this records why before failing each one. Returns the
-    numbers of the trials this worker failed.
-    """
-    storage = study._storage
-    if not isinstance(storage, BaseHeartbeat) or not storage.get_heartbeat_interval():
-        return []
-    lost = []
-    grace = STALE_BEATS * (storage.get_heartbeat_interval() or 0)
-    for trial_id in storage._get_stale_trial_ids(study._study_id):
-        t = storage.get_trial(trial_id)
-        worker = t.user_attrs.get("worker", "?")
-        reason = f"its worker {worker} stopped beating for over {grace} s (machine or process gone)"
-        if _fail_and_requeue(study, t, reason):
-            lost.append(t.number)
-    return lost
-
-
-def _retry_attrs(t: FrozenTrial) -> dict[str, Any]:
-    """User attributes of a re-queued copy of `t` (the point lets grid search see it is queued)."""
-    attrs: dict[str, Any] = {"retry_of": t.number}
-    point = point_of(t)
-    if point is not None:
-        attrs["point"] = point.as_dict()
-    return attrs
-
-
-def requeue_failed(study: optuna.Study) -> int:
-    """Queue the points of failed trials again (after fixing what made them fail)."""
-    n = 0
-    for t in counted_trials(study):
-        if t.state == TrialState.FAIL:
-            study.enqueue_trial(t.params, user_attrs=_retry_attrs(t))
-            n += 1
-    return n
-
-
-def _gone_here(worker: str) -> bool:
-    """Whether a worker id (host:pid) names a process of this machine that no longer runs."""
-    host, _, pid = worker.rpartition(":")
-    return host == socket.gethostname() and not (pid.isdigit() and _alive(int(pid)))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _being_logged(study: optuna.Study, grace_s: float) -> set[int]:
-    """Finished trials whose worker may still be logging them to MLflow: another worker, alive as
-    far as we can tell (not a dead process on this machine), that finished within `grace_s`.
-    Trials failed as lost carry the reason they were lost and are logged by whoever failed them."""
-    now = datetime.datetime.now()
-    out = set()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-        worker = str(t.user_attrs.get("worker", WORKER))
-        if worker == WORKER or _gone_here(worker) or t.user_attrs.get("interrupted") or t.datetime_complete is None:
-            continue
-        if (now - t.datetime_complete).total_seconds() < grace_s:
-            out.add(t.number)
-    return out
-
-
-def _running(study: optuna.Study, below: int | None = None) -> list[FrozenTrial]:
-    """Trials in flight on any worker (numbered below `below`, if given)."""
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    return [t for t in running if below is None or t.number < below]
-
-
-def _held_elsewhere(study: optuna.Study, number: int, point: TrialPoint, wait_s: float = 30.0) -> int | None:
-    """The number of an earlier running trial that is measuring `point` too (two workers sampled
-    it at once): the earliest trial keeps a point. A trial still being sampled has not said its
-    point yet, so wait (briefly) until every earlier one has, or the two could both go ahead."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        ahead = _running(study, below=number)
-        for t in ahead:
-            if point_of(t) == point:
-                return t.number
-        if all(point_of(t) is not None for t in ahead) or time.monotonic() > deadline:
-            return None
-        time.sleep(0.2)
-
-
-def _surplus(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
-    """Two workers that both saw one trial left may both have asked for it: the later-numbered
-    one hands its trial back (PRUNED, not counted, not logged; a queued point goes back in the
-    queue), so a shared study measures exactly its budget."""
-    if len(counted_trials(study)) + len(_running(study, below=trial.number)) < budget:
-        return False
-    frozen = study._storage.get_trial(trial._trial_id)
-    fixed = frozen.system_attrs.get("fixed_params")
-    if fixed:
-        study.enqueue_trial(fixed, user_attrs=dict(frozen.user_attrs))
-    trial.set_user_attr("surplus", True)
-    study.tell(trial, state=TrialState.PRUNED)
-    return True
-
-
-def _measured_points(counted: list[FrozenTrial]) -> dict[TrialPoint, int]:
-    """Point -> number of the first trial that measured (or failed) it."""
-    out: dict[TrialPoint, int] = {}
-    for t in counted:
-        point = point_of(t)
-        if point is not None:
-            out.setdefault(point, t.number)
-    return out
 
 
 def _cached_accuracy(study: optuna.Study, base: str) -> dict[str, AccuracyResult]:
@@ -331,7 +176,7 @@ def _cached_accuracy(study: optuna.Study, base: str) -> dict[str, AccuracyResult
 
 def enqueue_grid(study: optuna.Study, config: Config, limit: int) -> int:
     """Queue up to `limit` valid points not yet measured or queued, in enumeration order."""
-    done = set(_measured_points(counted_trials(study)))
+    done = set(measured_points(counted_trials(study)))
     queued = {point_of(t) for t in study.get_trials(states=(TrialState.WAITING,))}
     n = 0
     for params, point in enumerate_points(config):
@@ -419,6 +264,10 @@ def _answer_from_storage(study: optuna.Study, trial: optuna.Trial, config: Confi
         study.tell(trial, state=TrialState.FAIL)
 
 
+def _with_study_name(config: Config, name: str) -> Config:
+    return config.model_copy(update={"search": config.search.model_copy(update={"study_name": name})})
+
+
 def run_search(
     config: Config, events: Events | None = None, retry_failed: bool = False, fresh: bool = False
 ) -> tuple[optuna.Study, Tracker]:
@@ -428,114 +277,173 @@ def run_search(
     ev = events or Events()
     identity = study_identity(config)
     if fresh:
-        name = fresh_name(config, identity)
-        config = config.model_copy(update={"search": config.search.model_copy(update={"study_name": name})})
-        ev.message(f"fresh study {name!r}")
+        config = _with_study_name(config, fresh_name(config, identity))
+        ev.message(f"fresh study {config.study_name!r}")
     study = open_study(config, identity)
     tracker = Tracker(config, config.study_name, config.search.storage)
-    logs = logs_dir(config)
-    # Other workers log their own trials; one that finished this long ago and is still missing
-    # from MLflow lost its worker before it was logged.
-    grace = STALE_BEATS * config.search.heartbeat_s
-    recovered = recover_interrupted(study)
-    if recovered:
-        ev.message(f"re-queued {len(recovered)} interrupted trial(s)")
-    if retry_failed:
-        ev.message(f"re-queued {requeue_failed(study)} failed trial(s)")
-    tracker.sync(study, logs, leave=_being_logged(study, grace))
-    if config.search.sampler == "grid":
-        enqueue_grid(study, config, config.search.trials - len(counted_trials(study)))
-    own_points = {point for _, point in enumerate_points(config)}  # this worker's; others may hold more
-    budget = config.search.trials
-    started = time.monotonic()
-    rejections = 0
-    payload_config = config.model_dump(mode="json")
-    waiting = False
-    while True:
-        stale = recover_stale(study)
-        if stale:
-            ev.message(f"re-queued {len(stale)} trial(s) whose worker stopped beating")
-            tracker.sync(study, logs, leave=_being_logged(study, grace))
-        counted = counted_trials(study)
-        done = len(counted)
-        measured = _measured_points(counted)
-        if done >= budget:
-            break
-        if own_points <= measured.keys():
-            ev.message(f"every one of the {len(own_points)} valid points has been measured")
-            break
-        if config.search.timeout_s and time.monotonic() - started > config.search.timeout_s:
-            ev.message(f"search.timeout_s ({config.search.timeout_s:g} s) reached")
-            break
-        if done + len(_running(study)) >= budget:
-            # The rest of the budget is being measured by other workers. Stay to re-run a trial
-            # whose worker dies (nobody else may be left to notice), and stop when it is met.
-            if not waiting:
-                ev.message("the rest of the budget is running on other workers; waiting for it")
-            waiting = True
-            time.sleep(config.search.heartbeat_s)
-            continue
-        asked = time.monotonic()
-        with warnings.catch_warnings():  # heartbeats run by hand here, not through study.optimize
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            trial = study.ask()
-        if _surplus(study, trial, budget):
-            continue
-        beat = get_heartbeat_thread(trial._trial_id, study._storage)
-        beat.start()  # until the trial is told: a worker that dies stops beating (recover_stale)
-        try:
-            trial.set_user_attr("worker", WORKER)
-            try:
-                point = sample_point(trial, config)
-            except NoValidPoint as e:
-                trial.set_user_attr("rejected", str(e))
-                study.tell(trial, state=TrialState.PRUNED)
-                tracker.log_trial(study.trials[trial.number])
-                rejections += 1
-                if rejections > MAX_REJECTIONS:
-                    break
-                continue
-            save_point(trial, point)
-            if point in measured:
-                _answer_from_storage(study, trial, config, study.trials[measured[point]])
-                tracker.log_trial(study.trials[trial.number])
-                rejections += 1
-                if rejections > MAX_REJECTIONS:
-                    ev.message("the sampler keeps proposing measured points; stopping")
-                    break
-                continue
-            holder = _held_elsewhere(study, trial.number, point)
-            if holder is not None:  # another worker is measuring this point right now
-                trial.set_user_attr("in_flight_on", holder)
-                study.tell(trial, state=TrialState.PRUNED)
-                rejections += 1
-                continue
-            rejections = 0
-            log_path = logs / f"trial-{trial.number}.log"
-            payload = trial_payload(config, identity, point, log_path, study, payload_config)
-            ev.trial_started(trial.number, point, done + 1, budget)
-            asked_s = time.monotonic() - asked
-            try:
-                outcome = run_isolated(payload, config.search.trial_timeout_s, ev.stage)
-            except KeyboardInterrupt:
-                trial.set_user_attr("interrupted", True)
-                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM)")
-                study.tell(trial, state=TrialState.FAIL)
-                study.enqueue_trial(trial.params, user_attrs=_retry_attrs(study.trials[trial.number]))
-                tracker.log_trial(study.trials[trial.number], str(log_path))
-                tracker.finish("KILLED")
-                raise
-            _finish_trial(study, trial, config, outcome, asked_s)
-            frozen = study.trials[trial.number]
-            tracker.log_trial(frozen, str(log_path))
-            tracker.update_pareto(study)
-            ev.trial_finished(frozen)
-        finally:
-            beat.join()
-    tracker.sync(study, logs, leave=_being_logged(study, grace))  # e.g. a worker that died after telling
-    tracker.update_pareto(study)
-    tracker.finish(study=study)
+    loop = SearchLoop(config, identity, study, ev, listeners=[tracker])
+    loop.begin(retry_failed)
+    try:
+        loop.run()
+    except KeyboardInterrupt:
+        loop.end("KILLED")
+        raise
+    loop.end("FINISHED")
     return study, tracker
 
 
-__all__ = ["Events", "open_study", "run_search"]
+class SearchLoop:
+    """One worker's search of a study: asks its Coordinator what to do next, measures points in
+    child processes, tells Optuna, and tells the display (`Events`) and the listeners."""
+
+    def __init__(
+        self,
+        config: Config,
+        identity: dict[str, str],
+        study: optuna.Study,
+        events: Events,
+        listeners: Sequence[Listener] = (),
+    ) -> None:
+        self.config, self.identity, self.study, self.ev = config, identity, study, events
+        self.listeners = list(listeners)
+        self.coord = Coordinator(study, config)
+        self.logs = logs_dir(config)
+        self.payload_config = config.model_dump(mode="json")
+        self.rejections = 0  # proposals in a row that measured nothing
+
+    def begin(self, retry_failed: bool = False) -> None:
+        """Take back what this machine's dead workers left, catch the listeners up, queue the grid."""
+        recovered = self.coord.recover_interrupted()
+        if recovered:
+            self.ev.message(f"re-queued {len(recovered)} interrupted trial(s)")
+        if retry_failed:
+            self.ev.message(f"re-queued {requeue_failed(self.study)} failed trial(s)")
+        self._catch_up()
+        if self.config.search.sampler == "grid":
+            enqueue_grid(self.study, self.config, self.config.search.trials - len(counted_trials(self.study)))
+
+    def run(self) -> None:
+        """Measure until the budget is met, every point is measured, time is up, or the sampler
+        only repeats itself; meanwhile re-queue trials whose worker is gone."""
+        waiting = False
+        while True:
+            lost = self.coord.recover()
+            if lost:
+                self.ev.message(f"re-queued {len(lost)} trial(s) whose worker stopped beating")
+                self._catch_up()
+            step = self.coord.next()
+            if step.action == "stop":
+                if step.say:
+                    self.ev.message(step.say)
+                return
+            if step.action == "wait":
+                if not waiting:
+                    self.ev.message(step.say)
+                waiting = True
+                time.sleep(self.config.search.heartbeat_s)
+                continue
+            if not self.one_trial():
+                return
+
+    def end(self, status: str) -> None:
+        """FINISHED (catching the listeners up once more: a worker may have died after telling) or KILLED."""
+        trials = self.coord.to_catch_up() if status == "FINISHED" else []
+        for listener in self.listeners:
+            listener.search_ended(self.study, status, self.logs, trials)
+
+    def one_trial(self) -> bool:
+        """Ask for a trial and see it through; False once the sampler keeps proposing measured points."""
+        asked = time.monotonic()
+        trial, beat = self.coord.ask()
+        try:
+            if self.coord.surplus(trial):
+                return True
+            return self._sample_and_measure(trial, asked)
+        except KeyboardInterrupt:
+            frozen = self.coord.interrupted(trial)
+            if frozen is not None:
+                for listener in self.listeners:
+                    listener.trial_interrupted(self.study, frozen, str(self._log_path(trial)))
+            raise
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):  # ValueError: "Cannot tell a FAIL trial"
+            if not self.coord.taken_from_us(trial):
+                raise
+            self.ev.message(
+                f"trial {trial.number}: another worker failed it as lost while this worker ran it and queued its "
+                "point again; this worker's result is dropped"
+            )
+            return True
+        finally:
+            beat.join()
+
+    def _sample_and_measure(self, trial: optuna.Trial, asked: float) -> bool:
+        try:
+            point = sample_point(trial, self.config)
+        except NoValidPoint as e:
+            trial.set_user_attr("rejected", str(e))
+            self.study.tell(trial, state=TrialState.PRUNED)
+            self._skipped(trial)
+            return self._rejected()
+        save_point(trial, point)
+        holder = self.coord.holder(trial.number, point)
+        if holder is not None and holder.kind == "measured":
+            _answer_from_storage(self.study, trial, self.config, self.study.get_trials(deepcopy=False)[holder.number])
+            self._skipped(trial)
+            return self._rejected("the sampler keeps proposing measured points; stopping")
+        if holder is not None:  # an earlier trial is measuring this point right now, or is queued to
+            trial.set_user_attr("in_flight_on", holder.number)
+            self.study.tell(trial, state=TrialState.PRUNED)
+            self.rejections += 1
+            return True
+        self.rejections = 0
+        self._measure(trial, point, asked)
+        return True
+
+    def _measure(self, trial: optuna.Trial, point: TrialPoint, asked: float) -> None:
+        log_path = self._log_path(trial)
+        payload = trial_payload(self.config, self.identity, point, log_path, self.study, self.payload_config)
+        self.ev.trial_started(trial.number, point, self.coord.done + 1, self.coord.budget)
+        asked_s = time.monotonic() - asked
+        outcome = run_isolated(payload, self.config.search.trial_timeout_s, self.ev.stage)
+        _finish_trial(self.study, trial, self.config, outcome, asked_s)
+        frozen = self.coord.frozen(trial)
+        for listener in self.listeners:
+            listener.trial_finished(self.study, frozen, str(log_path))
+        self.ev.trial_finished(frozen)
+
+    def _rejected(self, say: str = "") -> bool:
+        self.rejections += 1
+        if self.rejections <= MAX_REJECTIONS:
+            return True
+        if say:
+            self.ev.message(say)
+        return False
+
+    def _skipped(self, trial: optuna.Trial) -> None:
+        frozen = self.coord.frozen(trial)
+        for listener in self.listeners:
+            listener.trial_skipped(self.study, frozen)
+
+    def _catch_up(self) -> None:
+        trials = self.coord.to_catch_up()
+        for listener in self.listeners:
+            listener.catch_up(self.study, self.logs, trials)
+
+    def _log_path(self, trial: optuna.Trial) -> Path:
+        return self.logs / f"trial-{trial.number}.log"
+
+
+__all__ = [
+    "MAX_REJECTIONS",
+    "STALE_BEATS",
+    "WORKER",
+    "Events",
+    "Listener",
+    "SearchLoop",
+    "counted_trials",
+    "open_study",
+    "recover_interrupted",
+    "recover_stale",
+    "requeue_failed",
+    "run_search",
+]

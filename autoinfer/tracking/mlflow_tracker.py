@@ -13,6 +13,7 @@ import math
 import re
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -221,13 +222,13 @@ class Tracker:
         self.client.set_terminated(rid, _STATUS.get(t.state, "FAILED"))
         self.children()[t.number] = rid
 
-    def sync(self, study: optuna.Study, logs_dir: Path | None = None, leave: set[int] | None = None) -> None:
-        """Log every finished trial that MLflow is missing (after a crash between the two stores),
-        except those in `leave`: trials a live worker finished a moment ago and is about to log
-        itself (two workers logging one trial would make two runs of it)."""
+    def sync(self, trials: Iterable[FrozenTrial], logs_dir: Path | None = None) -> None:
+        """Log every one of `trials` that MLflow is missing (after a crash between the two stores,
+        or another worker's death). The caller leaves out trials a live worker finished a moment
+        ago and is about to log itself (two workers logging one trial would make two runs of it)."""
         self._children = None  # see what the other workers logged
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-            if t.number not in self.children() and t.number not in (leave or set()):
+        for t in trials:
+            if t.state in (TrialState.COMPLETE, TrialState.FAIL) and t.number not in self.children():
                 log = logs_dir / f"trial-{t.number}.log" if logs_dir else None
                 self.log_trial(t, str(log) if log else None)
 
@@ -268,6 +269,29 @@ class Tracker:
         for number, rid in self.children().items():
             self.client.set_tag(rid, "pareto", "true" if number in front else "false")
         self._log(self.parent_id, metrics={"n_trials": len(study.trials), "n_pareto": len(front)})
+
+    # The search loop's events (autoinfer.search.study.Listener): run_search subscribes the tracker.
+
+    def trial_finished(self, study: optuna.Study, trial: FrozenTrial, log_path: str | None) -> None:
+        self.log_trial(trial, log_path)
+        self.update_pareto(study)
+
+    def trial_skipped(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.log_trial(trial)
+
+    def trial_interrupted(self, study: optuna.Study, trial: FrozenTrial, log_path: str | None) -> None:
+        self.log_trial(trial, log_path)
+
+    def catch_up(self, study: optuna.Study, logs: Path, trials: Sequence[FrozenTrial]) -> None:
+        self.sync(trials, logs)
+
+    def search_ended(self, study: optuna.Study, status: str, logs: Path, trials: Sequence[FrozenTrial]) -> None:
+        if status != "FINISHED":
+            self.finish(status)
+            return
+        self.sync(trials, logs)
+        self.update_pareto(study)
+        self.finish(study=study)
 
     def finish(self, status: str = "FINISHED", study: optuna.Study | None = None) -> None:
         """End the study's run, unless other workers still hold trials of it (the last one ends it)."""

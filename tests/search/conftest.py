@@ -68,7 +68,8 @@ def mlflow_server(pg_url: str) -> str:
 
 
 def running_trial(worker: subprocess.Popen[str], study: str, storage: str, timeout_s: float = 300) -> int:
-    """The number of the first trial the study holds RUNNING (waits while `worker` lives)."""
+    """The number of the first trial the study holds RUNNING for a worker that has started beating
+    for it (its `worker` attribute is written after its first heartbeat; waits while `worker` lives)."""
     deadline = time.monotonic() + timeout_s
     while True:
         assert time.monotonic() < deadline and worker.poll() is None, "the worker never started a trial"
@@ -77,6 +78,6 @@ def running_trial(worker: subprocess.Popen[str], study: str, storage: str, timeo
             trials = optuna.load_study(study_name=study, storage=storage).trials
         except KeyError:
             continue  # not created yet
-        running = [t.number for t in trials if t.state == TrialState.RUNNING]
+        running = [t.number for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
         if running:
             return running[0]

@@ -68,11 +68,53 @@ def test_three_workers_survive_one_killed(pg_url: str, mlflow_server: str, tmp_p
     finished = {t.number for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)}
     surplus = {t.number for t in trials if t.user_attrs.get("surplus")}  # handed back: never a run
     assert finished <= set(per_trial) and not surplus & set(per_trial)
-    assert all(len(v) == 1 for v in per_trial.values())  # one run per trial, whoever logged it
+    twice = {n: v for n, v in per_trial.items() if len(v) != 1}
+    assert not twice, [(n, v, trials[n].state.name, trials[n].user_attrs) for n, v in twice.items()]  # one run each
     assert per_trial[dead.number] == ["FAILED"] and all(per_trial[t.number] == ["FINISHED"] for t in done)
     # The parent's frontier artifacts hold every measured trial: no worker's older snapshot won.
     table = Path(client.download_artifacts(parents[0].info.run_id, "pareto/trials.csv", str(tmp_path)))
     with open(table) as f:
         assert {int(row["trial"]) for row in csv.DictReader(f)} == {t.number for t in done}
     assert parents[0].info.status == "FINISHED"
+    optuna.delete_study(study_name=name, storage=pg_url)
+
+
+def test_a_worker_killed_right_after_ask_does_not_hang_the_study(pg_url: str, tmp_path: Path) -> None:
+    """A worker SIGKILLed after taking a trial and before that trial's first heartbeat (the test
+    hook DIE_AFTER_ASK puts it exactly there) leaves a RUNNING trial with no heartbeat row, which
+    Optuna's stale check never sees: the next worker fails it after the grace period, re-queues it
+    and measures the whole budget instead of waiting for that trial forever."""
+    from autoinfer.search.coordination import DIE_AFTER_ASK
+
+    name = f"orphan-{os.getpid()}-{tmp_path.name}"
+    budget = 2
+    data = fake_config(
+        tmp_path, accuracy={"tasks": []}, objectives=[{"name": "tokens_per_s"}],
+        search={"trials": budget, "sampler": "random", "seed": None, "heartbeat_s": 1, "storage": pg_url,
+                "study_name": name},
+    )  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    cmd = [sys.executable, "-m", "autoinfer", "search", "c.yaml"]
+
+    def worker(machine: str, **env: str) -> subprocess.Popen[str]:
+        env = {**os.environ, "AUTOINFER_WORKER_ID": f"{machine}:1", **env}
+        return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    doomed = worker("machine-a", **{DIE_AFTER_ASK: "1"})
+    doomed.communicate(timeout=600)
+    assert doomed.returncode == -9  # killed itself with its trial just taken
+    (orphan,) = optuna.load_study(study_name=name, storage=pg_url).trials
+    assert orphan.state == TrialState.RUNNING and "worker" not in orphan.user_attrs
+    survivor = worker("machine-b")
+    try:
+        out, err = survivor.communicate(timeout=300)  # without the never-beat check: waits forever
+    finally:
+        survivor.kill()
+    assert survivor.returncode == 0, out[-2000:] + err[-2000:]
+    trials = optuna.load_study(study_name=name, storage=pg_url).trials
+    lost = trials[orphan.number]
+    assert lost.state == TrialState.FAIL and "took it and never beat" in lost.user_attrs["fail_reason"]
+    assert [t.state for t in trials if t.user_attrs.get("retry_of") == lost.number] == [TrialState.COMPLETE]
+    done = [t for t in trials if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
+    assert len(done) == budget and {t.user_attrs["worker"] for t in done} == {"machine-b:1"}
     optuna.delete_study(study_name=name, storage=pg_url)
