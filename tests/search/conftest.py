@@ -1,70 +1,134 @@
 """Servers the distributed-study tests share: PostgreSQL (scripts/start_postgres.sh) and an MLflow
-tracking server on it (scripts/start_mlflow_server.sh). CI starts both; a test run started by hand
-starts them when their binaries are installed, and skips when they are not."""
+tracking server on it (scripts/start_mlflow_server.sh). CI starts PostgreSQL, the fixture below the
+MLflow server; a test run started by hand starts them when their binaries are installed, and skips
+when they are not. Whatever a fixture starts it stops at the end of the session, with all of its
+processes; a server that was already up is left alone."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 from optuna.trial import TrialState
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 PG_URL = os.environ.get("AUTOINFER_TEST_PG", "postgresql://autoinfer:autoinfer@127.0.0.1:55432/autoinfer_test")
+PG_DATA = os.environ.get("AUTOINFER_PG_DATA", "/tmp/autoinfer-pg")
 
 
 def server_binaries() -> bool:
     return bool(shutil.which("pg_ctl") or list(Path("/usr/lib/postgresql").glob("*/bin/postgres")))
 
 
-@pytest.fixture
-def pg_url() -> str:
-    if not server_binaries():
-        pytest.skip("PostgreSQL server binaries are not installed (scripts/start_postgres.sh installs them)")
+def _pg_reachable() -> str:
     import sqlalchemy as sa
 
-    def reachable() -> str:
-        try:
-            with sa.create_engine(PG_URL).connect() as c:
-                c.execute(sa.text("select 1"))
-            return ""
-        except Exception as e:  # noqa: BLE001 - any failure means "not up"
-            return str(e).splitlines()[0]
+    try:
+        with sa.create_engine(PG_URL).connect() as c:
+            c.execute(sa.text("select 1"))
+        return ""
+    except Exception as e:  # noqa: BLE001 - any failure means "not up"
+        return str(e).splitlines()[0]
 
-    if reachable() and "AUTOINFER_TEST_PG" not in os.environ:
+
+def _stop_postgres() -> None:
+    """Stop the throw-away server scripts/start_postgres.sh started (as it started it: as the
+    postgres user when root)."""
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    pg_ctl = str(bins[-1]) if bins else shutil.which("pg_ctl") or "pg_ctl"
+    cmd = f"{pg_ctl} -D {PG_DATA} -m fast -w stop"
+    argv = ["su", "postgres", "-s", "/bin/bash", "-c", cmd] if os.getuid() == 0 else ["bash", "-c", cmd]
+    subprocess.run(argv, check=False, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    if not server_binaries():
+        pytest.skip("PostgreSQL server binaries are not installed (scripts/start_postgres.sh installs them)")
+    started = False
+    if _pg_reachable() and "AUTOINFER_TEST_PG" not in os.environ:
         # Installed but not running: start the project's throw-away server (as CI does).
         subprocess.run(["bash", str(SCRIPTS / "start_postgres.sh")], check=False, capture_output=True, timeout=120)
-    problem = reachable()
+        started = True
+    problem = _pg_reachable()
     if problem:
         pytest.fail(f"PostgreSQL is installed but not reachable at {PG_URL}: {problem}")
-    return PG_URL
+    yield PG_URL
+    if started:
+        _stop_postgres()
 
 
 MLFLOW_URL = os.environ.get("AUTOINFER_TEST_MLFLOW", "http://127.0.0.1:55000")
 
 
-@pytest.fixture
-def mlflow_server(pg_url: str) -> str:
-    """The URL of a running MLflow tracking server whose backend store is PostgreSQL."""
+def _mlflow_up() -> bool:
+    try:
+        with urllib.request.urlopen(f"{MLFLOW_URL}/health", timeout=5):
+            return True
+    except OSError:
+        return False
 
-    def up() -> bool:
-        try:
-            with urllib.request.urlopen(f"{MLFLOW_URL}/health", timeout=5):
-                return True
-        except OSError:
-            return False
 
-    if not up() and "AUTOINFER_TEST_MLFLOW" not in os.environ:
-        subprocess.run(["bash", str(SCRIPTS / "start_mlflow_server.sh")], check=False, capture_output=True, timeout=600)
-    if not up():
-        pytest.fail(f"no MLflow tracking server answers at {MLFLOW_URL} (scripts/start_mlflow_server.sh starts one)")
-    return MLFLOW_URL
+def stop_process_tree(pid: int, timeout_s: float = 20) -> None:
+    """End a process, its process group (when it leads one of its own) and every descendant,
+    however far they wandered: SIGTERM first, SIGKILL what is left after `timeout_s`."""
+    try:
+        leader = psutil.Process(pid)
+        procs = [leader, *leader.children(recursive=True)]  # listed before any dies and is reparented
+    except psutil.NoSuchProcess:
+        return
+    own_group = os.getpgid(pid) == pid and pid != os.getpgrp()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if own_group:
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+        if not alive:
+            return
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a running MLflow tracking server whose backend store is PostgreSQL; one this
+    session started is stopped at its end, uvicorn and job runner included."""
+    started: int | None = None
+    if not _mlflow_up() and "AUTOINFER_TEST_MLFLOW" not in os.environ:
+        pidfile = tmp_path_factory.getbasetemp() / "mlflow-server.pid"
+        env = {**os.environ, "AUTOINFER_MLFLOW_PIDFILE": str(pidfile)}
+        subprocess.run(["bash", str(SCRIPTS / "start_mlflow_server.sh")], check=False, capture_output=True,
+                       timeout=600, env=env)  # fmt: skip
+        if pidfile.exists():
+            started = int(pidfile.read_text())
+    # A run stopped by SIGTERM (a CI timeout, `timeout`) ends as Ctrl-C does, so this teardown runs.
+    previous = signal.signal(signal.SIGTERM, _interrupt) if started is not None else None
+    try:
+        if not _mlflow_up():
+            pytest.fail(f"no MLflow tracking server answers at {MLFLOW_URL} (scripts/start_mlflow_server.sh starts it)")
+        yield MLFLOW_URL
+    finally:
+        if started is not None:
+            stop_process_tree(started)
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def running_trial(worker: subprocess.Popen[str], study: str, storage: str, timeout_s: float = 300) -> int:
