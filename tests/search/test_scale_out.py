@@ -37,13 +37,18 @@ def test_three_workers_survive_one_killed(pg_url: str, mlflow_server: str, tmp_p
         return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     doomed = start("machine-a", "600")  # loads for ten minutes: killed long before
-    lost = running_trial(doomed, name, pg_url)  # machine-a is the only worker so far
-    others = [start("machine-b", "2"), start("machine-c", "2")]
-    doomed.kill()  # kill -9 mid-trial: no cleanup, its heartbeat just stops
-    doomed.wait()
-    for w in others:
-        out, err = w.communicate(timeout=900)
-        assert w.returncode == 0, out[-2000:] + err[-2000:]
+    others: list[subprocess.Popen[str]] = []
+    try:
+        lost = running_trial(doomed, name, pg_url)  # machine-a is the only worker so far
+        others = [start("machine-b", "2"), start("machine-c", "2")]
+        doomed.kill()  # kill -9 mid-trial: no cleanup, its heartbeat just stops
+        doomed.wait()
+        for w in others:
+            out, err = w.communicate(timeout=900)
+            assert w.returncode == 0, out[-2000:] + err[-2000:]
+    finally:  # a test that fails or is interrupted leaves no worker behind
+        for w in [doomed, *others]:
+            w.kill()
 
     trials = optuna.load_study(study_name=name, storage=pg_url).trials
     dead = trials[lost]
@@ -101,7 +106,10 @@ def test_a_worker_killed_right_after_ask_does_not_hang_the_study(pg_url: str, tm
         return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     doomed = worker("machine-a", **{DIE_AFTER_ASK: "1"})
-    doomed.communicate(timeout=600)
+    try:
+        doomed.communicate(timeout=600)
+    finally:
+        doomed.kill()
     assert doomed.returncode == -9  # killed itself with its trial just taken
     (orphan,) = optuna.load_study(study_name=name, storage=pg_url).trials
     assert orphan.state == TrialState.RUNNING and "worker" not in orphan.user_attrs
