@@ -239,8 +239,9 @@ class Coordinator:
         self.worker = worker
         self.budget = config.search.trials
         self.timeout_s = config.search.timeout_s
-        # Other workers log their own trials; one that finished this long ago and is still missing
-        # from MLflow lost its worker before it was logged.
+        # Lost trials: a heartbeat this old, or none for this long. Logging: other workers log their
+        # own trials; one that finished this long ago, no longer beats and is still missing from
+        # MLflow lost its worker before it was logged.
         self.grace_s = STALE_BEATS * config.search.heartbeat_s
         self.own_points = {point for _, point in enumerate_points(config)}  # others may hold more
         self._owned = {(e, h) for e in config.space.engine for h in owned_hardware(config, e)}
