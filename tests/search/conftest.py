@@ -1,14 +1,15 @@
 """Servers the distributed-study tests share: PostgreSQL (scripts/start_postgres.sh) and an MLflow
-tracking server on it (scripts/start_mlflow_server.sh). CI starts PostgreSQL, the fixture below the
-MLflow server; a test run started by hand starts them when their binaries are installed, and skips
-when they are not. Whatever a fixture starts it stops at the end of the session, with all of its
-processes; a server that was already up is left alone."""
+tracking server on it (scripts/start_mlflow_server.sh). CI starts PostgreSQL, and a test run
+started by hand starts it when its binaries are installed (and skips when they are not); each test
+session starts an MLflow server of its own. Whatever a fixture starts it stops at the end of the
+session, with all of its processes; a PostgreSQL that was already up is left alone."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -67,15 +68,21 @@ def pg_url() -> Iterator[str]:
         _stop_postgres()
 
 
-MLFLOW_URL = os.environ.get("AUTOINFER_TEST_MLFLOW", "http://127.0.0.1:55000")
+MLFLOW_URL = os.environ.get("AUTOINFER_TEST_MLFLOW")  # a server of your own; else each session starts one
 
 
-def _mlflow_up() -> bool:
+def _mlflow_up(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{MLFLOW_URL}/health", timeout=5):
+        with urllib.request.urlopen(f"{url}/health", timeout=5):
             return True
     except OSError:
         return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def stop_process_tree(pid: int, timeout_s: float = 20) -> None:
@@ -105,26 +112,32 @@ def stop_process_tree(pid: int, timeout_s: float = 20) -> None:
 
 @pytest.fixture(scope="session")
 def mlflow_server(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The URL of a running MLflow tracking server whose backend store is PostgreSQL; one this
-    session started is stopped at its end, uvicorn and job runner included."""
-    started: int | None = None
-    if not _mlflow_up() and "AUTOINFER_TEST_MLFLOW" not in os.environ:
-        pidfile = tmp_path_factory.getbasetemp() / "mlflow-server.pid"
-        env = {**os.environ, "AUTOINFER_MLFLOW_PIDFILE": str(pidfile)}
-        subprocess.run(["bash", str(SCRIPTS / "start_mlflow_server.sh")], check=False, capture_output=True,
-                       timeout=600, env=env)  # fmt: skip
-        if pidfile.exists():
-            started = int(pidfile.read_text())
-    # A run stopped by SIGTERM (a CI timeout, `timeout`) ends as Ctrl-C does, so this teardown runs.
-    previous = signal.signal(signal.SIGTERM, _interrupt) if started is not None else None
-    try:
-        if not _mlflow_up():
-            pytest.fail(f"no MLflow tracking server answers at {MLFLOW_URL} (scripts/start_mlflow_server.sh starts it)")
+    """The URL of a running MLflow tracking server whose backend store is PostgreSQL: the one
+    AUTOINFER_TEST_MLFLOW names, or one this session starts on a free port (never one another
+    session started and may stop under it) and stops at its end, uvicorn and job runner included."""
+    if MLFLOW_URL:
+        if not _mlflow_up(MLFLOW_URL):
+            pytest.fail(f"no MLflow tracking server answers at AUTOINFER_TEST_MLFLOW={MLFLOW_URL}")
         yield MLFLOW_URL
+        return
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    base = tmp_path_factory.mktemp("mlflow-server")
+    pidfile = base / "server.pid"
+    env = {**os.environ, "AUTOINFER_MLFLOW_PORT": str(port), "AUTOINFER_MLFLOW_ARTIFACTS": str(base / "artifacts"),
+           "AUTOINFER_MLFLOW_PIDFILE": str(pidfile)}  # fmt: skip
+    # A run stopped by SIGTERM (a CI timeout, `timeout`) ends as Ctrl-C does, so the teardown runs.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        r = subprocess.run(["bash", str(SCRIPTS / "start_mlflow_server.sh")], capture_output=True, text=True,
+                           timeout=600, env=env)  # fmt: skip
+        if not _mlflow_up(url):
+            pytest.fail(f"scripts/start_mlflow_server.sh started no MLflow server at {url}: {r.stderr[-2000:]}")
+        yield url
     finally:
-        if started is not None:
-            stop_process_tree(started)
-            signal.signal(signal.SIGTERM, previous)
+        if pidfile.exists():
+            stop_process_tree(int(pidfile.read_text()))
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupt(signum: int, frame: object) -> None:
