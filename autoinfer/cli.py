@@ -118,6 +118,52 @@ def _describe(t: Any) -> str:
     return f"#{t.number} {point.label() if point else ''}".strip()
 
 
+def _finished_line(t: Any) -> str:
+    """One line for a finished trial on the progress display."""
+    from autoinfer.record import record_of
+
+    rec = record_of(t)
+    if t.state.name != "COMPLETE" or rec is None:
+        reason = f"{_describe(t)}: FAIL: {t.user_attrs.get('fail_reason', '?')}"
+        return f"[red]✗[/] {escape(reason)}"
+    m = rec.metrics
+    parts = [f"{_fmt(m.get('tokens_per_s'), '.1f')} tok/s"]
+    if "accuracy" in m:
+        reuse = " (acc reused)" if rec.accuracy is not None and rec.accuracy.reused_from_trial is not None else ""
+        parts.append(f"acc {_fmt(m.get('accuracy'))}±{_fmt(m.get('accuracy_stderr'), '.2f')}{reuse}")
+    if "correct_tokens_per_j" in m:
+        parts.append(f"{_fmt(m['correct_tokens_per_j'])} correct tok/J")
+    else:
+        parts.append(f"{_fmt(m.get('j_per_token'))} J/token")
+    rate = m.get("acceptance_rate")
+    acc_rate = f", accept {rate:.0%}" if rate is not None else ""
+    line = f"{_describe(t)}: {', '.join(parts)} ({rec.provenance.energy_source}){acc_rate}"
+    return f"[green]✓[/] {escape(line)}"
+
+
+def _progress_events(progress: Any, task: Any) -> Any:
+    """The search's callbacks, drawn on a rich progress bar: the running trial and its stage, a
+    line per finished trial, and the loop's messages."""
+    from autoinfer.search.study import Events
+
+    current = {"label": ""}
+
+    def started(n: int, point: Any, i: int, total: int) -> None:
+        current["label"] = f"trial {n}: {point.label()}"
+        progress.update(task, description=escape(f"{current['label']} · load"), completed=i - 1)
+
+    def finished(t: Any) -> None:
+        progress.console.print(_finished_line(t))
+        progress.advance(task)
+
+    return Events(
+        trial_started=started,
+        stage=lambda s: progress.update(task, description=escape(f"{current['label']} · {s}")),
+        trial_finished=finished,
+        message=lambda msg: progress.console.print(f"[yellow]{msg}"),
+    )
+
+
 @app.command()
 def search(
     config: ConfigArg,
@@ -140,7 +186,7 @@ def search(
 
     from autoinfer.preflight import busy_now, notes
     from autoinfer.search.storage import redact
-    from autoinfer.search.study import Events, run_search
+    from autoinfer.search.study import run_search
 
     _quiet_libraries()
 
@@ -159,36 +205,7 @@ def search(
         SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
         TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console,
     )  # fmt: skip
-    task = progress.add_task("starting", total=cfg.search.trials)
-    current = {"label": ""}
-
-    def started(n: int, point: Any, i: int, total: int) -> None:
-        current["label"] = f"trial {n}: {point.label()}"
-        progress.update(task, description=escape(f"{current['label']} · load"), completed=i - 1)
-
-    def finished(t: Any) -> None:
-        from autoinfer.record import record_of
-
-        rec = record_of(t)
-        if t.state.name == "COMPLETE" and rec is not None:
-            m = rec.metrics
-            acc = f"acc {_fmt(m.get('accuracy'))}±{_fmt(m.get('accuracy_stderr'), '.2f')}" if "accuracy" in m else ""
-            reuse = " (acc reused)" if rec.accuracy is not None and rec.accuracy.reused_from_trial is not None else ""
-            rate = m.get("acceptance_rate")
-            acc_rate = f", accept {rate:.0%}" if rate is not None else ""
-            parts = [f"{_fmt(m.get('tokens_per_s'), '.1f')} tok/s"]
-            if acc:
-                parts.append(acc + reuse)
-            if "correct_tokens_per_j" in m:
-                parts.append(f"{_fmt(m['correct_tokens_per_j'])} correct tok/J")
-            else:
-                parts.append(f"{_fmt(m.get('j_per_token'))} J/token")
-            line = f"{_describe(t)}: {', '.join(parts)} ({rec.provenance.energy_source}){acc_rate}"
-            progress.console.print(f"[green]✓[/] {escape(line)}")
-        else:
-            reason = escape(f"{_describe(t)}: FAIL: {t.user_attrs.get('fail_reason', '?')}")
-            progress.console.print(f"[red]✗[/] {reason}")
-        progress.advance(task)
+    events = _progress_events(progress, progress.add_task("starting", total=cfg.search.trials))
 
     # SIGTERM (a service manager, `kill`, a cluster scheduler) stops a search as Ctrl-C does: the
     # running trial's process is killed, the trial recorded as interrupted and its point re-queued.
@@ -199,12 +216,6 @@ def search(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
-    events = Events(
-        trial_started=started,
-        stage=lambda s: progress.update(task, description=escape(f"{current['label']} · {s}")),
-        trial_finished=finished,
-        message=lambda msg: progress.console.print(f"[yellow]{msg}"),
-    )
     try:
         with progress:
             study, tracker = run_search(cfg, events, retry_failed=retry_failed, fresh=fresh)
