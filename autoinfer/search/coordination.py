@@ -83,6 +83,7 @@ def fail_and_requeue(study: optuna.Study, t: FrozenTrial, reason: str) -> bool:
     try:
         storage.set_trial_user_attr(tid, "interrupted", True)
         storage.set_trial_user_attr(tid, "fail_reason", reason)
+        storage.set_trial_user_attr(tid, "lost_by", WORKER)  # who records it downstream (being_logged)
         if not storage.set_trial_state_values(tid, TrialState.FAIL):
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
@@ -166,16 +167,24 @@ def being_logged(
     another worker, alive as far as we can tell (not a dead process on this machine), that still
     beats for the trial (a worker beats until it has told and logged it) or finished it within
     `grace_s`, on the storage's clock (the clock the finishing worker's stamp is compared with on
-    every machine, not this one's). Trials failed as lost carry the reason they were lost and are
-    logged by whoever failed them."""
+    every machine, not this one's). A trial failed as lost is logged by the worker that failed it
+    (`lost_by`), so for the others it counts as being logged by that worker, from the moment it
+    was failed, like any other finished trial: without this, two workers catching up at once
+    would each log it, and MLflow would hold two runs of one trial."""
     if trials is None:
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
     beating = _optuna.beating_trial_ids(study, grace_s)
     now = _optuna.storage_utc_now(study)
     out = set()
     for t in trials:
-        who = str(t.user_attrs.get("worker", worker))
-        if who == worker or _gone_here(who) or t.user_attrs.get("interrupted") or t.datetime_complete is None:
+        lost = bool(t.user_attrs.get("interrupted"))
+        who = str(t.user_attrs.get("lost_by" if lost else "worker", worker))
+        if who == worker or _gone_here(who) or t.datetime_complete is None:
+            continue
+        if lost and (now - _optuna.as_utc(t.datetime_complete)).total_seconds() < grace_s:
+            out.add(t.number)  # the beating that follows is the lost worker's, not the logger's
+            continue
+        if lost:
             continue
         if _optuna.trial_id(t) in beating or (now - _optuna.as_utc(t.datetime_complete)).total_seconds() < grace_s:
             out.add(t.number)

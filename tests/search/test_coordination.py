@@ -213,3 +213,31 @@ def test_a_finished_trial_whose_worker_still_beats_is_left_to_it(tmp_path: Path)
         beat.join()
     time.sleep(coord.grace_s + 1.5)
     assert coord.being_logged() == set()
+
+
+def test_a_lost_trial_is_left_to_the_worker_that_failed_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker that fails a lost trial logs it; another worker catching up at the same moment
+    must not log it too (seen: test_three_workers_survive_one_killed with two MLflow runs of the
+    killed worker's trial). Once the grace is over it may, in case the failing worker died too."""
+    import datetime
+
+    from autoinfer.search import coordination
+
+    cfg = config(tmp_path)
+    study = open_study(cfg)
+    coord = Coordinator(study, cfg)
+    t = _plain_ask(study)
+    t.set_user_attr("worker", "machine-a:1")
+    monkeypatch.setattr(coordination, "WORKER", "machine-b:1")  # fails it, as another machine
+    assert fail_and_requeue(study, study.trials[t.number], "its worker machine-a:1 stopped beating")
+    monkeypatch.setattr(coordination, "WORKER", coord.worker)
+    assert study.trials[t.number].user_attrs["lost_by"] == "machine-b:1"
+    assert coord.being_logged() == {t.number} and coord.to_catch_up() == []
+    real = _optuna.storage_utc_now
+    later = datetime.timedelta(seconds=coord.grace_s + 1)
+    monkeypatch.setattr(_optuna, "storage_utc_now", lambda s: real(s) + later)
+    assert t.number in [x.number for x in coord.to_catch_up()]
+    # The failing worker itself logs it at once.
+    mine = Coordinator(study, cfg, worker="machine-b:1")
+    monkeypatch.setattr(_optuna, "storage_utc_now", real)
+    assert t.number not in mine.being_logged()
