@@ -44,6 +44,7 @@ _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 PER_SEQUENCE_CTX = 1024  # tokens of prompt room per sequence beyond max_new_tokens (as llama.cpp's engine)
 KV_HEADROOM = 1.25  # KV cache sized to this much more than B full sequences need (block rounding)
 MIN_KV_BYTES = 32 << 20
+LOGPROBS_TOP = 20  # log-probabilities per step next_token_logits asks for when it decodes (width 1)
 
 
 def checkpoint_config(path: str) -> dict[str, Any]:
@@ -313,37 +314,55 @@ class VllmEngine(Engine):
         )
 
     def next_token_logits(self, prompt: str, prefix: Sequence[int], width: int, batch: int = 1) -> Any:
-        """The target's log-probabilities for the token after prompt + prefix, evaluated in one pass.
+        """The target's log-probabilities for the token after prompt + prefix, in two pass shapes.
 
-        vLLM's API cannot choose how a prefix is fed (one token per pass, or k at once as a
-        verification does): a request is one prefill, so only width 0 exists here; other shapes
-        raise TrialError rather than return a whole-sequence pass under another name. The values
-        are log-probabilities (vLLM's raw_logprobs: log-softmax of the raw logits), not logits: one
-        LLM serves one logprobs_mode, and lm-eval needs log-probabilities. They differ from the
-        logits by one constant per row, so argmax and every margin between two tokens, which is all
-        the lossless check reads, are the same.
+        vLLM's API cannot choose how a given prefix is fed, so the shapes are the two it can show:
+        - width 0: prompt and prefix as one prompt, one prefill pass (B copies in one step), full
+          vocabulary;
+        - width 1: plain decoding itself: the prompt (B copies) decoded greedily by the undrafted
+          LLM, one token per sequence per pass, read at the step after the prefix. That is the
+          prefix's own history only where greedy decoding makes the prefix, which is what the
+          lossless check asks it for (plain decoding's own output); elsewhere None. vLLM returns
+          the top LOGPROBS_TOP of each step (the whole vocabulary at every step costs ~0.5 s per
+          token); the other entries are -inf (below the 20th, which is all a tie test needs).
+        Widths > 1 (a verification after a one-token history) cannot be reproduced: None.
+
+        The values are log-probabilities (vLLM's raw_logprobs: the log-softmax of the raw logits),
+        not logits: one LLM serves one logprobs_mode, and lm-eval needs log-probabilities. They
+        differ from the logits by one constant per row, so the argmax and every margin between two
+        tokens, which is all the lossless check reads, are the same.
         """
         import numpy as np
         from vllm import SamplingParams
 
-        if width != 0:
-            raise TrialError(f"vLLM evaluates a prompt and prefix in one pass only (width 0), not width {width}")
-        ids = [*self.prompt_ids(prompt), *prefix]
-        params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=-1, detokenize=False)
-        # B copies of the sequence in one step: the batch shape a drafted batch's prefill runs in.
-        outs = self._plain().generate([{"prompt_token_ids": ids}] * batch, params, use_tqdm=False)
-        row = outs[0].outputs[0].logprobs[0]
-        vocab = max(row) + 1
-        out = np.full(vocab, -np.inf, dtype=np.float32)
+        if width not in (0, 1):
+            return None
+        ids = self.prompt_ids(prompt)
+        if width == 0:
+            ids, steps, top = [*ids, *prefix], 1, -1
+        else:
+            steps, top = len(prefix) + 1, LOGPROBS_TOP
+        params = SamplingParams(temperature=0.0, max_tokens=steps, ignore_eos=True, logprobs=top, detokenize=False)
+        (out, *_) = self._plain().generate([{"prompt_token_ids": ids}] * batch, params, use_tqdm=False)
+        if list(out.outputs[0].token_ids[: steps - 1]) != list(prefix[: steps - 1]):
+            return None  # greedy decoding does not make this prefix: its history is not plain decoding's
+        row = out.outputs[0].logprobs[steps - 1]
+        vocab = self.llm.llm_engine.model_config.get_vocab_size()
+        vec = np.full(vocab, -np.inf, dtype=np.float32)
         for tid, lp in row.items():
-            out[tid] = lp.logprob
-        return out
+            vec[tid] = lp.logprob
+        return vec
 
     def verify_pass_shapes(self) -> tuple[tuple[int, int], ...]:
-        # What next_token_logits can show: the whole sequence in one pass, at the trial's batch.
-        # vLLM's verifications (k + 1 tokens of each sequence after a one-token history) cannot be
-        # reproduced through its API, so a drafted divergence is judged by that shape alone.
-        return ((0, self.point.batch_size),)
+        # Besides plain decoding's (1, B): the whole sequence in one pass at the trial's batch, the
+        # only other shape next_token_logits can show. vLLM's verifications (k + 1 tokens of each
+        # sequence after a drafted history) cannot be reproduced through its API; the prefill of a
+        # whole sequence is the closest (a drafted history is evaluated in multi-token passes), at
+        # the batch and, where that is larger, alone (a drafted batch's last sequence runs alone).
+        # On SmolLM2 bf16 a prompt-lookup draft parted from plain decoding at a margin of 0.125
+        # that neither shape moved at all: such a trial fails the check, unproven as a tie.
+        batch = self.point.batch_size
+        return ((0, batch), (0, 1)) if batch > 1 else ((0, 1),)
 
     def lm_eval_model(self) -> Any:
         from autoinfer.engines.vllm.lm import VllmLM
@@ -364,10 +383,13 @@ class VllmEngine(Engine):
     def close(self) -> None:
         """Stop the EngineCore and Worker processes of both LLMs (vLLM otherwise SIGTERMs them at
         interpreter exit and force-kills them about 5 s later)."""
-        mine = [p for p in multiprocessing.active_children() if "EngineCore" in p.name]
+        mine: list[Any] = []
         for llm in (self.llm, self.plain_llm):
             if llm is not None:
-                llm.llm_engine.engine_core.shutdown()
+                core = llm.llm_engine.engine_core
+                manager = getattr(getattr(core, "resources", None), "engine_manager", None)
+                mine += list(getattr(manager, "processes", []))  # this LLM's EngineCore process(es)
+                core.shutdown()
         self.llm = self.plain_llm = None
         # shutdown() SIGTERMs the EngineCore (which stops its Worker) and SIGKILLs it after 5 s, but
         # does not wait for the kill to land: reap them, so none is left running or as a zombie.
