@@ -222,6 +222,15 @@ class TransformersConfig(_Strict):
     int_backend: Literal["auto", "optimum-quanto", "torchao"] = "auto"
 
 
+class VllmSettings(_Strict):
+    # Eager PyTorch (True) or vLLM's torch.compile graphs (False). Part of the accuracy key: on the
+    # 2-core AVX-512 test machine compiled bf16 SmolLM2 answered a chat prompt differently from
+    # eager bf16 (and compiling costs 60-120 s of load).
+    enforce_eager: bool = True
+    # KV cache per trial in GB; None: sized to batch size x (prompt room + max_new_tokens).
+    kv_cache_gb: float | None = Field(None, gt=0, le=4096)
+
+
 class SearchConfig(_Strict):
     trials: int = Field(12, ge=1, le=100000)
     timeout_s: float | None = Field(None, gt=0)
@@ -265,6 +274,7 @@ class Config(_Strict):
     constraints: list[ConstraintConfig] = []
     energy: EnergyConfig = EnergyConfig()
     transformers: TransformersConfig = TransformersConfig()
+    vllm: VllmSettings = VllmSettings()
     search: SearchConfig = SearchConfig()
     mlflow: MlflowConfig = MlflowConfig()
     # Absolute directory of the YAML file: relative model/data/prompt paths resolve against it.

