@@ -236,3 +236,27 @@ class Engine(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release memory; the child process exits afterwards anyway."""
+
+
+class HFTokenizerEngine(Engine):
+    """An engine that reads prompts through a Hugging Face tokenizer (`self.tokenizer`, set by its
+    load): the chat template where the config asks for it and the tokenizer has one, token ids
+    without added special tokens (the template holds them), text without special tokens."""
+
+    tokenizer: Any
+
+    def _render(self, prompt: str) -> str:
+        if self.config.model.chat_template and getattr(self.tokenizer, "chat_template", None):
+            out: str = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+            return out
+        return prompt
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        ids: list[int] = self.tokenizer(self._render(prompt), add_special_tokens=False)["input_ids"]
+        return ids
+
+    def text(self, ids: Sequence[int]) -> str:
+        out: str = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return out

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from autoinfer.engines.base import Engine, GenerationResult, TrialPoint
+from autoinfer.engines.base import GenerationResult, HFTokenizerEngine, TrialPoint
 from autoinfer.engines.sources import dequantized, dequantized_checkpoint, resolve_source, source_as_gguf
 from autoinfer.errors import TrialError
 
@@ -137,7 +137,7 @@ def _streamed_bytes(model: Any, quantization: str, below_layer: int | None = Non
     return int(total)
 
 
-class TransformersEngine(Engine):
+class TransformersEngine(HFTokenizerEngine):
     model: Any
     tokenizer: Any
     draft_model: Any
@@ -242,22 +242,6 @@ class TransformersEngine(Engine):
         self.draft_model.to(self.point.hardware_spec.torch_device).eval()
         same_vocab = self.draft_tokenizer.get_vocab() == self.tokenizer.get_vocab()
         self.info["draft_same_tokenizer"] = same_vocab
-
-    def _render(self, prompt: str) -> str:
-        if self.config.model.chat_template and getattr(self.tokenizer, "chat_template", None):
-            out: str = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
-            return out
-        return prompt
-
-    def prompt_ids(self, prompt: str) -> list[int]:
-        ids: list[int] = self.tokenizer(self._render(prompt), add_special_tokens=False)["input_ids"]
-        return ids
-
-    def text(self, ids: Sequence[int]) -> str:
-        out: str = self.tokenizer.decode(list(ids), skip_special_tokens=True)
-        return out
 
     def _draft_kwargs(self) -> dict[str, Any]:
         d = self.point.draft_spec

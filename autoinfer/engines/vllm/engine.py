@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autoinfer.engines.base import Engine, GenerationResult
+from autoinfer.engines.base import GenerationResult, HFTokenizerEngine
 from autoinfer.engines.sources import dequantized, dequantized_checkpoint, resolve_source, source_as_gguf
 from autoinfer.engines.vllm import distribution
 from autoinfer.errors import TrialError
@@ -103,7 +103,7 @@ def _plain_daemon_flag() -> None:
         proc._config["daemon"] = False  # type: ignore[attr-defined]
 
 
-class VllmEngine(Engine):
+class VllmEngine(HFTokenizerEngine):
     llm: Any = None
     plain_llm: Any = None  # the undrafted twin, built on first draft=False
 
@@ -223,22 +223,6 @@ class VllmEngine(Engine):
             return LLM(**kwargs)
         except (ValueError, RuntimeError, OSError) as e:
             raise TrialError(f"vLLM cannot load {self.point.label()}: {type(e).__name__}: {e}") from None
-
-    def _render(self, prompt: str) -> str:
-        if self.config.model.chat_template and getattr(self.tokenizer, "chat_template", None):
-            out: str = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
-            return out
-        return prompt
-
-    def prompt_ids(self, prompt: str) -> list[int]:
-        ids: list[int] = self.tokenizer(self._render(prompt), add_special_tokens=False)["input_ids"]
-        return ids
-
-    def text(self, ids: Sequence[int]) -> str:
-        out: str = self.tokenizer.decode(list(ids), skip_special_tokens=True)
-        return out
 
     def _plain(self) -> Any:
         """The LLM that decodes without a draft: the loaded one, or its undrafted twin."""
