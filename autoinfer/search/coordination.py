@@ -76,14 +76,14 @@ def retry_attrs(t: FrozenTrial) -> dict[str, Any]:
     return attrs
 
 
-def fail_and_requeue(study: optuna.Study, t: FrozenTrial, reason: str) -> bool:
+def fail_and_requeue(study: optuna.Study, t: FrozenTrial, reason: str, worker: str | None = None) -> bool:
     """Record why a RUNNING trial was lost, fail it and queue its point again. Several workers may
     look at once: only the one whose state change wins queues the point."""
     storage, tid = _optuna.storage(study), _optuna.trial_id(t)
     try:
         storage.set_trial_user_attr(tid, "interrupted", True)
         storage.set_trial_user_attr(tid, "fail_reason", reason)
-        storage.set_trial_user_attr(tid, "lost_by", WORKER)  # who records it downstream (being_logged)
+        storage.set_trial_user_attr(tid, "lost_by", worker or WORKER)  # who records it downstream (being_logged)
         if not storage.set_trial_state_values(tid, TrialState.FAIL):
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
@@ -95,19 +95,19 @@ def fail_and_requeue(study: optuna.Study, t: FrozenTrial, reason: str) -> bool:
     return True
 
 
-def recover_interrupted(study: optuna.Study) -> list[int]:
+def recover_interrupted(study: optuna.Study, worker: str | None = None) -> list[int]:
     """Mark RUNNING trials of dead local workers FAIL(interrupted) and queue their points again;
     returns the numbers of the trials this worker failed."""
     lost = []
     for t in running(study):
         if not _gone_here(str(t.user_attrs.get("worker", ""))):
             continue  # another machine's worker, or a live process here: not ours to touch
-        if fail_and_requeue(study, t, "interrupted (search process stopped)"):
+        if fail_and_requeue(study, t, "interrupted (search process stopped)", worker):
             lost.append(t.number)
     return lost
 
 
-def recover_stale(study: optuna.Study) -> list[int]:
+def recover_stale(study: optuna.Study, worker: str | None = None) -> list[int]:
     """Fail and re-queue RUNNING trials whose worker is gone, on any machine: those whose heartbeat
     went stale (Optuna's check), and those that never beat at all and have run longer than the
     grace period (a worker killed between taking the trial and its first beat, which Optuna's
@@ -123,13 +123,13 @@ def recover_stale(study: optuna.Study) -> list[int]:
         t = storage.get_trial(tid)
         worker = t.user_attrs.get("worker", "?")
         reason = f"its worker {worker} stopped beating for over {grace} s (machine or process gone)"
-        if fail_and_requeue(study, t, reason):
+        if fail_and_requeue(study, t, reason, worker):
             lost.append(t.number)
     for tid in _optuna.never_beaten_trial_ids(study, grace):
         t = storage.get_trial(tid)
         worker = t.user_attrs.get("worker", "?")
         reason = f"its worker {worker} took it and never beat; gone for over {grace} s (machine or process gone)"
-        if fail_and_requeue(study, t, reason):
+        if fail_and_requeue(study, t, reason, worker):
             lost.append(t.number)
     return lost
 
@@ -257,14 +257,21 @@ class Coordinator:
         self._started = time.monotonic()
         self._beat: BaseHeartbeatThread | None = None
         self._claimed: int | None = None
+        # Lost trials whose state change this worker won: its to log, whatever `lost_by` says (two
+        # workers failing one trial at once both write it before one of them wins).
+        self._failed_here: set[int] = set()
         self.done = 0  # trials counted toward the budget, as of the last `next()`
         _optuna.claim_trials(study, self._claim)
 
     def recover_interrupted(self) -> list[int]:
-        return recover_interrupted(self.study)
+        lost = recover_interrupted(self.study, self.worker)
+        self._failed_here.update(lost)
+        return lost
 
     def recover(self) -> list[int]:
-        return recover_stale(self.study)
+        lost = recover_stale(self.study, self.worker)
+        self._failed_here.update(lost)
+        return lost
 
     def next(self) -> Next:
         counted = counted_trials(self.study)
@@ -295,7 +302,7 @@ class Coordinator:
                 self._beat.join()
             if self._claimed is not None:
                 t = _optuna.storage(self.study).get_trial(self._claimed)
-                fail_and_requeue(self.study, t, "interrupted while its point was being chosen")
+                fail_and_requeue(self.study, t, "interrupted while its point was being chosen", self.worker)
             raise
         assert self._beat is not None and self._claimed == _optuna.trial_id(trial)
         return trial, self._beat
@@ -366,7 +373,7 @@ class Coordinator:
         frozen = self.frozen(trial)
         if frozen.state != TrialState.RUNNING:
             return None
-        if not fail_and_requeue(self.study, frozen, "interrupted (Ctrl-C or SIGTERM)"):
+        if not fail_and_requeue(self.study, frozen, "interrupted (Ctrl-C or SIGTERM)", self.worker):
             return None
         return self.frozen(trial)
 
@@ -383,5 +390,5 @@ class Coordinator:
         """Finished trials that nobody else is about to log: read once, then judged (a trial that
         finishes after the read waits for the next catch-up, rather than slipping past the check)."""
         trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-        busy = being_logged(self.study, self.grace_s, self.worker, trials)
+        busy = being_logged(self.study, self.grace_s, self.worker, trials) - self._failed_here
         return [t for t in trials if t.number not in busy]

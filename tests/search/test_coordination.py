@@ -241,3 +241,27 @@ def test_a_lost_trial_is_left_to_the_worker_that_failed_it(tmp_path: Path, monke
     mine = Coordinator(study, cfg, worker="machine-b:1")
     monkeypatch.setattr(_optuna, "storage_utc_now", real)
     assert t.number not in mine.being_logged()
+
+
+def test_the_worker_whose_failure_won_logs_a_lost_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers fail one lost trial at once: both write `lost_by` before one state change wins,
+    so it may name the loser. The winner logs the trial all the same, and the loser, which then
+    finds it named itself, may too but only if the winner has not (MLflow's check)."""
+    cfg = config(tmp_path)
+    study = open_study(cfg)
+    winner = Coordinator(study, cfg, worker="machine-b:1")
+    orphan = _plain_ask(study)  # never beats: failed once the grace is over
+    storage = _optuna.storage(study)
+    real = storage.set_trial_user_attr
+
+    def loser_writes_last(trial_id: int, key: str, value: Any) -> None:
+        real(trial_id, key, "machine-c:1" if key == "lost_by" else value)
+
+    monkeypatch.setattr(storage, "set_trial_user_attr", loser_writes_last)
+    time.sleep(winner.grace_s + 1.5)
+    assert winner.recover() == [orphan.number]
+    monkeypatch.undo()
+    assert study.trials[orphan.number].user_attrs["lost_by"] == "machine-c:1"
+    assert orphan.number in [t.number for t in winner.to_catch_up()]
+    bystander = Coordinator(study, cfg, worker="machine-d:1")
+    assert orphan.number not in [t.number for t in bystander.to_catch_up()]
