@@ -121,14 +121,14 @@ def recover_stale(study: optuna.Study, worker: str | None = None) -> list[int]:
     lost = []
     for tid in _optuna.stale_trial_ids(study):
         t = storage.get_trial(tid)
-        worker = t.user_attrs.get("worker", "?")
-        reason = f"its worker {worker} stopped beating for over {grace} s (machine or process gone)"
+        gone = t.user_attrs.get("worker", "?")
+        reason = f"its worker {gone} stopped beating for over {grace} s (machine or process gone)"
         if fail_and_requeue(study, t, reason, worker):
             lost.append(t.number)
     for tid in _optuna.never_beaten_trial_ids(study, grace):
         t = storage.get_trial(tid)
-        worker = t.user_attrs.get("worker", "?")
-        reason = f"its worker {worker} took it and never beat; gone for over {grace} s (machine or process gone)"
+        gone = t.user_attrs.get("worker", "?")
+        reason = f"its worker {gone} took it and never beat; gone for over {grace} s (machine or process gone)"
         if fail_and_requeue(study, t, reason, worker):
             lost.append(t.number)
     return lost

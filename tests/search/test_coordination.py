@@ -64,12 +64,13 @@ def test_a_trial_that_never_beat_is_failed_after_the_grace_period(storage: str, 
         try:
             assert recover_stale(study) == []  # younger than 3 beats
             time.sleep(3.5)
-            assert recover_stale(study) == [orphan.number]  # the beating one is left alone
+            assert recover_stale(study, "machine-b:1") == [orphan.number]  # the beating one is left alone
         finally:
             beat.join()
         lost = study.trials[orphan.number]
         assert lost.state == TrialState.FAIL and lost.user_attrs["interrupted"] is True
         assert "elsewhere:1 took it and never beat" in lost.user_attrs["fail_reason"]
+        assert lost.user_attrs["lost_by"] == "machine-b:1"  # whoever failed it logs it, not the gone worker
         retry = [t for t in study.trials if t.user_attrs.get("retry_of") == orphan.number]
         assert len(retry) == 1 and retry[0].state == TrialState.WAITING
         assert retry[0].system_attrs["fixed_params"] == orphan.params
