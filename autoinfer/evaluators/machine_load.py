@@ -77,12 +77,13 @@ def descendants(root: int, proc: Path = PROC) -> list[int]:
 
 def tree_cpu_s(root: int | None = None, proc: Path = PROC) -> float:
     """CPU seconds of a process tree: the root (every thread, and the children it has reaped) plus
-    each live descendant (utime + stime + the children *it* reaped). For this process the root's
-    own part comes from `os.times()`, which is finer than clock ticks."""
+    each live descendant (utime + stime + the children *it* reaped). For this process its own part
+    is `time.process_time()` (nanoseconds; /proc and `os.times()` count 10 ms ticks, which read 0
+    over a window of a few milliseconds); the children it reaped come from `os.times()`."""
     root = os.getpid() if root is None else root
     if root == os.getpid():
         t = os.times()
-        total = t.user + t.system + t.children_user + t.children_system
+        total = time.process_time() + t.children_user + t.children_system
     else:
         f = _stat_fields(root, proc)
         total = sum(int(x) for x in f[11:15]) * TICK_S if f else 0.0

@@ -273,7 +273,8 @@ def test_cpu_estimate_counts_the_cpu_time_of_child_processes() -> None:
 
     with CpuTimeEstimate(10.0).measure() as box:
         subprocess.run([sys.executable, "-c", "import time\nwhile time.process_time() < 0.5: pass"], check=True)
-    assert box.reading is not None and box.reading.inputs["cpu_s"] >= 0.5
+    # The child burned 0.5 CPU-s; a reaped child is counted in 10 ms ticks, which round down.
+    assert box.reading is not None and box.reading.inputs["cpu_s"] >= 0.45
 
 
 def test_meter_for_cpu_estimates_over_the_targets_cores() -> None:
