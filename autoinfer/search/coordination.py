@@ -181,12 +181,9 @@ def being_logged(
         who = str(t.user_attrs.get("lost_by" if lost else "worker", worker))
         if who == worker or _gone_here(who) or t.datetime_complete is None:
             continue
-        if lost and (now - _optuna.as_utc(t.datetime_complete)).total_seconds() < grace_s:
-            out.add(t.number)  # the beating that follows is the lost worker's, not the logger's
-            continue
-        if lost:
-            continue
-        if _optuna.trial_id(t) in beating or (now - _optuna.as_utc(t.datetime_complete)).total_seconds() < grace_s:
+        recent = (now - _optuna.as_utc(t.datetime_complete)).total_seconds() < grace_s
+        # A lost trial's heartbeat rows are the gone worker's, not its logger's: only the grace counts.
+        if recent or (not lost and _optuna.trial_id(t) in beating):
             out.add(t.number)
     return out
 
