@@ -21,8 +21,9 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Find the LLM inference configuration with the most correct tokens per joule.",
 )
-# Piped output (CI logs, `| tee`) gets a wide fixed width so tables are not cut to 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 160)
+# Output to a file or a pipe (`> log.txt`, CI logs, `| tee`) has no width to fit: give it room for
+# any table, so every column reads whole (tables only take the width they need).
+console = Console(width=None if sys.stdout.isatty() else 1000)
 err = Console(stderr=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="The search config (YAML).", show_default=False)]
@@ -74,7 +75,6 @@ def _frontier_table(study: Any, config: Any, title: str) -> Table:
 
     trials = measured_trials(study)
     deltas = deltas_vs_most_accurate(trials)
-    # Narrow enough for an 80-column terminal: one configuration column, short headers.
     front = sorted(
         pareto_front(config, trials),
         key=lambda m: (m.record.provenance.energy_source, -m.record.metrics.get("correct_tokens_per_j", 0)),
@@ -94,21 +94,45 @@ def _frontier_table(study: Any, config: Any, title: str) -> Table:
     table = Table(title=title, caption="\n".join(notes) or None)
     table.add_column("#", no_wrap=True)
     table.add_column("configuration")  # wraps between words
-    for col in ("correct\ntok/J", "accuracy", "Δacc", "tok/s", "ttft\np50 s"):
-        table.add_column(col, no_wrap=True, justify="right")
+    shown = _shown_metrics(config)
+    for name in shown:
+        table.add_column(_header(name), justify="right")
+        if name == "accuracy" and deltas:
+            table.add_column("Δacc\n(1)", justify="right")
     for m in front:
-        x = m.record.metrics
-        acc = f"{_fmt(x.get('accuracy'))}±{_fmt(x.get('accuracy_stderr'), '.2f')}" if "accuracy" in x else "-"
-        d = deltas.get(m.number)
-        delta = f"{d.delta:+.3f}±{d.stderr:.3f}" if d else "-"
         label = m.record.point.label() + (f" {TIED}" if _tied(m.record) else "")
         if len(sources) > 1:  # which frontier the row belongs to
             label += f" [{m.record.provenance.energy_source}]"
-        table.add_row(
-            str(m.number), label, _fmt(x.get("correct_tokens_per_j")), acc, delta,
-            _fmt(x.get("tokens_per_s"), ".1f"), _fmt(x.get("ttft_p50_s")),
-        )  # fmt: skip
+        cells = [str(m.number), label]
+        for name in shown:
+            cells.append(_cell(m.record.metrics, name))
+            if name == "accuracy" and deltas:
+                d = deltas.get(m.number)
+                cells.append(f"{d.delta:+.3f}±{d.stderr:.3f}" if d else "-")
+        table.add_row(*cells)
     return table
+
+
+def _shown_metrics(config: Any) -> list[str]:
+    """The frontier table's metric columns: every objective, then every constrained metric, then
+    tokens/s for context; each once, in that order, so the reader sees what put a row there."""
+    names = [o.name for o in config.objectives] + [c.metric for c in config.constraints] + ["tokens_per_s"]
+    return list(dict.fromkeys(names))
+
+
+def _header(name: str) -> str:
+    from autoinfer.metrics import METRICS
+
+    return f"{name}\n({METRICS[name].unit})"
+
+
+def _cell(metrics: dict[str, float], name: str) -> str:
+    v = metrics.get(name)
+    if v is None:
+        return "-"
+    if name == "accuracy" and "accuracy_stderr" in metrics:
+        return f"{_fmt(v)}±{_fmt(metrics['accuracy_stderr'], '.2f')}"
+    return _fmt(v, ".1f" if name == "tokens_per_s" else ".3g")
 
 
 def _describe(t: Any) -> str:

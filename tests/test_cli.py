@@ -137,3 +137,28 @@ def test_a_changed_setup_stops_with_one_line_and_fresh_goes_on(tmp_path: Path) -
     r = subprocess.run([*cmd, "--fresh"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Pareto frontier of t-" in r.stdout
+
+
+def test_frontier_table_has_a_column_per_objective_and_constraint_and_reads_whole_in_a_file(tmp_path: Path) -> None:
+    objectives = [
+        {"name": "tokens_per_s", "direction": "maximize"},
+        {"name": "latency_p50_s", "direction": "minimize"},
+        {"name": "j_per_token", "direction": "minimize"},
+    ]
+    cfg = write_config(tmp_path, search={"trials": 2, "sampler": "grid"}, objectives=objectives,
+                       constraints=["peak_memory_gb <= 64"], accuracy={"tasks": []})  # fmt: skip
+    log = tmp_path / "log.txt"
+    with log.open("w") as out:  # a file, not a terminal: no width to fit
+        r = subprocess.run([sys.executable, "-m", "autoinfer", "search", str(cfg)], cwd=tmp_path, stdout=out,
+                           stderr=subprocess.PIPE, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = log.read_text()
+    table = text[text.index("Pareto frontier of t") :]
+    for header in ("tokens_per_s", "latency_p50_s", "j_per_token", "peak_memory_gb", "(s)", "(J/tok)", "(GB)"):
+        assert header in table, (header, table)
+    assert "…" not in table  # nothing cut to fit a width
+    rows = [line for line in table.splitlines() if line.startswith("│ ") and "fake" in line]
+    assert rows, table
+    for line in rows:  # every row carries a value (not '-') in the latency column
+        cells = [c.strip() for c in line.strip("│").split("│")]
+        assert len(cells) == 2 + 4 and all(c not in ("", "-") for c in cells[2:]), cells
