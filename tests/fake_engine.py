@@ -223,6 +223,12 @@ class FakeEngine(Engine):
     def prompt_ids(self, prompt: str) -> list[int]:
         return encode(prompt)
 
+    def raw_ids(self, text: str) -> list[int]:
+        return encode(text)  # no chat template to leave out
+
+    def end_ids(self) -> set[int]:
+        return {EOS} | self.stop_tokens
+
     def text(self, ids: Any) -> str:
         return " ".join(str(t) for t in ids if t != EOS)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -198,6 +198,26 @@ class Engine(abc.ABC):
     def text(self, ids: Sequence[int]) -> str:
         """The text of generated token ids, end-of-generation tokens left out (what a server returns)."""
 
+    def raw_ids(self, text: str) -> list[int]:
+        """The token ids of `text` as it is, no chat template: what a completion route continues."""
+        raise NotImplementedError(f"the {self.point.engine} engine does not tokenize raw text")
+
+    def chat_ids(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """The token ids of a conversation (role/content dicts) rendered as the trial rendered its
+        prompts, ending where the assistant's answer starts. Here: a single user message only,
+        which is a trial prompt."""
+        if len(messages) == 1 and messages[0]["role"] == "user":
+            return self.prompt_ids(messages[0]["content"])
+        raise NotImplementedError(
+            "only a single user message is rendered here, as the trial rendered its prompts (no chat "
+            "template renders a conversation: model.chat_template is off, or there is none)"
+        )
+
+    def end_ids(self) -> set[int]:
+        """The token ids a sequence ends at (unless ignore_eos): what tells a served answer that
+        stopped from one cut at max_tokens."""
+        return set(self.stop_tokens)
+
     @abc.abstractmethod
     def lm_eval_model(self) -> Any:
         """An lm-eval `LM` over this very loaded model (same weights, same quantization)."""
@@ -245,17 +265,37 @@ class HFTokenizerEngine(Engine):
 
     tokenizer: Any
 
-    def _render(self, prompt: str) -> str:
+    def _templated(self, messages: Sequence[Mapping[str, str]]) -> str | None:
+        """The chat template's text for `messages`, ending with the assistant's turn; None where
+        prompts go in without one (the config turns it off or the tokenizer has none)."""
         if self.config.model.chat_template and getattr(self.tokenizer, "chat_template", None):
             out: str = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+                [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
             )
             return out
-        return prompt
+        return None
+
+    def _render(self, prompt: str) -> str:
+        text = self._templated([{"role": "user", "content": prompt}])
+        return prompt if text is None else text
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        ids: list[int] = self.tokenizer(self._render(prompt), add_special_tokens=False)["input_ids"]
+        return self.raw_ids(self._render(prompt))
+
+    def raw_ids(self, text: str) -> list[int]:
+        # No added special tokens (no BOS): exactly how a trial without a chat template fed its prompts.
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids
+
+    def chat_ids(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        text = self._templated(messages)
+        if text is not None:
+            return self.raw_ids(text)
+        return super().chat_ids(messages)  # no template: a single user message goes in as it is
+
+    def end_ids(self) -> set[int]:
+        eos = self.tokenizer.eos_token_id
+        return super().end_ids() | ({eos} if eos is not None else set())
 
     def text(self, ids: Sequence[int]) -> str:
         out: str = self.tokenizer.decode(list(ids), skip_special_tokens=True)

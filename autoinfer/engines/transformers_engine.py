@@ -257,6 +257,11 @@ class TransformersEngine(HFTokenizerEngine):
             return kw
         return {}
 
+    def end_ids(self) -> set[int]:
+        # The model's own end tokens (an instruct model's end of turn) besides the tokenizer's EOS.
+        eos = self.model.generation_config.eos_token_id
+        return super().end_ids() | {t for t in (eos if isinstance(eos, list) else [eos]) if t is not None}
+
     def generate_ids(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True
     ) -> GenerationResult:
@@ -268,9 +273,7 @@ class TransformersEngine(HFTokenizerEngine):
         enc = enc.to(self.point.hardware_spec.torch_device)
         before = dict(self.tally)
         clock = _StepClock(self.tally)
-        eos = self.model.generation_config.eos_token_id
-        stops = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id} | self.stop_tokens
-        stops.discard(None)
+        stops = self.end_ids()
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
             "do_sample": False,

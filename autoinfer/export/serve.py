@@ -3,27 +3,25 @@
 For configurations no stock server reproduces (transformers with torchao or optimum-quanto weights,
 prompt lookup, early exit), the engine code that was measured serves requests itself: it loads the
 configuration exactly as the trial did and batches up to `batch_size` concurrent requests into one
-`generate` call, as the trial's batches were. Routes: `GET /health` (200 once loaded), `GET /props`,
-`POST /v1/completions` with a text or token-id prompt, greedy only, optionally streamed. A batch's
-outputs come out when the batch finishes, so a streamed reply arrives as one chunk: its time to
-first token is its latency.
+`generate_ids` call, as the trial's batches were. The HTTP side (FastAPI on uvicorn, the OpenAI
+routes) is `autoinfer.export.openai_app`; this module loads the engine, runs the batches and starts
+the server.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import queue
 import threading
 import time
-import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from autoinfer.engines.base import Engine, TrialPoint
 from autoinfer.errors import ConfigError
+from autoinfer.export.openai_schema import APIError, FinishReason
 
 BATCH_WINDOW_S = 0.05  # how long the first request of a batch waits for companions
 
@@ -33,7 +31,17 @@ class Request:
     ids: list[int]
     max_tokens: int
     ignore_eos: bool
-    done: Future[tuple[str, int]] = field(default_factory=Future)
+    done: Future[tuple[int, ...]] = field(default_factory=Future)
+
+
+@dataclass(frozen=True)
+class Output:
+    """One request's answer, as the routes report it."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason
 
 
 def load_engine(path: Path) -> tuple[Engine, dict[str, Any]]:
@@ -60,107 +68,78 @@ def load_engine(path: Path) -> tuple[Engine, dict[str, Any]]:
     return engine, data
 
 
-def _batches(engine: Engine, inbox: queue.Queue[Request]) -> None:
-    """Gather up to batch_size requests (waiting BATCH_WINDOW_S for the first's companions) and
-    generate them together."""
-    b = engine.point.batch_size
-    while True:
-        batch = [inbox.get()]
-        deadline = time.monotonic() + BATCH_WINDOW_S
-        while len(batch) < b:
-            try:
-                batch.append(inbox.get(timeout=max(deadline - time.monotonic(), 0)))
-            except queue.Empty:
-                break
-        # One generate call per setting; a mixed batch (rare) is split by it.
-        groups: dict[tuple[int, bool], list[Request]] = {}
-        for r in batch:
-            groups.setdefault((r.max_tokens, r.ignore_eos), []).append(r)
-        for (max_tokens, ignore_eos), rs in groups.items():
-            try:
-                g = engine.generate_ids([r.ids for r in rs], max_tokens, ignore_eos)
-                for r, ids in zip(rs, g.token_ids, strict=True):
-                    r.done.set_result((engine.text(ids), len(ids)))
-            except Exception as e:  # noqa: BLE001 - the client gets the error, the server keeps serving
-                for r in rs:
-                    r.done.set_exception(e)
+class Served:
+    """A loaded engine behind a queue: requests from any thread or event loop, generated in batches
+    of up to `batch_size` on one thread (the engine is not thread-safe, and the trial ran one batch
+    at a time)."""
+
+    def __init__(self, engine: Engine, model: str, max_tokens: int, window_s: float = BATCH_WINDOW_S) -> None:
+        self.engine = engine
+        self.model = model  # the id clients name it by (GET /v1/models)
+        self.max_tokens = max_tokens  # the deployment's max_new_tokens: the chat route's default
+        self.window_s = window_s
+        self.created = int(time.time())
+        self.end_ids = frozenset(engine.end_ids())
+        self.inbox: queue.Queue[Request] = queue.Queue()
+        threading.Thread(target=self._batches, daemon=True, name="batcher").start()
+
+    def _batches(self) -> None:
+        """Gather up to batch_size requests (waiting window_s for the first's companions) and
+        generate them together."""
+        b = self.engine.point.batch_size
+        while True:
+            batch = [self.inbox.get()]
+            deadline = time.monotonic() + self.window_s
+            while len(batch) < b:
+                try:
+                    batch.append(self.inbox.get(timeout=max(deadline - time.monotonic(), 0)))
+                except queue.Empty:
+                    break
+            # One generate call per setting; a mixed batch (rare) is split by it.
+            groups: dict[tuple[int, bool], list[Request]] = {}
+            for r in batch:
+                groups.setdefault((r.max_tokens, r.ignore_eos), []).append(r)
+            for (max_tokens, ignore_eos), rs in groups.items():
+                try:
+                    g = self.engine.generate_ids([r.ids for r in rs], max_tokens, ignore_eos)
+                    for r, ids in zip(rs, g.token_ids, strict=True):
+                        r.done.set_result(ids)
+                except Exception as e:  # noqa: BLE001 - the client gets the error, the server keeps serving
+                    for r in rs:
+                        r.done.set_exception(e)
+
+    def finish_reason(self, ids: tuple[int, ...], max_tokens: int, ignore_eos: bool) -> FinishReason:
+        """`stop` for an answer that ended at an end token, `length` for one cut at max_tokens."""
+        ended = not ignore_eos and bool(ids) and ids[-1] in self.end_ids
+        return "stop" if ended or len(ids) < max_tokens else "length"
+
+    async def generate(self, ids: list[int], max_tokens: int, ignore_eos: bool) -> Output:
+        """One request's greedy answer, generated in a batch with whatever else is waiting."""
+        req = Request(ids, max_tokens, ignore_eos)
+        self.inbox.put(req)
+        try:
+            out = await asyncio.wrap_future(req.done)
+        except Exception as e:  # any engine failure is the server's (500), named
+            raise APIError(500, f"generation failed: {type(e).__name__}: {e}", kind="server_error") from e
+        return Output(self.engine.text(out), len(ids), len(out), self.finish_reason(out, max_tokens, ignore_eos))
 
 
-def handler(engine: Engine, inbox: queue.Queue[Request], model: str) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+def serve(
+    path: Path, host: str, port: int, model_name: str | None = None, ready: threading.Event | None = None
+) -> None:
+    """Load the deployment's engine, then serve it until interrupted (health is 200 from the start:
+    nothing listens before the engine is loaded)."""
+    import uvicorn
 
-        def log_message(self, *args: Any) -> None:
-            pass
+    from autoinfer.export.openai_app import create_app
 
-        def _json(self, code: int, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            if self.path == "/health":
-                self._json(200, {"status": "ok"})
-            elif self.path == "/props":
-                self._json(200, {"build_info": f"autoinfer serve ({engine.point.label()})"})
-            else:
-                self._json(404, {"error": {"message": f"no route {self.path}"}})
-
-        def do_POST(self) -> None:
-            if self.path != "/v1/completions":
-                self._json(404, {"error": {"message": f"no route {self.path}"}})
-                return
-            try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                prompt = body["prompt"]
-                ids = [int(t) for t in prompt] if isinstance(prompt, list) else engine.prompt_ids(str(prompt))
-                if float(body.get("temperature", 0.0)) > 0:
-                    raise ValueError("only greedy decoding (temperature 0) is served, as it was measured")
-                req = Request(ids, int(body.get("max_tokens", 16)), bool(body.get("ignore_eos", False)))
-            except (ValueError, KeyError, TypeError) as e:
-                self._json(400, {"error": {"message": str(e)}})
-                return
-            inbox.put(req)
-            try:
-                text, n = req.done.result()
-            except Exception as e:  # noqa: BLE001
-                self._json(500, {"error": {"message": str(e)}})
-                return
-            head = {"id": f"cmpl-{uuid.uuid4().hex[:12]}", "object": "text_completion", "model": model,
-                    "created": int(time.time())}  # fmt: skip
-            finish = "length" if n >= req.max_tokens else "stop"
-            usage = {"prompt_tokens": len(ids), "completion_tokens": n, "total_tokens": len(ids) + n}
-            if not body.get("stream"):
-                choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
-                self._json(200, {**head, "choices": [choice], "usage": usage})
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            chunks = [
-                {**head, "choices": [{"text": text, "index": 0, "finish_reason": None}]},
-                {**head, "choices": [{"text": "", "index": 0, "finish_reason": finish}], "usage": usage},
-            ]
-            for c in chunks:
-                self.wfile.write(f"data: {json.dumps(c)}\n\n".encode())
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
-            self.close_connection = True
-
-    return Handler
-
-
-def serve(path: Path, host: str, port: int, ready: threading.Event | None = None) -> None:
     engine, data = load_engine(path)
-    inbox: queue.Queue[Request] = queue.Queue()
-    threading.Thread(target=_batches, args=(engine, inbox), daemon=True, name="batcher").start()
-    server = ThreadingHTTPServer((host, port), handler(engine, inbox, str(data["model"].get("source"))))
-    server.daemon_threads = True
-    print(f"serving {engine.point.label()} on http://{host}:{port}/v1/completions", flush=True)
+    name = model_name or str(data["model"].get("source"))
+    max_tokens = int((data.get("generation") or {}).get("max_new_tokens") or 16)
+    app = create_app(Served(engine, name, max_tokens))
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, ws="none",
+                            timeout_graceful_shutdown=5)  # fmt: skip
+    print(f"serving {engine.point.label()} as {name!r} on http://{host}:{port}/v1", flush=True)
     if ready is not None:
         ready.set()
-    server.serve_forever()
+    uvicorn.Server(config).run()

@@ -1,0 +1,241 @@
+"""The OpenAI-compatible HTTP side of `autoinfer serve`: FastAPI routes over a `Served` engine.
+
+Routes: `GET /health` (200: nothing listens before the engine is loaded), `GET /props`,
+`GET /v1/models` (and `/v1/models/{id}`), `POST /v1/completions` and `POST /v1/chat/completions`,
+either streamed as server-sent events. Completions continue the prompt as it is (raw text or token
+ids, no chat template); chat renders its messages through the model's chat template exactly as the
+trial rendered its prompts, so a trial prompt sent as one user message is fed the very ids the
+trial fed. A batch's answers all come out when the batch finishes, so a streamed answer arrives as
+one content chunk: its time to first token is its latency. Every error is OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, cast
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from jinja2 import TemplateError
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from autoinfer.engines.base import Engine
+from autoinfer.export.openai_schema import (
+    APIError,
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatMessage,
+    ChatRequest,
+    ChunkChoice,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    Delta,
+    ModelCard,
+    ModelList,
+    Usage,
+)
+from autoinfer.export.serve import Output, Served
+
+
+def create_app(served: Served) -> FastAPI:
+    # No /docs or /openapi.json: the routes are OpenAI's, documented there.
+    app = FastAPI(title="autoinfer serve", openapi_url=None, docs_url=None, redoc_url=None)
+    _error_handlers(app)
+    card = ModelCard(id=served.model, created=served.created)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/props")
+    async def props() -> dict[str, str]:
+        return {"build_info": f"autoinfer serve ({served.engine.point.label()})"}
+
+    @app.get("/v1/models")
+    async def models() -> ModelList:
+        return ModelList(data=[card])
+
+    @app.get("/v1/models/{model:path}")
+    async def model(model: str) -> ModelCard:
+        _check_model(served, model)
+        return card
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest) -> Response:
+        return await _complete(served, req)
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatRequest) -> Response:
+        return await _chat(served, req)
+
+    return app
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+def _error_handlers(app: FastAPI) -> None:
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, APIError)
+        return JSONResponse(exc.body(), exc.status)
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        # FastAPI's 422 is OpenAI's 400, naming the first bad field.
+        assert isinstance(exc, RequestValidationError)
+        errors: Sequence[Any] = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        where = ".".join(loc)
+        message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+        return JSONResponse(APIError(400, message, loc[0] if loc else None, "invalid_value").body(), 400)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            message = f"Invalid URL ({request.method} {request.url.path})"
+        else:
+            message = f"{exc.detail} ({request.method} {request.url.path})"
+        return JSONResponse(APIError(exc.status_code, message).body(), exc.status_code, headers=exc.headers)
+
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(HTTPException, http_error)
+
+
+def _check_model(served: Served, model: str | None) -> None:
+    if model and model != served.model:
+        raise APIError(
+            404, f"The model `{model}` does not exist: this server serves `{served.model}`", "model", "model_not_found"
+        )
+
+
+# -- prompts -------------------------------------------------------------------------------------
+
+
+def completion_ids(engine: Engine, prompt: str | list[str] | list[int] | list[list[int]]) -> list[int]:
+    """A completion prompt's token ids: text tokenized as it is (no chat template), ids as given."""
+    one: str | list[int]
+    if isinstance(prompt, str) or not prompt or isinstance(prompt[0], int):
+        one = cast("str | list[int]", prompt)  # a text, or ids (an empty list is either)
+    elif len(prompt) != 1:
+        raise APIError(400, "prompt: one prompt per request is served (concurrent requests are batched)",
+                       "prompt", "unsupported_value")  # fmt: skip
+    else:
+        one = prompt[0]
+    if isinstance(one, str):
+        try:
+            ids = engine.raw_ids(one)
+        except NotImplementedError as e:
+            raise APIError(400, f"prompt: {e}; send token ids", "prompt", "unsupported_value") from None
+    else:
+        ids = list(one)
+    if not ids:
+        raise APIError(400, "prompt: empty", "prompt", "invalid_value")
+    return ids
+
+
+def chat_ids(engine: Engine, messages: list[ChatMessage]) -> list[int]:
+    """Messages rendered as the trial rendered its prompts (its chat template, if it used one)."""
+    rendered = [{"role": m.role, "content": m.text(i)} for i, m in enumerate(messages)]
+    try:
+        ids = engine.chat_ids(rendered)
+    except NotImplementedError as e:
+        raise APIError(400, f"messages: {e}", "messages", "unsupported_value") from None
+    except (TemplateError, ValueError, TypeError, KeyError) as e:  # the template's own checks (role order)
+        raise APIError(400, f"messages: the model's chat template refused them: {e}", "messages") from None
+    if not ids:
+        raise APIError(400, "messages: render to no tokens", "messages", "invalid_value")
+    return ids
+
+
+# -- the routes ----------------------------------------------------------------------------------
+
+
+def _usage(out: Output) -> Usage:
+    return Usage(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
+                 total_tokens=out.prompt_tokens + out.completion_tokens)  # fmt: skip
+
+
+def _head(kind: str, served: Served) -> dict[str, Any]:
+    return {"id": f"{kind}-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": served.model}
+
+
+async def _complete(served: Served, req: CompletionRequest) -> Response:
+    _check_model(served, req.model)
+    req.refuse_unmeasured()
+    ids = completion_ids(served.engine, req.prompt)
+    max_tokens = req.max_tokens or 16
+    head = _head("cmpl", served)
+    if req.stream:
+        return _sse(_completion_chunks(served, ids, max_tokens, req, head))
+    out = await served.generate(ids, max_tokens, req.ignore_eos)
+    choice = CompletionChoice(text=out.text, finish_reason=out.finish_reason)
+    return _json(Completion(**head, choices=[choice], usage=_usage(out)))
+
+
+async def _completion_chunks(
+    served: Served, ids: list[int], max_tokens: int, req: CompletionRequest, head: dict[str, Any]
+) -> AsyncIterator[BaseModel]:
+    out = await served.generate(ids, max_tokens, req.ignore_eos)
+    yield Completion(**head, choices=[CompletionChoice(text=out.text, finish_reason=None)])
+    # Usage rides on the final chunk unless asked for in a chunk of its own (OpenAI's
+    # stream_options.include_usage); llama-server does the same, and `autoinfer verify` reads it there.
+    usage = None if req.include_usage else _usage(out)
+    yield Completion(**head, choices=[CompletionChoice(text="", finish_reason=out.finish_reason)], usage=usage)
+    if req.include_usage:
+        yield Completion(**head, choices=[], usage=_usage(out))
+
+
+async def _chat(served: Served, req: ChatRequest) -> Response:
+    _check_model(served, req.model)
+    req.refuse_unmeasured()
+    ids = chat_ids(served.engine, req.messages)
+    max_tokens = req.max_completion_tokens or req.max_tokens or served.max_tokens
+    head = _head("chatcmpl", served)
+    if req.stream:
+        return _sse(_chat_chunks(served, ids, max_tokens, req, head))
+    out = await served.generate(ids, max_tokens, req.ignore_eos)
+    choice = ChatChoice(message=AssistantMessage(content=out.text), finish_reason=out.finish_reason)
+    return _json(ChatCompletion(**head, choices=[choice], usage=_usage(out)))
+
+
+async def _chat_chunks(
+    served: Served, ids: list[int], max_tokens: int, req: ChatRequest, head: dict[str, Any]
+) -> AsyncIterator[BaseModel]:
+    # The role first, before the batch runs, as OpenAI's first chunk: the client knows it is answered.
+    yield ChatCompletionChunk(**head, choices=[ChunkChoice(delta=Delta(role="assistant", content=""))])
+    out = await served.generate(ids, max_tokens, req.ignore_eos)
+    if out.text:
+        yield ChatCompletionChunk(**head, choices=[ChunkChoice(delta=Delta(content=out.text))])
+    usage = None if req.include_usage else _usage(out)
+    final = ChunkChoice(delta=Delta(), finish_reason=out.finish_reason)
+    yield ChatCompletionChunk(**head, choices=[final], usage=usage)
+    if req.include_usage:
+        yield ChatCompletionChunk(**head, choices=[], usage=_usage(out))
+
+
+def _json(body: BaseModel) -> Response:
+    return JSONResponse(body.model_dump(mode="json"))
+
+
+def _sse(chunks: AsyncIterator[BaseModel]) -> Response:
+    """Server-sent events: `data: {chunk}` each, then `data: [DONE]`. A failure once the stream
+    has started (its 200 sent) comes as an error event in OpenAI's shape, which clients raise."""
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for chunk in chunks:
+                yield f"data: {chunk.model_dump_json()}\n\n"
+        except APIError as e:
+            yield f"data: {json.dumps(e.body())}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
