@@ -218,7 +218,7 @@ class EnergyConfig(_Strict):
 
 class TransformersConfig(_Strict):
     # Weight-only int8/int4 backend. auto: per (quantization, device) the one
-    # scripts/quant_backend_benchmark.py measured faster (README); recorded as info.quant_backend.
+    # scripts/quant_backend_benchmark.py measured faster (docs/engines.md); recorded as info.quant_backend.
     int_backend: Literal["auto", "optimum-quanto", "torchao"] = "auto"
 
 

@@ -17,7 +17,7 @@ range, and each side's run-to-run CV.
 
     python scripts/bench_fidelity.py examples/smollm2-cpu-engines.yaml --runs 5
 
-Results: scripts/results/bench_fidelity.txt (and the README's Benchmarks section).
+Results: scripts/results/bench_fidelity.txt (and docs/benchmarks.md).
 """
 
 from __future__ import annotations

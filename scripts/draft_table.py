@@ -1,5 +1,5 @@
 """Tables of a measured grid's drafts against plain decoding, per target level and batch size, as
-the README shows them: tokens/s and its ratio to the undrafted point of the same level and batch,
+docs/drafts.md shows them: tokens/s and its ratio to the undrafted point of the same level and batch,
 acceptance, correct tokens per joule and whether the output equalled plain greedy decoding.
 
     python scripts/draft_table.py scripts/results/qwen2.5-coder-1.5b-cpu-grid-trials.csv

@@ -10,7 +10,7 @@ N counted trials, mean over seeds.
     python scripts/sampler_benchmark.py examples/smollm2-cpu.yaml \
         --grid-csv scripts/results/smollm2-cpu-grid-trials.csv --seeds 20 --trials 15
 
-The CSV kept in scripts/results/ is the 30-point grid measured on 2026-11-22 (see README).
+The CSV kept in scripts/results/ is the 30-point grid measured on 2026-11-22 (see docs/samplers.md).
 """
 
 from __future__ import annotations

