@@ -39,6 +39,10 @@ def runtime_block(
     point = TrialPoint(**point).as_dict()  # fills what older records left out (draft_tokens)
     if point["engine"] == "llama.cpp":
         return _llamacpp(point, info)
+    if point["engine"] == "vllm":
+        from autoinfer.engines.vllm.export import runtime  # the engine package owns its recipe
+
+        return runtime(model, point, info)
     return _transformers(model, point, info, engine_config)
 
 

@@ -5,7 +5,9 @@ The server runs on loopback on a free port, as a child that dies with this proce
 process ends (Ctrl-C, SIGTERM, kill -9: a parent-death signal), and is stopped on every way out.
 Requests go through the OpenAI-compatible `/v1/completions` route, streamed, with the exact token
 ids the trial fed its engine as the prompt (the OpenAI API takes a token array), so the chat
-template and tokenizer are the trial's and only the server's decoding is under test.
+template and tokenizer are the trial's and only the server's decoding is under test. Where the
+server returns the generated token ids (the runtime block's `request` asks vLLM for them), those
+are compared with the trial's token for token; otherwise the texts are.
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ class Reply:
 
     text: str
     tokens: int  # completion tokens the server reports
-    ttft_s: float  # request sent -> first non-empty text chunk
+    ttft_s: float  # request sent -> first chunk with text or token ids
     latency_s: float  # request sent -> last chunk
+    token_ids: tuple[int, ...] | None = None  # the generated ids, where the server returns them
 
 
 @dataclass(frozen=True)
@@ -142,9 +145,14 @@ def _expected(data: dict[str, Any], m: dict[str, Any], gen: Generations) -> Expe
 
 
 def check_files(runtime: dict[str, Any], where: str) -> None:
-    """The GGUF the config names must be the one the trial measured, byte for byte."""
+    """The GGUF the config names must be the one the trial measured, byte for byte; a checkpoint
+    directory it names (vLLM's) must be there."""
     gguf = runtime.get("gguf") or {}
     base = Path(where).parent
+    for key in ("checkpoint", "draft_checkpoint"):
+        path_text = runtime.get(key)
+        if path_text and Path(path_text).is_absolute() and not Path(path_text).is_dir():
+            raise ConfigError(f"runtime.{key}", f"{path_text} does not exist (re-run the trial to remake it)", where)
     for key, path_text, want in (
         ("runtime.gguf.path", gguf.get("path"), gguf.get("sha256")),
         ("runtime.draft_gguf", runtime.get("draft_gguf"), (runtime.get("draft") or {}).get("gguf_sha256")),
@@ -195,10 +203,13 @@ def running_server(argv: list[str], log: Path, cwd: Path, startup_s: float) -> I
     port = free_port()
     me = os.getpid()
     with open(log, "wb") as out:
+        # A session (and process group) of its own, so stopping it reaches the processes it starts
+        # (vLLM's EngineCore and Worker); SIGTERM, not SIGKILL, if this process dies: a SIGKILLed
+        # vLLM server cannot stop them, and nothing else would.
         proc = subprocess.Popen(
             [*argv, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=lambda: die_with_parent(me),
+            cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=lambda: die_with_parent(me, signal.SIGTERM),
         )  # fmt: skip
     # SIGTERM to us must also stop the server: turn it into an exception so `finally` runs.
     main = threading.current_thread() is threading.main_thread()
@@ -218,14 +229,41 @@ def running_server(argv: list[str], log: Path, cwd: Path, startup_s: float) -> I
             time.sleep(0.2)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_group(proc)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member that is no longer ours: the group is still there
+        return True
+    return True
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 10.0, children_s: float = 8.0) -> None:
+    """Stop a server started as its own process group, and every process it started.
+
+    SIGTERM to the server first: it stops its own children (vLLM's server SIGTERMs its EngineCore
+    and force-kills it after 5 s, within `children_s`), and they clean up what they hold. Whatever
+    of the group outlives that (or a server that did not stop in `grace_s`) is SIGKILLed.
+    """
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + children_s
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # the whole group is gone
 
 
 def _raise_exit(signum: int, frame: Any) -> None:
@@ -235,8 +273,11 @@ def _raise_exit(signum: int, frame: Any) -> None:
 # -- the requests --------------------------------------------------------------------------------
 
 
-def complete(port: int, prompt: list[int], max_tokens: int, ignore_eos: bool, timeout: float) -> Reply:
-    """One streamed greedy completion of a token-id prompt."""
+def complete(
+    port: int, prompt: list[int], max_tokens: int, ignore_eos: bool, timeout: float, extra: dict[str, Any] | None = None
+) -> Reply:
+    """One streamed greedy completion of a token-id prompt; `extra`: the runtime block's own request
+    fields (what that server needs to decode as the trial did, or to return token ids)."""
     body = {
         "prompt": prompt,
         "max_tokens": max_tokens,
@@ -244,6 +285,7 @@ def complete(port: int, prompt: list[int], max_tokens: int, ignore_eos: bool, ti
         "stream": True,
         "cache_prompt": False,  # every request evaluates its whole prompt, as every trial batch did
         "ignore_eos": ignore_eos,
+        **(extra or {}),
     }
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     start = time.perf_counter()
@@ -252,6 +294,7 @@ def complete(port: int, prompt: list[int], max_tokens: int, ignore_eos: bool, ti
     if r.status != 200:
         raise VerifyFailed(f"the server answered {r.status}: {r.read()[:300].decode(errors='replace')}")
     parts: list[str] = []
+    ids: list[int] | None = None
     first = last = 0.0
     tokens = 0
     for raw in r:
@@ -264,7 +307,10 @@ def complete(port: int, prompt: list[int], max_tokens: int, ignore_eos: bool, ti
         chunk = json.loads(data)
         now = time.perf_counter() - start
         text = "".join(c.get("text") or "" for c in chunk.get("choices", []))
-        if text:
+        new = [t for c in chunk.get("choices", []) for t in c.get("token_ids") or []]
+        if any("token_ids" in c for c in chunk.get("choices", [])):
+            ids = (ids or []) + new
+        if text or new:  # a first token may decode to no text yet (part of a character)
             parts.append(text)
             first = first or now
         last = now
@@ -272,17 +318,20 @@ def complete(port: int, prompt: list[int], max_tokens: int, ignore_eos: bool, ti
         if usage:
             tokens = int(usage.get("completion_tokens", 0))
     conn.close()
-    return Reply("".join(parts), tokens, first or last, last)
+    return Reply("".join(parts), tokens, first or last, last, None if ids is None else tuple(ids))
 
 
-def serve_pass(port: int, prompts: list[list[int]], exp: Expected, timeout: float) -> tuple[list[Reply], float]:
+def serve_pass(
+    port: int, prompts: list[list[int]], exp: Expected, timeout: float, extra: dict[str, Any] | None = None
+) -> tuple[list[Reply], float]:
     """Every prompt once, `batch_size` requests in flight at a time; replies in prompt order."""
     from concurrent.futures import ThreadPoolExecutor
 
     start = time.perf_counter()
     pool = ThreadPoolExecutor(exp.batch_size)
     try:
-        futures = [pool.submit(complete, port, p, exp.max_new_tokens, exp.ignore_eos, timeout) for p in prompts]
+        n, eos = exp.max_new_tokens, exp.ignore_eos
+        futures = [pool.submit(complete, port, p, n, eos, timeout, extra) for p in prompts]
         replies = [f.result() for f in futures]
     finally:
         # On Ctrl-C, do not wait for requests in flight: the server is stopped next, which ends them.
@@ -290,12 +339,35 @@ def serve_pass(port: int, prompts: list[list[int]], exp: Expected, timeout: floa
     return replies, time.perf_counter() - start
 
 
-def first_difference(served: list[str], trial: tuple[str, ...]) -> str:
+def first_difference(served: list[Any], trial: tuple[Any, ...]) -> str:
+    """Where the served outputs first part from the trial's: texts (characters) or token ids."""
+    unit = "character" if all(isinstance(x, str) for x in served) else "token"
     for i, (a, b) in enumerate(zip(served, trial, strict=True)):
+        a, b = (a, b) if unit == "character" else (list(a), list(b))
         if a != b:
             j = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-            return f"prompt {i} differs at character {j}: served {a[j : j + 20]!r}, trial {b[j : j + 20]!r}"
+            return f"prompt {i} differs at {unit} {j}: served {a[j : j + 20]!r}, trial {b[j : j + 20]!r}"
     return ""
+
+
+def _outputs(replies: list[Reply], gen: Generations) -> tuple[list[Any], tuple[Any, ...]]:
+    """What is compared: the token ids where the server returned them for every reply (exact),
+    else the texts."""
+    if all(r.token_ids is not None for r in replies):
+        return [r.token_ids for r in replies], gen.output_ids
+    return [r.text for r in replies], gen.texts
+
+
+def _server_version(port: int, runtime: dict[str, Any]) -> str:
+    """llama-server's build (/props), else vLLM's version (/version), else what the config says."""
+    for route, key in (("/props", "build_info"), ("/version", "version")):
+        try:
+            status, body = _get(port, route)
+            if status == 200 and json.loads(body).get(key):
+                return str(json.loads(body)[key])
+        except (OSError, ValueError, AttributeError):
+            pass
+    return str(runtime.get("vllm") or "")
 
 
 def server_argv(runtime: dict[str, Any], where: str) -> list[str]:
@@ -358,15 +430,11 @@ def verify(
     argv = server_argv(runtime, where)
     prompts = [list(p) for p in exp.generations.prompt_ids]
     log = path.parent / f"{path.stem}.verify-server.log"
+    extra = runtime.get("request")
     with running_server(argv, log, path.parent.resolve(), startup_s) as port:
-        serve_pass(port, prompts[: exp.batch_size], exp, request_timeout_s)  # warm-up, unmeasured
-        passes = [serve_pass(port, prompts, exp, request_timeout_s) for _ in range(exp.repeats)]
-        version = ""
-        try:
-            props = json.loads(_get(port, "/props")[1])
-            version = str(props.get("build_info", ""))
-        except (OSError, ValueError):
-            pass
+        serve_pass(port, prompts[: exp.batch_size], exp, request_timeout_s, extra)  # warm-up, unmeasured
+        passes = [serve_pass(port, prompts, exp, request_timeout_s, extra) for _ in range(exp.repeats)]
+        version = _server_version(port, runtime)
     replies = [r for p, _ in passes for r in p]
     tokens = sum(r.tokens for r in replies)
     wall = sum(w for _, w in passes)
@@ -382,14 +450,14 @@ def verify(
         "latency_p50_s": exp.latency_p50_s,
         "latency_p95_s": exp.latency_p95_s,
     }
-    texts = [r.text for r in passes[0][0]]
+    outputs, trial_outputs = _outputs(passes[0][0], exp.generations)
     report = Report(
         trial=exp.trial,
         served=served,
         measured=measured,
-        identical=sum(a == b for a, b in zip(texts, exp.generations.texts, strict=True)),
-        prompts=len(texts),
-        first_difference=first_difference(texts, exp.generations.texts),
+        identical=sum(a == b for a, b in zip(outputs, trial_outputs, strict=True)),
+        prompts=len(outputs),
+        first_difference=first_difference(outputs, trial_outputs),
         server_version=version,
         command=" ".join(shlex.quote(a) for a in argv),
         mlflow_run_id=data["measured"].get("mlflow_run_id"),
@@ -399,7 +467,7 @@ def verify(
     )
     if report.first_difference:
         report.failures.append(f"outputs differ from trial {exp.trial}: {report.first_difference}")
-    later = [i for i, (p, _) in enumerate(passes[1:], 1) if [r.text for r in p] != texts]
+    later = [i for i, (p, _) in enumerate(passes[1:], 1) if _outputs(p, exp.generations)[0] != outputs]
     if later:
         report.failures.append(f"the server's own outputs changed between passes (pass {later[0]} vs pass 0)")
     slow_or_fast = speed_failure(served["tokens_per_s"], exp.tokens_per_s, tolerance, max_ratio)

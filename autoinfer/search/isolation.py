@@ -40,19 +40,20 @@ class ChildOutcome:
         return out
 
 
-def die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int, signum: int = signal.SIGKILL) -> None:
     """Have the kernel SIGKILL this process when the search process dies, however it dies.
 
     Without this a `kill -9` of the search leaves its trial running, still holding cores and
     memory, and overlapping the next run's first trial. Linux only (prctl); elsewhere the search
-    process's own cleanup is all there is.
+    process's own cleanup is all there is. `signum`: another signal instead, for a process that
+    must stop children of its own on the way out (a SIGKILLed vLLM server leaves its EngineCore).
     """
     if sys.platform != "linux":
         return
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
 

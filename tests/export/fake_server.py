@@ -5,6 +5,10 @@ It answers each token-id prompt with the text a trial recorded for it (`--output
 model. `--wrong N` changes prompt N's answer; `--pidfile` says where it runs; `--crash` exits
 before it is healthy; `--delay S` waits S seconds before each chunk, which caps its tokens/s at
 one per S per request in flight however fast the machine (how tests set its speed without timing).
+Asked for `return_token_ids` (as verify asks vLLM), it streams the recorded output ids too;
+`--wrong-token N` changes prompt N's last id and not its text. `--child-pidfile` starts a child
+process, as vLLM's server starts its EngineCore, which it stops on SIGTERM (as vLLM's does) unless
+`--orphan`: then only a kill of the whole process group stops it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +32,16 @@ def main() -> None:
     ap.add_argument("--delay", type=float, default=0.001, help="seconds between chunks")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--wrong-token", type=int, default=-1)
+    ap.add_argument("--child-pidfile")
+    ap.add_argument("--orphan", action="store_true", help="leave the child running on SIGTERM")
     args = ap.parse_args()
+    if args.child_pidfile:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        with open(args.child_pidfile, "w") as f:
+            f.write(str(child.pid))
+        if not args.orphan:
+            signal.signal(signal.SIGTERM, lambda *a: (child.kill(), child.wait(), sys.exit(0)))
     if args.pidfile:
         with open(args.pidfile, "w") as f:
             f.write(str(os.getpid()))
@@ -37,6 +52,9 @@ def main() -> None:
     answers = {tuple(p): t for p, t in zip(gen["prompt_ids"], gen["texts"], strict=True)}
     if args.wrong >= 0:
         answers[tuple(gen["prompt_ids"][args.wrong])] += " and more"
+    ids = {tuple(p): list(o) for p, o in zip(gen["prompt_ids"], gen["output_ids"], strict=True)}
+    if args.wrong_token >= 0:
+        ids[tuple(gen["prompt_ids"][args.wrong_token])][-1] += 1
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -68,9 +86,14 @@ def main() -> None:
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Connection", "close")
             self.end_headers()
-            for c in chunks:
+            out = ids.get(tuple(body["prompt"]), [])
+            for i, c in enumerate(chunks):
                 time.sleep(args.delay)
-                self.wfile.write(f"data: {json.dumps({'choices': [{'text': c, 'index': 0}]})}\n\n".encode())
+                choice: dict[str, object] = {"text": c, "index": 0}
+                if body.get("return_token_ids"):  # all but the last id with the first word, as a server may
+                    last = i == len(chunks) - 1
+                    choice["token_ids"] = (out[:-1] if i == 0 else []) + (out[-1:] if last else [])
+                self.wfile.write(f"data: {json.dumps({'choices': [choice]})}\n\n".encode())
             final = {"choices": [{"text": "", "finish_reason": "stop"}], "usage": {"completion_tokens": len(chunks)}}
             self.wfile.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
             self.wfile.flush()

@@ -29,6 +29,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +38,7 @@ from typing import Any
 from autoinfer.engines.base import GenerationResult, HFTokenizerEngine
 from autoinfer.engines.sources import dequantized, dequantized_checkpoint, resolve_source, source_as_gguf
 from autoinfer.engines.vllm import distribution
+from autoinfer.engines.vllm.export import environment
 from autoinfer.errors import TrialError
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -44,6 +46,7 @@ _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 PER_SEQUENCE_CTX = 1024  # tokens of prompt room per sequence beyond max_new_tokens (as llama.cpp's engine)
 KV_HEADROOM = 1.25  # KV cache sized to this much more than B full sequences need (block rounding)
 MIN_KV_BYTES = 32 << 20
+SEED = 0
 LOGPROBS_TOP = 20  # log-probabilities per step next_token_logits asks for when it decodes (width 1)
 
 
@@ -146,21 +149,33 @@ class VllmEngine(HFTokenizerEngine):
         import vllm
 
         self.draft_width = point.draft_tokens if d.kind != "none" else 0
+        # What vLLM's processes read from the environment, before LLM() adds its own: an export's
+        # server command sets the same (autoinfer.engines.vllm.export).
+        self.info["vllm_env"] = environment()
         self.llm = self._build(drafted=d.kind != "none")
         self._ids = itertools.count()
         self.tokenizer = self.llm.get_tokenizer()
         eng_cfg = self.llm.llm_engine.vllm_config
+        sched = eng_cfg.scheduler_config
+        mode = getattr(eng_cfg.compilation_config, "mode", None)
         self.info.update(
             vllm=vllm.__version__,
             vllm_distribution=distribution(),
+            python=sys.executable,  # the interpreter with vLLM (an export's server runs under it)
+            tokenizer=self.tokenizer_path,
             dtype=self.dtype,
             enforce_eager=settings.enforce_eager,
+            compilation_mode=None if mode is None else int(mode),
             max_model_len=self.max_model_len,
             max_num_seqs=point.batch_size,
+            # LLM()'s defaults: vLLM's server has others (2048 batched tokens on CPU, not 4096).
+            max_num_batched_tokens=sched.max_num_batched_tokens,
+            chunked_prefill=bool(sched.enable_chunked_prefill),
             kv_cache_memory_bytes=eng_cfg.cache_config.kv_cache_memory_bytes,
             kv_cache_blocks=eng_cfg.cache_config.num_gpu_blocks,
             kv_block_size=eng_cfg.cache_config.block_size,
             prefix_caching=False,
+            seed=SEED,
             draft_tokens_per_step=self.draft_width,
             # vLLM rewrites LD_PRELOAD (libgomp) in this process's environment when it loads on CPU.
             ld_preload=os.environ.get("LD_PRELOAD", ""),
@@ -176,6 +191,8 @@ class VllmEngine(HFTokenizerEngine):
             # The AOT compile cache (the default on torch >= 2.10) failed to reload here
             # ("'function' object has no attribute 'finalize_loading'"); the standard one works.
             os.environ["VLLM_USE_AOT_COMPILE"] = "0"
+        if kind == "cuda":
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(self.point.hardware_spec.index or 0)
         if kind == "cpu":
             allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(threads))
             if threads > len(allowed):
@@ -195,13 +212,18 @@ class VllmEngine(HFTokenizerEngine):
             return {"method": "draft_model", "model": self.draft_path, "num_speculative_tokens": k}
         return None
 
+    @property
+    def tokenizer_path(self) -> str:
+        tok = self.config.model.tokenizer
+        return resolve_source(self.config, tok) if tok else self.path
+
     def _build(self, drafted: bool) -> Any:
         from vllm import LLM
 
         m, settings = self.config.model, self.config.vllm
         kwargs: dict[str, Any] = {
             "model": self.path,
-            "tokenizer": resolve_source(self.config, m.tokenizer) if m.tokenizer else self.path,
+            "tokenizer": self.tokenizer_path,
             "trust_remote_code": m.trust_remote_code,
             "dtype": self.dtype,
             "enforce_eager": settings.enforce_eager,
@@ -209,12 +231,10 @@ class VllmEngine(HFTokenizerEngine):
             "max_model_len": self.max_model_len,
             "kv_cache_memory_bytes": self.kv_bytes,
             "enable_prefix_caching": False,
-            "seed": 0,
+            "seed": SEED,
             "disable_log_stats": False,  # per-request spec-decode metrics need the stats
             "max_logprobs": -1,  # next_token_logits reads the whole vocabulary
         }
-        if self.point.hardware_spec.kind == "cuda":
-            os.environ["CUDA_VISIBLE_DEVICES"] = str(self.point.hardware_spec.index or 0)
         spec = self.speculative if drafted else None
         if spec is not None:
             kwargs["speculative_config"] = spec
