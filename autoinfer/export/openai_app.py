@@ -64,7 +64,7 @@ def create_app(served: Served) -> FastAPI:
         return ModelList(data=[card])
 
     @app.get("/v1/models/{model:path}")
-    async def model(model: str) -> ModelCard:
+    async def one_model(model: str) -> ModelCard:
         _check_model(served, model)
         return card
 
@@ -88,8 +88,11 @@ def _error_handlers(app: FastAPI) -> None:
         return JSONResponse(exc.body(), exc.status)
 
     async def invalid(request: Request, exc: Exception) -> Response:
-        # FastAPI's 422 is OpenAI's 400, naming the first bad field.
+        # FastAPI's 422 is OpenAI's 400, naming the first bad field (param: the request field it is in).
         assert isinstance(exc, RequestValidationError)
+        if "json" not in request.headers.get("content-type", ""):  # FastAPI then never parsed the body
+            message = "the request body must be JSON, sent with Content-Type: application/json"
+            return JSONResponse(APIError(400, message, None, "invalid_value").body(), 400)
         errors: Sequence[Any] = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]

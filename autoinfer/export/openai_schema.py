@@ -34,8 +34,9 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
-def unsupported(param: str, why: str) -> APIError:
-    return APIError(400, f"{param}: {why}", param, "unsupported_parameter")
+def unsupported(param: str, why: str, where: str | None = None) -> APIError:
+    """A 400 for a request field the server does not serve; `where` is the path inside `param`."""
+    return APIError(400, f"{where or param}: {why}", param, "unsupported_parameter")
 
 
 # -- requests ------------------------------------------------------------------------------------
@@ -118,12 +119,13 @@ class ChatMessage(BaseModel):
         """The message's text; text parts joined by newlines (as vLLM joins them)."""
         if isinstance(self.content, str):
             return self.content
+        where = f"messages.{index}.content"
         if self.content is None:
-            raise APIError(400, f"messages[{index}].content: missing", f"messages.{index}.content")
+            raise APIError(400, f"{where}: missing", "messages", "invalid_value")
         parts = []
         for part in self.content:
             if part.type != "text" or part.text is None:
-                raise unsupported(f"messages[{index}].content", f"{part.type!r} parts are not served, only text")
+                raise unsupported("messages", f"{part.type!r} parts are not served, only text", where)
             parts.append(part.text)
         return "\n".join(parts)
 

@@ -95,6 +95,9 @@ class Served:
                     batch.append(self.inbox.get(timeout=max(deadline - time.monotonic(), 0)))
                 except queue.Empty:
                     break
+            # A request whose client left (its future cancelled) is dropped; the rest can no longer
+            # be cancelled, so setting their results cannot fail and stop this thread.
+            batch = [r for r in batch if r.done.set_running_or_notify_cancel()]
             # One generate call per setting; a mixed batch (rare) is split by it.
             groups: dict[tuple[int, bool], list[Request]] = {}
             for r in batch:

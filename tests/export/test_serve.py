@@ -207,7 +207,9 @@ def test_a_streamed_chat(client: TestClient, served: Served) -> None:
                                                {"role": "user", "content": "hi"}]},
          "messages", "unsupported_value", "only a single user message"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
-         "messages[0].content", "unsupported_parameter", "only text"),
+         "messages", "unsupported_parameter", "messages.0.content: 'image_url' parts are not served"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": None}]}, "messages", "invalid_value",
+         "messages.0.content: missing"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]},
          "tools", "unsupported_parameter", "tool calls"),
     ],
@@ -228,6 +230,9 @@ def test_unknown_routes_models_and_malformed_json(client: TestClient) -> None:
     assert err["code"] == "model_not_found" and err["param"] == "model"
     bad = client.post("/v1/completions", content=b"{not json", headers={"Content-Type": "application/json"})
     assert error_of(bad, 400)["code"] == "invalid_value"
+    # A body sent without its JSON content type (curl -d without -H) is never parsed: said so.
+    untyped = client.post("/v1/completions", content=b'{"prompt": "hi there"}')
+    assert "Content-Type: application/json" in error_of(untyped, 400)["message"]
 
 
 def test_an_engine_failure_is_a_500_or_an_error_event(client: TestClient, served: Served, monkeypatch: Any) -> None:
@@ -242,6 +247,18 @@ def test_an_engine_failure_is_a_500_or_an_error_event(client: TestClient, served
     first, failed, done = events(r.text)
     assert first["choices"][0]["delta"]["role"] == "assistant" and done == "[DONE]"
     assert failed["error"]["type"] == "server_error" and "out of memory" in failed["error"]["message"]
+
+
+def test_a_request_whose_client_left_is_dropped_and_the_batcher_serves_on(served: Served) -> None:
+    import asyncio
+
+    from autoinfer.export.serve import Request
+
+    gone = Request(encode("left early"), 4, False)
+    gone.done.cancel()  # what the event loop does to the request of a client that disconnected
+    served.inbox.put(gone)
+    out = asyncio.run(asyncio.wait_for(served.generate(encode("still here"), 4, False), 60))
+    assert out.completion_tokens == 4 and out.text == served.engine.text(greedy(served.engine, encode("still here"), 4))
 
 
 # -- a real server ---------------------------------------------------------------------------------
