@@ -59,6 +59,9 @@ def die_with_parent(parent_pid: int, signum: int = signal.SIGKILL) -> None:
 
 
 def _child_main(payload: dict[str, Any], conn: Any, parent_pid: int) -> None:
+    # Its own process group, so whatever the trial starts (vLLM's engine core and workers, which
+    # outlive a SIGKILLed parent) is found and stopped with it: see _kill_group.
+    os.setpgid(0, 0)
     die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group; the search process alone decides what it means
     # (kill this child, record the trial as interrupted), so the child ignores it.
@@ -89,6 +92,18 @@ def _describe_exit(code: int | None) -> str:
         hint = " (likely killed for running out of memory)" if sig == "SIGKILL" else ""
         return f"trial process crashed with {sig}{hint}"
     return f"trial process exited with code {code} without a result"
+
+
+def _kill_group(pgid: int | None) -> None:
+    """SIGKILL what is left of a trial's process group once the trial process is gone: children
+    it started and did not stop (a timed-out or crashed vLLM trial leaves its engine core running,
+    holding a core and gigabytes). Nothing left is the usual case."""
+    if pgid is None or sys.platform == "win32":
+        return
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is empty: every process of the trial has exited
 
 
 def run_isolated(
@@ -137,6 +152,7 @@ def run_isolated(
         if proc.is_alive():
             proc.kill()
             proc.join()
+        _kill_group(proc.pid)
     if result is None and not reason:
         reason = _describe_exit(proc.exitcode)
     duration = time.monotonic() - t0

@@ -35,3 +35,13 @@ def staged(payload: dict[str, Any], stage: Callable[[str], None]) -> dict[str, A
         stage(name)
         time.sleep(seconds)
     return {}
+
+
+def leaves_a_child(payload: dict[str, Any], stage: Callable[[str], None]) -> dict[str, Any]:
+    """Start a long-lived child (as vLLM starts its engine core), say its pid, then hang."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "600"])
+    stage(f"child {child.pid}")
+    time.sleep(600)
+    return {}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,6 +38,25 @@ def test_hang_times_out_and_child_is_killed(tmp_path: Path) -> None:
     out = run_isolated(payload(tmp_path, "hangs"), 3)
     assert not out.ok and out.reason == "timed out after 3 s"
     assert out.duration_s < 20
+
+
+def test_a_timed_out_trial_leaves_none_of_its_children(tmp_path: Path) -> None:
+    stages: list[str] = []
+    out = run_isolated(payload(tmp_path, "leaves_a_child"), 5, stages.append)
+    assert not out.ok and out.reason == "timed out after 5 s"
+    pid = int(stages[0].split()[1])
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:  # killed at once; reaped by init soon after
+        time.sleep(0.1)
+    assert not _alive(pid), "the trial's child outlived the trial"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie is dead, waiting for init to reap it
 
 
 def test_time_is_accounted_per_stage(tmp_path: Path) -> None:
