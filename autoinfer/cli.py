@@ -1,4 +1,4 @@
-"""Command line: `autoinfer search | validate | hardware | pareto | export | serve | verify`."""
+"""Command line: `autoinfer search | validate | init | hardware | pareto | export | serve | verify`."""
 
 from __future__ import annotations
 
@@ -266,6 +266,31 @@ def validate(config: ConfigArg) -> None:
 
 
 @app.command()
+def init(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="The model: a .gguf file, a model directory, package:NAME, chunks:NAME{1..N}, or a hub id "
+            "in the local Hugging Face cache.",
+            metavar="SOURCE",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Where to write the config.")] = Path("model.yaml"),
+    draft: Annotated[
+        str | None, typer.Option(help="A draft model with the same tokenizer, searched as model:DRAFT.")
+    ] = None,
+    minutes: Annotated[str, typer.Option(metavar="N", help="Search budget; sets search.trials (estimated).")] = "30",
+    force: Annotated[bool, typer.Option(help="Overwrite --out if it exists.")] = False,
+) -> None:
+    """Write a commented search config for a model on this machine: what fits, and trials for --minutes."""
+    from autoinfer.scaffold import run_init, summary
+
+    for line in summary(run_init(source, out, draft, minutes, force)):
+        print(line)
+
+
+@app.command()
 def hardware() -> None:
     """List the targets this machine offers and the energy meter each would use."""
     from autoinfer.config import EnergyConfig
@@ -370,12 +395,15 @@ def serve(
     deploy: Annotated[Path, typer.Argument(help="A deployment config written by `autoinfer export`.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    model_name: Annotated[
+        str | None, typer.Option(help="The model id clients name (default: the deployment's model.source).")
+    ] = None,
 ) -> None:
-    """Serve a measured configuration through its own engine (OpenAI-compatible /v1/completions)."""
+    """Serve a measured configuration through its own engine (OpenAI-compatible /v1 API)."""
     from autoinfer.export.serve import serve as run_serve
 
     try:
-        run_serve(deploy, host, port)
+        run_serve(deploy, host, port, model_name)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
