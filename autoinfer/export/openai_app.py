@@ -162,6 +162,10 @@ def chat_ids(engine: Engine, messages: list[ChatMessage]) -> list[int]:
 # -- the routes ----------------------------------------------------------------------------------
 
 
+def _ids(out: Output, req: CompletionRequest | ChatRequest) -> list[int] | None:
+    return list(out.token_ids) if req.return_token_ids else None
+
+
 def _usage(out: Output) -> Usage:
     return Usage(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
                  total_tokens=out.prompt_tokens + out.completion_tokens)  # fmt: skip
@@ -180,7 +184,7 @@ async def _complete(served: Served, req: CompletionRequest) -> Response:
     if req.stream:
         return _sse(_completion_chunks(served, ids, max_tokens, req, head))
     out = await served.generate(ids, max_tokens, req.ignore_eos)
-    choice = CompletionChoice(text=out.text, finish_reason=out.finish_reason)
+    choice = CompletionChoice(text=out.text, finish_reason=out.finish_reason, token_ids=_ids(out, req))
     return _json(Completion(**head, choices=[choice], usage=_usage(out)))
 
 
@@ -188,7 +192,7 @@ async def _completion_chunks(
     served: Served, ids: list[int], max_tokens: int, req: CompletionRequest, head: dict[str, Any]
 ) -> AsyncIterator[BaseModel]:
     out = await served.generate(ids, max_tokens, req.ignore_eos)
-    yield Completion(**head, choices=[CompletionChoice(text=out.text, finish_reason=None)])
+    yield Completion(**head, choices=[CompletionChoice(text=out.text, finish_reason=None, token_ids=_ids(out, req))])
     # Usage rides on the final chunk unless asked for in a chunk of its own (OpenAI's
     # stream_options.include_usage); llama-server does the same, and `autoinfer verify` reads it there.
     usage = None if req.include_usage else _usage(out)
@@ -206,7 +210,8 @@ async def _chat(served: Served, req: ChatRequest) -> Response:
     if req.stream:
         return _sse(_chat_chunks(served, ids, max_tokens, req, head))
     out = await served.generate(ids, max_tokens, req.ignore_eos)
-    choice = ChatChoice(message=AssistantMessage(content=out.text), finish_reason=out.finish_reason)
+    message = AssistantMessage(content=out.text)
+    choice = ChatChoice(message=message, finish_reason=out.finish_reason, token_ids=_ids(out, req))
     return _json(ChatCompletion(**head, choices=[choice], usage=_usage(out)))
 
 
@@ -216,8 +221,9 @@ async def _chat_chunks(
     # The role first, before the batch runs, as OpenAI's first chunk: the client knows it is answered.
     yield ChatCompletionChunk(**head, choices=[ChunkChoice(delta=Delta(role="assistant", content=""))])
     out = await served.generate(ids, max_tokens, req.ignore_eos)
-    if out.text:
-        yield ChatCompletionChunk(**head, choices=[ChunkChoice(delta=Delta(content=out.text))])
+    if out.text or req.return_token_ids:
+        content = ChunkChoice(delta=Delta(content=out.text), token_ids=_ids(out, req))
+        yield ChatCompletionChunk(**head, choices=[content])
     usage = None if req.include_usage else _usage(out)
     final = ChunkChoice(delta=Delta(), finish_reason=out.finish_reason)
     yield ChatCompletionChunk(**head, choices=[final], usage=usage)

@@ -64,6 +64,9 @@ class _Generation(BaseModel):
     # Not OpenAI's (llama-server's and vLLM's): decode past EOS up to max_tokens, as a trial with
     # workload.ignore_eos did; `autoinfer verify` sends the trial's setting.
     ignore_eos: bool = False
+    # Not OpenAI's (vLLM's): each choice carries its generated token ids, end token included, which
+    # `autoinfer verify` compares with the trial's token for token.
+    return_token_ids: bool = False
 
     def refuse_unmeasured(self) -> None:
         """Refuse what the measured configuration does not do: only its greedy decoding is served."""
@@ -159,7 +162,19 @@ class Usage(BaseModel):
     total_tokens: int
 
 
-class CompletionChoice(BaseModel):
+class _Choice(BaseModel):
+    token_ids: list[int] | None = None  # only when the request asks (return_token_ids)
+
+    @model_serializer(mode="wrap")
+    def _ids_when_asked(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out, not null, when not asked: a client reading the key's presence sees no ids.
+        out: dict[str, Any] = handler(self)
+        if out.get("token_ids") is None:
+            out.pop("token_ids", None)
+        return out
+
+
+class CompletionChoice(_Choice):
     index: int = 0
     text: str
     logprobs: None = None
@@ -182,7 +197,7 @@ class AssistantMessage(BaseModel):
     content: str
 
 
-class ChatChoice(BaseModel):
+class ChatChoice(_Choice):
     index: int = 0
     message: AssistantMessage
     logprobs: None = None
@@ -208,7 +223,7 @@ class Delta(BaseModel):
         return {k: v for k, v in handler(self).items() if v is not None}
 
 
-class ChunkChoice(BaseModel):
+class ChunkChoice(_Choice):
     index: int = 0
     delta: Delta
     logprobs: None = None

@@ -160,6 +160,8 @@ def _transformers(
         # The measured engine itself behind an OpenAI-compatible route: what `autoinfer verify` runs.
         block["serve"] = f"autoinfer serve {THIS_FILE}"
         block["engine_config"] = engine_config
+        # What `autoinfer verify` adds to each request: the generated ids back, compared token for token.
+        block["request"] = {"return_token_ids": True}
     checkpoint = str(info.get("checkpoint") or model.get("source"))
     block["ecosystem"] = _ecosystem_serve(point, info, checkpoint, draft)
     return block

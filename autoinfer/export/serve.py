@@ -39,9 +39,13 @@ class Output:
     """One request's answer, as the routes report it."""
 
     text: str
+    token_ids: tuple[int, ...]  # generated, end token included
     prompt_tokens: int
-    completion_tokens: int
     finish_reason: FinishReason
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
 
 
 def load_engine(path: Path) -> tuple[Engine, dict[str, Any]]:
@@ -124,7 +128,7 @@ class Served:
             out = await asyncio.wrap_future(req.done)
         except Exception as e:  # any engine failure is the server's (500), named
             raise APIError(500, f"generation failed: {type(e).__name__}: {e}", kind="server_error") from e
-        return Output(self.engine.text(out), len(ids), len(out), self.finish_reason(out, max_tokens, ignore_eos))
+        return Output(self.engine.text(out), out, len(ids), self.finish_reason(out, max_tokens, ignore_eos))
 
 
 def serve(

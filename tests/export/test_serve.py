@@ -185,6 +185,26 @@ def test_a_streamed_chat(client: TestClient, served: Served) -> None:
     assert chunks[3]["choices"] == [] and chunks[3]["usage"]["completion_tokens"] == MAX_TOKENS
 
 
+def test_token_ids_come_back_only_when_asked(client: TestClient, served: Served) -> None:
+    """vLLM's return_token_ids, which verify sends: the generated ids, end token included."""
+    ids = ending_prompt()
+    want = list(greedy(served.engine, ids, MAX_TOKENS))
+    assert want[-1] == EOS
+    plain = client.post("/v1/completions", json={"prompt": ids, "max_tokens": MAX_TOKENS}).json()
+    assert "token_ids" not in plain["choices"][0]
+    asked = {"prompt": ids, "max_tokens": MAX_TOKENS, "return_token_ids": True}
+    assert client.post("/v1/completions", json=asked).json()["choices"][0]["token_ids"] == want
+    *chunks, _ = events(client.post("/v1/completions", json={**asked, "stream": True}).text)
+    assert [t for c in chunks for ch in c["choices"] for t in ch.get("token_ids", [])] == want
+    assert ["token_ids" in c["choices"][0] for c in chunks] == [True, False]
+    prompt = "Say something"
+    want = list(greedy(served.engine, served.engine.prompt_ids(prompt), MAX_TOKENS))
+    chat = {"messages": [{"role": "user", "content": prompt}], "return_token_ids": True}
+    assert client.post("/v1/chat/completions", json=chat).json()["choices"][0]["token_ids"] == want
+    *chunks, _ = events(client.post("/v1/chat/completions", json={**chat, "stream": True}).text)
+    assert [t for c in chunks for ch in c["choices"] for t in ch.get("token_ids", [])] == want
+
+
 # -- errors --------------------------------------------------------------------------------------
 
 
@@ -346,7 +366,8 @@ def test_verify_holds_autoinfer_serve_to_its_trial(tmp_path: Path) -> None:
         "model": {"source": str(tmp_path / "fake-model")},
         **engine.point.as_dict(),
         "generation": {"max_new_tokens": MAX_TOKENS, "ignore_eos": False, "do_sample": False},
-        "runtime": {"serve": "autoinfer serve d.yaml", "engine_config": engine_config(engine.config)},
+        "runtime": {"serve": "autoinfer serve d.yaml", "engine_config": engine_config(engine.config),
+                    "request": {"return_token_ids": True}},
         "measured": {"trial": 0, "repeats": 1, "outputs_file": side.name,
                      "metrics": {"tokens_per_s": 1.0, "ttft_p50_s": 0.1, "latency_p50_s": 0.1, "latency_p95_s": 0.1}},
     }  # fmt: skip
@@ -462,6 +483,8 @@ def test_smollm2_through_the_openai_client_reproduces_its_trial(smollm2_export: 
     finally:
         proc.terminate()
         proc.wait(30)
+    # The export asks for token ids back, so verify compares those with the trial's.
+    assert deploy["runtime"]["request"] == {"return_token_ids": True}
     report = verify(smollm2_export, tolerance=0.01, max_ratio=float("inf"))  # outputs, not speed
     assert report.passed and report.identical == report.prompts == 4, report.failures
 
@@ -481,21 +504,22 @@ def _raw_completions(client: Any, tok: Any, prompt: str, gen: Any) -> None:
 
 
 def _chat_reproduces_the_trial(client: Any, prompts: list[str], gen: Any, deploy: dict[str, Any]) -> None:
-    ignore_eos = bool(deploy["generation"]["ignore_eos"])
+    extra = {"ignore_eos": bool(deploy["generation"]["ignore_eos"]), "return_token_ids": True}
 
-    def ask(prompt: str) -> tuple[str, Any, list[Any]]:
+    def ask(prompt: str) -> tuple[str, list[int], Any, list[Any]]:
         stream = client.chat.completions.create(
             model="smollm2", messages=[{"role": "user", "content": prompt}], stream=True,
-            stream_options={"include_usage": True}, extra_body={"ignore_eos": ignore_eos},
+            stream_options={"include_usage": True}, extra_body=extra,
         )  # fmt: skip
         chunks = list(stream)
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        return text, chunks[-1].usage, [c.choices[0].finish_reason for c in chunks if c.choices]
+        ids = [t for c in chunks for ch in c.choices for t in (ch.model_extra or {}).get("token_ids") or []]
+        return text, ids, chunks[-1].usage, [c.choices[0].finish_reason for c in chunks if c.choices]
 
     with ThreadPoolExecutor(deploy["batch_size"]) as pool:  # in flight as the trial batched them
         answers = list(pool.map(ask, prompts))
-    for i, (text, usage, finishes) in enumerate(answers):
-        assert text == gen.texts[i], (i, text, gen.texts[i])
+    for i, (text, ids, usage, finishes) in enumerate(answers):
+        assert ids == list(gen.output_ids[i]) and text == gen.texts[i], (i, text, gen.texts[i])
         assert usage.prompt_tokens == len(gen.prompt_ids[i]) and usage.completion_tokens == len(gen.output_ids[i])
         cut = len(gen.output_ids[i]) == deploy["generation"]["max_new_tokens"]
         assert finishes[:-1] == [None] * (len(finishes) - 1)
