@@ -47,7 +47,7 @@ def check(config: Config, source: str | None = None) -> int:
             )
     m = config.model
     if "llama.cpp" in config.space.engine and not m.gguf_file:
-        from autoinfer.engines.gguf_convert import converter_script
+        from autoinfer.engines.llamacpp.convert import converter_script
         from autoinfer.errors import TrialError
 
         try:

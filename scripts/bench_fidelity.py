@@ -84,7 +84,7 @@ def bare_llamacpp_c(rec: TrialRecord, threads: int) -> float:
 
     import llama_cpp as ll
 
-    from autoinfer.engines.llamacpp_runtime import quiet_llama_logs
+    from autoinfer.engines.llamacpp.runtime import quiet_llama_logs
 
     gen = rec.generations
     assert gen is not None

@@ -13,8 +13,8 @@ import argparse
 import statistics
 import time
 
-from autoinfer.engines.gguf_levels import quantized_gguf, source_level
-from autoinfer.engines.llamacpp_runtime import LlamaRuntime
+from autoinfer.engines.llamacpp.levels import quantized_gguf, source_level
+from autoinfer.engines.llamacpp.runtime import LlamaRuntime
 from autoinfer.engines.sources import package_dir
 from autoinfer.evaluators.bandwidth import cached_bandwidth_gbs
 from autoinfer.trial import set_threads

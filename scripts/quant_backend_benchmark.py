@@ -13,7 +13,7 @@ import traceback
 
 from autoinfer.config import parse_config
 from autoinfer.engines import TrialPoint
-from autoinfer.engines.transformers_engine import TransformersEngine
+from autoinfer.engines.transformers.engine import TransformersEngine
 from autoinfer.evaluators.energy import CpuTimeEstimate
 from autoinfer.evaluators.throughput import measure_throughput
 from autoinfer.evaluators.workload import BUILTIN_CHAT

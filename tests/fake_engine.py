@@ -23,7 +23,7 @@ from typing import Any
 from lm_eval.api.model import TemplateLM
 
 from autoinfer.engines import ENGINES, Engine, EngineSpec, GenerationResult
-from autoinfer.engines.llamacpp_engine import lookup_draft
+from autoinfer.engines.llamacpp.engine import lookup_draft
 from autoinfer.errors import TrialError
 
 VOCAB = 64

@@ -85,6 +85,9 @@ class EngineSpec:
     # Hardware kinds this installation can actually use (e.g. a CPU-only llama.cpp build cannot offload);
     # None: every kind in hardware_kinds. Returns (usable kinds, why the others are not).
     usable_hardware: Callable[[], tuple[tuple[str, ...], str]] | None = None
+    # "module:function" building an exported trial's `runtime` block (how to serve it) from
+    # (model section, point, the trial's info, engine_config); "" when the engine has none.
+    export: str = ""
 
     def hardware_here(self) -> tuple[tuple[str, ...], str]:
         """The hardware kinds this engine can run on as installed, and why others are left out."""

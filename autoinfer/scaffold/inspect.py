@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoinfer.engines.gguf_levels import LEVELS
+from autoinfer.engines.llamacpp.levels import LEVELS
 from autoinfer.errors import ConfigError
 from autoinfer.scaffold.gguf_header import read_header
 

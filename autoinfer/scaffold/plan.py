@@ -7,7 +7,7 @@ is dropped only when an engine would have no level that fits at it):
     kept where need <= 80 % of the memory free now on every target the engine runs on
 
 - weights: parameters x bits per weight / 8. transformers loads int8/int4 in fp32 and quantizes
-  after loading (transformers_engine._DTYPES), so those count at 32 bits; 1.2 covers what the
+  after loading (engines/transformers/engine.py _DTYPES), so those count at 32 bits; 1.2 covers what the
   level tables miss (embeddings kept wider, file padding, allocator slack);
 - KV cache: batch x tokens per sequence x layers x kv width x 2 (K and V) x bytes per value;
   llama.cpp gives each sequence max(2048 / batch, 1024 + max_new_tokens) cells in f16;
@@ -112,7 +112,7 @@ def _engines(machine: MachineFacts, model: ModelFacts) -> tuple[list[str], list[
             notes.append(f"{e.name}: {e.why}")
             continue
         if e.name == "llama.cpp" and model.format == "hf":
-            from autoinfer.engines.gguf_convert import converter_script
+            from autoinfer.engines.llamacpp.convert import converter_script
             from autoinfer.errors import TrialError
 
             try:

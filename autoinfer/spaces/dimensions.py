@@ -15,7 +15,7 @@ TRANSFORMERS_QUANTIZATIONS = ("fp32", "bf16", "fp16", "int8", "int4")
 # What the vLLM engine runs an HF checkpoint (or a dequantized GGUF) in: the dtype it computes in.
 # vLLM's CPU build has no fp16 kernels worth measuring and no GGUF or bitsandbytes loader there.
 VLLM_QUANTIZATIONS = ("fp32", "bf16", "fp16")
-# llama.cpp levels, as its quantize tool spells them (engines/gguf_levels.py maps them to ftypes).
+# llama.cpp levels, as its quantize tool spells them (engines/llamacpp/levels.py maps them to ftypes).
 LLAMACPP_LEVELS = (
     "F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0",
     "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "IQ4_NL", "Q3_K_M", "Q2_K",

@@ -11,7 +11,7 @@ import pytest
 
 from autoinfer.cache import tree_digest
 from autoinfer.config import parse_config
-from autoinfer.engines.gguf_convert import CONVERTER_ENV, base_type, converted_gguf, converter_script
+from autoinfer.engines.llamacpp.convert import CONVERTER_ENV, base_type, converted_gguf, converter_script
 from autoinfer.errors import ConfigError, TrialError
 from tests.conftest import ARC_DIR
 
@@ -111,7 +111,7 @@ def test_converted_checkpoint_equals_the_source_gguf_tensor_for_tensor(smollm2_h
     import numpy as np
     from gguf import GGUFReader
 
-    from autoinfer.engines.gguf_levels import quantized_gguf
+    from autoinfer.engines.llamacpp.levels import quantized_gguf
     from autoinfer.engines.sources import package_dir
 
     converted, facts = converted_gguf(smollm2_hf, "F16")

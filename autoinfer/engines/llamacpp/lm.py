@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from lm_eval.api.model import TemplateLM
 
-from autoinfer.engines.llamacpp_runtime import LlamaRuntime
+from autoinfer.engines.llamacpp.runtime import LlamaRuntime
 
 
 def _log_softmax(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:

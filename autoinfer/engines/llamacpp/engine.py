@@ -1,7 +1,7 @@
 """The llama.cpp engine: GGUF quantization levels, B sequences decoded together, drafts.
 
 - Levels (F16, Q8_0, ..., Q4_0) are made from the source GGUF by llama.cpp's quantizer; an HF
-  checkpoint is first converted to an unquantized GGUF by llama.cpp's converter (gguf_convert).
+  checkpoint is first converted to an unquantized GGUF by llama.cpp's converter (llamacpp/convert.py).
 - Batch: B prompts are decoded as B sequence ids of one context: one llama_decode per step
   carries one token of every live sequence (continuous batching, not B sequential calls).
 - Drafts, at any batch size: prompt lookup (n-gram match in each sequence's history) or a draft
@@ -23,9 +23,9 @@ import numpy as np
 
 from autoinfer.cache import file_digest
 from autoinfer.engines.base import Engine, GenerationResult
-from autoinfer.engines.gguf_convert import base_type, converted_gguf, gguf_of_source, local_checkpoint
-from autoinfer.engines.gguf_levels import quantized_gguf, source_level
-from autoinfer.engines.llamacpp_runtime import LlamaRuntime
+from autoinfer.engines.llamacpp.convert import base_type, converted_gguf, gguf_of_source, local_checkpoint
+from autoinfer.engines.llamacpp.levels import quantized_gguf, source_level
+from autoinfer.engines.llamacpp.runtime import LlamaRuntime
 from autoinfer.engines.sources import gguf_path
 from autoinfer.errors import TrialError
 
@@ -286,7 +286,7 @@ class LlamaCppEngine(Engine):
         return (*super().verify_pass_shapes(), (0, batch), *(((1, 1),) if batch > 1 else ()))
 
     def lm_eval_model(self) -> Any:
-        from autoinfer.engines.llamacpp_lm import LlamaCppLM
+        from autoinfer.engines.llamacpp.lm import LlamaCppLM
 
         return LlamaCppLM(self.rt)
 
