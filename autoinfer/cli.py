@@ -240,6 +240,7 @@ def search(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)  # the terminal went away: stop as cleanly as for SIGTERM
     try:
         with progress:
             study, tracker = run_search(cfg, events, retry_failed=retry_failed, fresh=fresh)

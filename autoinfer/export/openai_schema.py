@@ -61,6 +61,11 @@ class _Generation(BaseModel):
     stop: str | list[str] | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    # Not OpenAI's (vLLM's, llama-server's): named so that they are checked, not silently dropped.
+    repetition_penalty: float | None = None
+    top_k: int | None = None  # no effect on greedy decoding (the argmax is always kept): accepted
+    min_p: float | None = None  # likewise
     # Not OpenAI's (llama-server's and vLLM's): decode past EOS up to max_tokens, as a trial with
     # workload.ignore_eos did; `autoinfer verify` sends the trial's setting.
     ignore_eos: bool = False
@@ -79,6 +84,10 @@ class _Generation(BaseModel):
         if self.presence_penalty or self.frequency_penalty:
             which = "presence_penalty" if self.presence_penalty else "frequency_penalty"
             raise unsupported(which, "penalties change greedy decoding; not served")
+        if self.repetition_penalty not in (None, 1.0):
+            raise unsupported("repetition_penalty", "penalties change greedy decoding; not served")
+        if self.logit_bias:
+            raise unsupported("logit_bias", "a logit bias changes greedy decoding; not served")
 
     @property
     def include_usage(self) -> bool:

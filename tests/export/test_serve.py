@@ -211,6 +211,10 @@ def test_token_ids_come_back_only_when_asked(client: TestClient, served: Served)
          "only greedy decoding"),
         ("/v1/completions", {"prompt": "hi there", "n": 2}, "n", "unsupported_parameter", "one choice"),
         ("/v1/completions", {"prompt": "hi there", "stop": ["\n"]}, "stop", "unsupported_parameter", "stop sequences"),
+        ("/v1/completions", {"prompt": "hi there", "logit_bias": {"3": 5.0}}, "logit_bias", "unsupported_parameter",
+         "logit bias"),
+        ("/v1/completions", {"prompt": "hi there", "repetition_penalty": 1.2}, "repetition_penalty",
+         "unsupported_parameter", "penalties"),
         ("/v1/completions", {"prompt": ["a b", "c d"]}, "prompt", "unsupported_value", "one prompt per request"),
         ("/v1/completions", {"prompt": ""}, "prompt", "invalid_value", "prompt: empty"),
         ("/v1/completions", {"max_tokens": 4}, "prompt", "invalid_value", "prompt: Field required"),
@@ -275,6 +279,31 @@ def test_a_request_whose_client_left_is_dropped_and_the_batcher_serves_on(served
     served.inbox.put(gone)
     out = asyncio.run(asyncio.wait_for(served.generate(encode("still here"), 4, False), 60))
     assert out.completion_tokens == 4 and out.text == served.engine.text(greedy(served.engine, encode("still here"), 4))
+
+
+def test_one_bad_request_fails_only_itself_not_its_batch(tmp_path: Path) -> None:
+    import asyncio
+
+    engine = fake_engine(tmp_path, batch_size=2)
+    measured = engine.generate_ids
+    bad = encode("poisoned")
+
+    def picky(prompts: Any, *args: Any, **kwargs: Any) -> Any:
+        if bad in prompts:  # as an id past the vocabulary fails the whole call it is in
+            raise IndexError("index out of range in self")
+        return measured(prompts, *args, **kwargs)
+
+    engine.generate_ids = picky  # type: ignore[method-assign]
+    served = Served(engine, MODEL, MAX_TOKENS, window_s=2.0)  # long enough for both to share a batch
+
+    async def both() -> list[Any]:
+        return await asyncio.gather(
+            served.generate(encode("a good prompt"), 4, False), served.generate(bad, 4, False), return_exceptions=True
+        )
+
+    good, failed = asyncio.run(asyncio.wait_for(both(), 60))
+    assert good.text == engine.text(greedy(engine, encode("a good prompt"), 4))
+    assert "IndexError" in str(failed)
 
 
 # -- a real server ---------------------------------------------------------------------------------

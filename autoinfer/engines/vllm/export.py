@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
 from typing import Any
@@ -42,13 +43,19 @@ NEUTRAL_SAMPLING = {
 }
 
 
+# Credentials among vLLM's variables (VLLM_API_KEY and the like): never recorded, so never in a
+# trial's info, MLflow params, an export or verify's output; a server that needs one gets it from
+# the environment it is started in.
+SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+
+
 def environment() -> dict[str, str]:
     """The variables of this process's environment a vLLM load reads: call before `vllm.LLM()`,
-    which adds its own (LD_PRELOAD among them)."""
+    which adds its own (LD_PRELOAD among them). Credentials are left out (SECRET)."""
     return {
         k: v
         for k, v in sorted(os.environ.items())
-        if (k.startswith("VLLM_") or k in THREAD_VARS) and k not in SET_BY_VLLM + UNSET
+        if (k.startswith("VLLM_") or k in THREAD_VARS) and k not in SET_BY_VLLM + UNSET and not SECRET.search(k)
     }
 
 
