@@ -238,11 +238,13 @@ class Engine(abc.ABC):
         return {}
 
     def next_token_logits(self, prompt: str, prefix: Sequence[int], width: int, batch: int = 1) -> Any:
-        """Logits for the token after `prompt` + `prefix`, in one of three pass shapes: width 1 feeds
+        """Logits for the token after `prompt` + `prefix`, in one of these pass shapes: width 1 feeds
         the prefix one token per pass, as plain decoding does; width > 1 puts its last token first
         in a pass of `width` tokens, as a verification does; width 0 evaluates prompt and prefix in
-        a single pass. With batch B the passes carry B copies of the sequence, as a batch of B does
-        (engines whose drafts run at batch 1 only may ignore it). Lets a drafted trial tell a
+        a single pass; width -w feeds the prefix w tokens per pass (the KV cache a drafted history
+        leaves, written by verifications of w tokens), for engines that support it. With batch B
+        the passes carry B copies of the sequence, as a batch of B does (engines whose drafts run
+        at batch 1 only may ignore it). Lets a drafted trial tell a
         floating-point tie from a broken draft by how much pass shape alone moves the target's
         logits; None where not supported."""
         return None

@@ -62,6 +62,8 @@ def first_divergence(
 def shape_name(width: int, batch: int) -> str:
     """A (width, batch) pass shape in words: "4 tokens of 2 sequences", "1 whole sequence"."""
     seqs = f"sequence{'s' * (batch != 1)}"
+    if width < 0:
+        return f"the history in passes of {-width} tokens of {batch} {seqs}"
     return f"{batch} whole {seqs}" if width == 0 else f"{width} token{'s' * (width != 1)} of {batch} {seqs}"
 
 

@@ -112,6 +112,26 @@ def test_a_tie_only_a_one_sequence_pass_shows_is_still_a_tie(tmp_path: Path) -> 
 
 
 def test_engines_name_the_pass_shapes_their_drafts_run(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """Assisted generation's first pass takes the whole prompt, at batch 1 only."""
+    """Assisted generation's first pass takes the whole prompt, at batch 1 only, and the history it
+    accepts keeps the KV cache its verification passes wrote (-width)."""
     eng = make(tiny_model_dir, tmp_path, "transformers", "fp32", "prompt_lookup:2", 1)
-    assert eng.verify_pass_shapes() == ((eng.draft_width + 1, 1), (0, 1))
+    w = eng.draft_width + 1
+    assert eng.verify_pass_shapes() == ((w, 1), (0, 1), (-w, 1))
+
+
+def test_a_chunked_history_is_fed_in_passes_of_that_width(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    eng = make(tiny_model_dir, tmp_path, "transformers", "fp32", "prompt_lookup:2", 1)
+    widths: list[int] = []
+    hook = eng.model.register_forward_pre_hook(
+        lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
+    prefix = [5, 6, 7, 8, 9, 10, 11]
+    try:
+        chunked = eng.next_token_logits(PROMPTS[0], prefix, -3)
+    finally:
+        hook.remove()
+    assert widths[1:] == [3, 3, 1]  # after the prompt's pass: the 7 tokens of history, 3 at a time
+    plain = eng.next_token_logits(PROMPTS[0], prefix, 1)
+    assert np.allclose(chunked, plain, atol=1e-3)  # fp32: the same logits up to rounding

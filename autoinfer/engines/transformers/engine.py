@@ -321,6 +321,8 @@ class TransformersEngine(HFTokenizerEngine):
         if width == 0:  # everything in one pass
             ids = torch.cat([ids, torch.tensor([list(prefix)], dtype=ids.dtype)], dim=1)
             prefix = []
+        if width < 0:  # the history in passes of -width tokens, as verifications write its KV cache
+            return self._chunked_history_logits(ids, list(prefix), -width)
         with torch.no_grad():
             out = self.model(input_ids=ids.to(dev), use_cache=True)
             logits = out.logits[0, -1]
@@ -331,10 +333,28 @@ class TransformersEngine(HFTokenizerEngine):
                 logits = self.model(input_ids=last, past_key_values=out.past_key_values).logits[0, 0]
         return logits.float().cpu().numpy()
 
+    def _chunked_history_logits(self, ids: Any, prefix: list[int], chunk: int) -> Any:
+        """Logits after prompt + prefix, the prefix fed `chunk` tokens per pass: the cached keys and
+        values of a drafted history were computed in verification passes of that width, and in
+        bf16 they round differently from one-token passes, moving every later logit a little."""
+        import torch
+
+        dev = self.point.hardware_spec.torch_device
+        with torch.no_grad():
+            out = self.model(input_ids=ids.to(dev), use_cache=True)
+            logits = out.logits[0, -1]
+            for i in range(0, len(prefix), chunk):
+                part = torch.tensor([prefix[i : i + chunk]], device=dev)
+                out = self.model(input_ids=part, past_key_values=out.past_key_values)
+                logits = out.logits[0, -1]
+        return logits.float().cpu().numpy()
+
     def verify_pass_shapes(self) -> tuple[tuple[int, int], ...]:
         # Assisted generation runs at batch 1, and its first pass takes the whole prompt with the
-        # first candidates (no separate prefill); later passes verify up to draft_width + 1 tokens.
-        return ((self.draft_width + 1, 1), (0, 1))
+        # first candidates (no separate prefill); later passes verify up to draft_width + 1 tokens,
+        # and the history they accept keeps the keys and values those passes computed (-width).
+        w = self.draft_width + 1
+        return ((w, 1), (0, 1), (-w, 1))
 
     def lm_eval_model(self) -> Any:
         from lm_eval.models.huggingface import HFLM
