@@ -321,32 +321,21 @@ class TransformersEngine(HFTokenizerEngine):
         if width == 0:  # everything in one pass
             ids = torch.cat([ids, torch.tensor([list(prefix)], dtype=ids.dtype)], dim=1)
             prefix = []
-        if width < 0:  # the history in passes of -width tokens, as verifications write its KV cache
-            return self._chunked_history_logits(ids, list(prefix), -width)
+        # The history before the last token goes in one token per pass, as plain decoding feeds it;
+        # at width -w all of it goes in w tokens per pass: a drafted history's cached keys and values
+        # were computed in verification passes of that width, and in bf16 they round differently
+        # from one-token passes, moving every later logit a little.
+        chunk, history = (-width, prefix) if width < 0 else (1, prefix[:-1])
         with torch.no_grad():
             out = self.model(input_ids=ids.to(dev), use_cache=True)
             logits = out.logits[0, -1]
-            for t in prefix[:-1]:  # one token per pass, as plain decoding does
-                out = self.model(input_ids=torch.tensor([[t]], device=dev), past_key_values=out.past_key_values)
-            if prefix:  # the last one first in a pass of `width` tokens, as in a verification
-                last = torch.tensor([[prefix[-1]] * width], device=dev)
-                logits = self.model(input_ids=last, past_key_values=out.past_key_values).logits[0, 0]
-        return logits.float().cpu().numpy()
-
-    def _chunked_history_logits(self, ids: Any, prefix: list[int], chunk: int) -> Any:
-        """Logits after prompt + prefix, the prefix fed `chunk` tokens per pass: the cached keys and
-        values of a drafted history were computed in verification passes of that width, and in
-        bf16 they round differently from one-token passes, moving every later logit a little."""
-        import torch
-
-        dev = self.point.hardware_spec.torch_device
-        with torch.no_grad():
-            out = self.model(input_ids=ids.to(dev), use_cache=True)
-            logits = out.logits[0, -1]
-            for i in range(0, len(prefix), chunk):
-                part = torch.tensor([prefix[i : i + chunk]], device=dev)
+            for i in range(0, len(history), chunk):
+                part = torch.tensor([list(history[i : i + chunk])], device=dev)
                 out = self.model(input_ids=part, past_key_values=out.past_key_values)
                 logits = out.logits[0, -1]
+            if prefix and width > 0:  # the last one first in a pass of `width` tokens, as in a verification
+                last = torch.tensor([[prefix[-1]] * width], device=dev)
+                logits = self.model(input_ids=last, past_key_values=out.past_key_values).logits[0, 0]
         return logits.float().cpu().numpy()
 
     def verify_pass_shapes(self) -> tuple[tuple[int, int], ...]:
