@@ -45,6 +45,7 @@ def check(config: Config, source: str | None = None) -> int:
             raise ConfigError(
                 f"space.engine[{i}]", f"{name} needs the {engine.package!r} package: {engine.install_hint}", source
             )
+    _check_compressor(config, source)
     m = config.model
     if "llama.cpp" in config.space.engine and not m.gguf_file:
         from autoinfer.engines.llamacpp.convert import converter_script
@@ -79,6 +80,20 @@ def check(config: Config, source: str | None = None) -> int:
     _check_tasks(config, source)
     check_stores(config, source)
     return n
+
+
+def _check_compressor(config: Config, source: str | None) -> None:
+    """vLLM's compressed levels are made in llmcompressor's own environment: it must be there."""
+    if "vllm" not in config.space.engine:
+        return
+    from autoinfer.engines.vllm.compress import SCHEMES, cpu_int4_problem, quantizer_problem
+
+    on_cpu = any(HardwareSpec.parse(h).kind == "cpu" for h in config.space.hardware)
+    for i, level in enumerate(config.space.quantization):
+        if level in SCHEMES and (problem := quantizer_problem()):
+            raise ConfigError(f"space.quantization[{i}]", problem, source)
+        if level == "w4a16" and on_cpu and (problem := cpu_int4_problem()):
+            raise ConfigError(f"space.quantization[{i}]", f"w4a16 on a CPU target: {problem}", source)
 
 
 def check_stores(config: Config, source: str | None = None) -> None:

