@@ -147,7 +147,12 @@ class TestVllmBf16(VllmContract):
         drafted = eng.generate(prompts, 24, ignore_eos=True)
         plain = eng.generate(prompts, 24, ignore_eos=True, draft=False)
         assert drafted.token_ids == plain.token_ids
-        assert drafted.draft_accepted > 0 and drafted.target_passes < plain.target_passes
+        # Drafting is per sequence: the repeating prompt takes several tokens in some step (they
+        # share a timestamp), while the batch's step count is its slowest sequence's, which only
+        # falls where every sequence gains (on the AVX2 VM the other two accepted nothing: 23 = 23).
+        assert drafted.draft_accepted > 0 and drafted.target_passes <= plain.target_passes
+        repeating = drafted.token_times[0]
+        assert len(set(repeating)) < len(repeating)
         assert eng.info["speculative_config"]["method"] == "ngram"
         check = check_lossless(eng, prompts, drafted.token_ids)
         assert check.lossless, check.detail
