@@ -222,3 +222,27 @@ def _two(here: MachineFacts) -> tuple[EngineHere, ...]:
     """The machine's transformers and llama.cpp only: the memory figures above are theirs, and
     whether vLLM is installed must not move them."""
     return tuple(e for e in here.engines if e.name in ("transformers", "llama.cpp"))
+
+
+def test_vllm_compressed_levels_follow_what_can_be_made_and_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autoinfer.engines.vllm import compress
+    from autoinfer.scaffold.plan import candidate_levels
+
+    model = inspect_source(SMOLLM2, "SOURCE", tmp_path)
+    python = tmp_path / "python"
+    python.write_text("")
+    monkeypatch.setenv(compress.ENV_VAR, str(python))
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("flags\t\t: fpu sse2 avx avx2 fma\n")
+    avx512 = tmp_path / "avx512"
+    avx512.write_text("flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw\n")
+    monkeypatch.setattr(compress, "CPUINFO", str(avx2))
+    assert candidate_levels("vllm", model, cuda=False) == ["fp32", "bf16", "w8a8"]  # no int4 kernel on AVX2
+    assert candidate_levels("vllm", model, cuda=True) == ["fp32", "bf16", "fp16", "w8a8", "w4a16"]
+    monkeypatch.setattr(compress, "CPUINFO", str(avx512))
+    assert candidate_levels("vllm", model, cuda=False) == ["fp32", "bf16", "w8a8", "w4a16"]
+    monkeypatch.setenv(compress.ENV_VAR, str(tmp_path / "missing"))  # no llmcompressor: dense levels only
+    assert candidate_levels("vllm", model, cuda=False) == ["fp32", "bf16"]
+    assert "w8a8" not in candidate_levels("transformers", model, cuda=False)

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from autoinfer.config import Config
 from autoinfer.errors import AutoinferError
 from autoinfer.export.runtime import runtime_block
-from autoinfer.record import Provenance, record_of
+from autoinfer.record import Provenance, TrialRecord, record_of
 from autoinfer.search.pareto import pareto_trials, ranks_energy
 from autoinfer.search.storage import redact
 
@@ -43,12 +43,6 @@ def deployment_config(config: Config, study: optuna.Study, number: int | None = 
             raise AutoinferError(f"trial {number} is {trial.state.name}, not a completed measurement")
         trial_number, rec, why = number, found, "chosen by --trial"
     point = rec.point.as_dict()
-    from autoinfer.tracking.mlflow_tracker import trial_run_id  # MLflow only when exporting
-
-    prov = rec.provenance
-    uri = config.mlflow.tracking_uri
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative to this directory
-        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
     model = {k: v for k, v in config.model.model_dump().items() if v is not None}
     return {
         "model": model,
@@ -58,27 +52,38 @@ def deployment_config(config: Config, study: optuna.Study, number: int | None = 
             "ignore_eos": config.workload.ignore_eos,
             "do_sample": False,
         },
-        "runtime": runtime_block(model, point, prov.engine, engine_config(config)),
-        "measured": {
-            "study": config.study_name,
-            "trial": trial_number,
-            "why": why,
-            "metrics": dict(rec.metrics),
-            "energy_source": prov.energy_source,
-            "energy_detail": prov.energy_detail,
-            "memory_source": prov.memory_source,
-            "quant_backend": prov.engine.get("quant_backend"),
-            "prompts": prov.prompts,
-            "repeats": prov.repeats,
-            "sequences": prov.sequences,
-            "draft_lossless": prov.draft_lossless,
-            "draft_check": prov.draft_check,
-            "warnings": [w for w in (draft_tie_warning(trial_number, prov, rec.metrics),) if w],
-            "identity": prov.identity,
-            # Where `autoinfer verify` logs its result (the URI only where it holds no secret).
-            "mlflow_run_id": trial_run_id(config, trial_number),
-            "mlflow_tracking_uri": uri if redact(uri) == uri else None,
-        },
+        "runtime": runtime_block(model, point, rec.provenance.engine, engine_config(config)),
+        "measured": measured_block(config, trial_number, why, rec),
+    }
+
+
+def measured_block(config: Config, trial_number: int, why: str, rec: TrialRecord) -> dict[str, Any]:
+    """The evidence: what the trial measured, with what, and where its MLflow run is."""
+    from autoinfer.tracking.mlflow_tracker import trial_run_id  # MLflow only when exporting
+
+    prov = rec.provenance
+    uri = config.mlflow.tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative to this directory
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return {
+        "study": config.study_name,
+        "trial": trial_number,
+        "why": why,
+        "metrics": dict(rec.metrics),
+        "energy_source": prov.energy_source,
+        "energy_detail": prov.energy_detail,
+        "memory_source": prov.memory_source,
+        "quant_backend": prov.engine.get("quant_backend"),
+        "prompts": prov.prompts,
+        "repeats": prov.repeats,
+        "sequences": prov.sequences,
+        "draft_lossless": prov.draft_lossless,
+        "draft_check": prov.draft_check,
+        "warnings": [w for w in (draft_tie_warning(trial_number, prov, rec.metrics),) if w],
+        "identity": prov.identity,
+        # Where `autoinfer verify` logs its result (the URI only where it holds no secret).
+        "mlflow_run_id": trial_run_id(config, trial_number),
+        "mlflow_tracking_uri": uri if redact(uri) == uri else None,
     }
 
 

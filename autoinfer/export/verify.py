@@ -205,7 +205,8 @@ def running_server(argv: list[str], log: Path, cwd: Path, startup_s: float) -> I
     with open(log, "wb") as out:
         # A session (and process group) of its own, so stopping it reaches the processes it starts
         # (vLLM's EngineCore and Worker); SIGTERM, not SIGKILL, if this process dies: a SIGKILLed
-        # vLLM server cannot stop them, and nothing else would.
+        # vLLM server cannot stop them, and nothing else would. The signal can come more than once
+        # (again as each of this process's threads exits and the server passes to the next).
         proc = subprocess.Popen(
             [*argv, "--host", "127.0.0.1", "--port", str(port)],
             cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,

@@ -104,7 +104,8 @@ def run_init(source: str, out: Path, draft: str | None, minutes_text: str, force
     weight_sets = len({(p.engine, p.quantization) for _, p in enumerate_points(config)})
     # llama.cpp levels other than the source's are quantized once each (cached afterwards)
     made = sum(1 for f in plan.fits if f.fits and f.engine == "llama.cpp" and f.level != model.level)
-    once = once_seconds(plan.engines, model.format, made)
+    compressed = sum(1 for f in plan.fits if f.fits and f.engine == "vllm" and f.level in ("w8a8", "w4a16"))
+    once = once_seconds(plan.engines, model.format, made, compressed)
     threads = int(plan.hardware[0].split(":")[1]) if plan.hardware[0].startswith("cpu:") else machine.cores
     est = estimate(model.params, threads, plan.engines, once, weight_sets, points, minutes)
     text = render(replace(r, estimate=est))

@@ -30,10 +30,15 @@ REFERENCE_PARAMS = 134_515_008  # SmolLM2-135M-Instruct, counted from llm-smollm
 # for transformers ~36 s + ~15 s for the tokenizer; converting an HF checkpoint for llama.cpp ~9 s;
 # quantizing to one llama.cpp level, a few seconds. The summary prints them as assumed.
 DEQUANTIZE_S, CONVERT_S, QUANTIZE_S = 51.0, 9.0, 5.0
+# vLLM's w8a8/w4a16 checkpoint, made once per level by llmcompressor: 30 s for Qwen2.5-Coder-0.5B's
+# 494 M parameters (one timing: scripts/results/qwen2.5-coder-0.5b-three-engines-grid.txt), ~8 s at
+# the reference's size.
+COMPRESS_S = 8.0
 VLLM_START_S = 60.0  # assumed: no stage times of vLLM trials are kept; its engine core starts per trial
 ASSUMED_INPUTS = (
     f"assumed, not measured: files made once (dequantize {DEQUANTIZE_S:g} s, convert {CONVERT_S:g} s, "
-    f"quantize {QUANTIZE_S:g} s per level) and a vLLM trial's start-up ({VLLM_START_S:g} s)"
+    f"quantize {QUANTIZE_S:g} s per level, compress {COMPRESS_S:g} s per vLLM int level) and a vLLM trial's "
+    f"start-up ({VLLM_START_S:g} s)"
 )
 
 
@@ -117,9 +122,12 @@ def estimate(
     return dataclasses.replace(est, trials=n)
 
 
-def once_seconds(engines: tuple[str, ...], source_format: str, llamacpp_levels: int) -> float:
+def once_seconds(
+    engines: tuple[str, ...], source_format: str, llamacpp_levels: int, compressed_levels: int = 0
+) -> float:
     """Reference seconds of the one-off file work the engines need, before scaling by size."""
-    s = DEQUANTIZE_S if "transformers" in engines and source_format == "gguf" else 0.0
+    # A GGUF source reaches both PyTorch engines through the one dequantized checkpoint (cached).
+    s = DEQUANTIZE_S if {"transformers", "vllm"} & set(engines) and source_format == "gguf" else 0.0
     if "llama.cpp" in engines:
         s += (CONVERT_S if source_format == "hf" else 0.0) + QUANTIZE_S * llamacpp_levels
-    return s
+    return s + COMPRESS_S * compressed_levels

@@ -34,7 +34,7 @@ MAX_NEW_TOKENS = 32  # the examples' workload, which the budget's reference time
 # Approximate bits per weight: llama.cpp's block sizes (gguf.GGML_QUANT_SIZES); _K_M mixes keep a
 # few tensors at Q6_K, hence above their base type's 4.5 / 5.5.
 BITS = {
-    "fp32": 32, "bf16": 16, "fp16": 16, "int8": 8, "int4": 4.5,
+    "fp32": 32, "bf16": 16, "fp16": 16, "int8": 8, "int4": 4.5, "w8a8": 8, "w4a16": 4.5,
     "F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_K_M": 5.7, "Q5_0": 5.5, "Q4_K_M": 4.9,
     "Q4_K_S": 4.6, "Q4_1": 5.0, "Q4_0": 4.5, "IQ4_NL": 4.5, "Q3_K_M": 3.9, "Q2_K": 3.4,
 }  # fmt: skip
@@ -72,11 +72,21 @@ def candidate_levels(engine: str, model: ModelFacts, cuda: bool) -> list[str]:
     if engine == "transformers":
         return ["fp32", "bf16", "int8"] + (["fp16"] if cuda else [])
     if engine == "vllm":
-        return ["fp32", "bf16"] + (["fp16"] if cuda else [])
+        return ["fp32", "bf16"] + (["fp16"] if cuda else []) + vllm_compressed_levels(cuda)
     # llama.cpp: the source's own level (used as is, no requantization) and the examples' four.
     # Levels above a quantized source's carry its rounding: they differ in speed, not accuracy.
     picked = {"F16", "Q8_0", "Q4_K_M", "Q4_0"} | ({model.level} if model.level in LLAMACPP_LEVELS else set())
     return [lv for lv in LLAMACPP_LEVELS if lv in picked]
+
+
+def vllm_compressed_levels(cuda: bool) -> list[str]:
+    """vLLM's int8/int4 levels where they can be made (llmcompressor's environment) and run here
+    (w4a16 needs AVX-512 on a CPU; engines/vllm/compress.py)."""
+    from autoinfer.engines.vllm.compress import cpu_int4_problem, quantizer_problem
+
+    if quantizer_problem():
+        return []
+    return ["w8a8"] + (["w4a16"] if cuda or not cpu_int4_problem() else [])
 
 
 def kv_bytes(engine: str, level: str, model: ModelFacts, batch: int) -> float:

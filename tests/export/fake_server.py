@@ -41,7 +41,18 @@ def main() -> None:
         with open(args.child_pidfile, "w") as f:
             f.write(str(child.pid))
         if not args.orphan:
-            signal.signal(signal.SIGTERM, lambda *a: (child.kill(), child.wait(), sys.exit(0)))
+
+            def stop(*_: object) -> None:
+                # Once only: as a SIGKILLed verify's threads exit one by one, the kernel hands
+                # this process to the next and sends the parent-death signal again (seen: a second
+                # SIGTERM inside a slow handler), and a handler re-entered inside child.wait()
+                # deadlocks on Popen's wait lock (it did here, about one run in two).
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                child.kill()
+                child.wait()
+                os._exit(0)
+
+            signal.signal(signal.SIGTERM, stop)
     if args.pidfile:
         with open(args.pidfile, "w") as f:
             f.write(str(os.getpid()))
