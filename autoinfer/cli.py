@@ -208,23 +208,11 @@ def search(
     """Run (or resume) the search a config describes; every trial is measured for real."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from autoinfer.preflight import busy_now, notes
     from autoinfer.search.storage import redact
     from autoinfer.search.study import run_search
 
     _quiet_libraries()
-
-    cfg = _load(config, preflight=False)
-    if hardware:
-        cfg = _override(config, cfg, "search", hardware=hardware)
-    _preflight(config, cfg)
-    for note in notes(cfg):
-        err.print(f"[yellow]note:[/] {escape(note)}")
-    busy = busy_now(cfg)
-    if busy:
-        err.print(f"[yellow]warning:[/] machine busy now: {escape(busy)}; trials will wait and measure again")
-    if trials is not None:
-        cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"trials": trials})})
+    cfg = _search_config(config, trials, hardware)
     progress = Progress(
         SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
         TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console,
@@ -255,6 +243,24 @@ def search(
         " --workers 1[/]\n"
         f"Deployment config: [bold]autoinfer export {config}[/]"
     )
+
+
+def _search_config(config: Path, trials: int | None, hardware: list[str] | None) -> Any:
+    """The config with the command line's overrides, checked, its notes and a busy machine said."""
+    from autoinfer.preflight import busy_now, notes
+
+    cfg = _load(config, preflight=False)
+    if hardware:
+        cfg = _override(config, cfg, "search", hardware=hardware)
+    _preflight(config, cfg)
+    for note in notes(cfg):
+        err.print(f"[yellow]note:[/] {escape(note)}")
+    busy = busy_now(cfg)
+    if busy:
+        err.print(f"[yellow]warning:[/] machine busy now: {escape(busy)}; trials will wait and measure again")
+    if trials is not None:
+        cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"trials": trials})})
+    return cfg
 
 
 @app.command()

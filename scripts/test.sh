@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 ruff check autoinfer tests scripts
 ruff format --check autoinfer tests scripts
 mypy
-pytest -q -rs
+# The slowest tests, so a CI log shows where its time went (CI must stay under 60 minutes).
+pytest -q -rs --durations=25

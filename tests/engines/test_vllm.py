@@ -230,9 +230,16 @@ class TestVllmW8A8:
         assert 1.5e8 < eng.weight_bytes() < 1.8e8
         g = eng.generate(PROMPTS, 12, ignore_eos=True)
         assert g.new_tokens == (12, 12, 12)
-        # Greedy output still answers: the level is not broken, whatever its accuracy turns out to be.
-        (paris,) = eng.generate(["The capital of France is"], 10, ignore_eos=True).token_ids
-        assert "Paris" in eng.tokenizer.decode(paris)
+        # The level is not broken, whatever its accuracy turns out to be: it still ranks the right
+        # completion first, by a wide margin (-0.37 against -4.44 nats here, bf16: -0.27 and -4.46).
+        # Not its chat answer: generate() wraps the prompt in the chat template, where this 135M model
+        # answered "Paris" on the AVX2 VM but began in French on an AVX-512 one, in bf16 as in w8a8.
+        from lm_eval.api.instance import Instance
+
+        prompt = "The capital of France is"
+        reqs = [Instance("loglikelihood", {}, (prompt, c), i) for i, c in enumerate([" Paris", " London"])]
+        (paris, greedy), (london, _) = eng.lm_eval_model().loglikelihood(reqs)
+        assert greedy and paris > london + 2, (paris, london)
 
 
 def test_no_vllm_process_is_left() -> None:

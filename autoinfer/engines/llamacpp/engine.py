@@ -14,7 +14,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -54,18 +55,7 @@ class LlamaCppEngine(Engine):
     def load(self) -> None:
         hw = self.point.hardware_spec
         threads = hw.threads
-        src = gguf_path(self.config)
-        self.on_stage("prepare")
-        if src is None:  # an HF checkpoint: one unquantized GGUF first, the levels from it
-            checkpoint = local_checkpoint(self.config)
-            src, facts = converted_gguf(checkpoint, base_type(checkpoint, self.point.quantization))
-            self.info.update(facts)
-        path, facts = quantized_gguf(src, self.point.quantization, threads)
-        self.info.update(facts)
-        self.info["gguf_file_bytes"] = path.stat().st_size
-        self.info["gguf_path"] = str(path)  # what `autoinfer export` tells users to ship
-        self.info["gguf_sha256"] = file_digest(path)
-        self.info["llama_cpp_python"] = metadata.version("llama_cpp_python")
+        src, path = self._prepare_gguf(threads)
         self.on_stage("load")
         gpu_layers = -1 if hw.kind == "cuda" else 0  # everything offloaded where a GPU exists
         main_gpu = (hw.index or 0) if hw.kind == "cuda" else 0
@@ -78,28 +68,7 @@ class LlamaCppEngine(Engine):
         self.draft_k = self.point.draft_tokens  # tokens proposed per verification (prompt_lookup:N: N)
         self.draft_width = self.draft_k if d.kind != "none" else 0
         if d.kind != "none":
-            # A verification evaluates up to draft_k + 1 tokens of each sequence in one pass; plain
-            # decoding one token of each. Where the repacked kernels round those pass sizes
-            # differently, drafted output would drift from plain greedy output, so the target is
-            # loaded without repacking if that makes them agree (measured, not assumed). Where no
-            # load does, the shift is recorded and the lossless check judges each divergence.
-            probe = self.rt.tokenize(BATCH_PROBE)
-            widths = range(2, self.draft_k + 2)
-            shift = self.rt.batch_shift(probe, widths, n_seq)
-            if shift > 0:
-                unpacked = LlamaRuntime(path, self.n_ctx, n_seq, threads, gpu_layers, main_gpu, repack=False)
-                unpacked_shift = unpacked.batch_shift(probe, widths, n_seq)
-                self.info["batch_shift_with_repack"] = shift
-                if unpacked_shift < shift:
-                    self.rt.close()
-                    self.rt, shift = unpacked, unpacked_shift
-                else:
-                    unpacked.close()
-            # 0.0: the weight kernels give every pass size the same numbers. The probe is short on
-            # purpose: past 256 KV cells llama.cpp's CPU attention also rounds one-token passes
-            # differently from many-token ones, which no load setting changes, so there the
-            # lossless check judges each divergence.
-            self.info["batch_shift"] = shift
+            self._match_pass_sizes(path, n_seq, threads, gpu_layers, main_gpu)
         self.info["repack"] = self.rt.repack
         if d.kind == "model":
             self.on_stage("prepare")
@@ -120,6 +89,49 @@ class LlamaCppEngine(Engine):
         self.info["n_gpu_layers"] = gpu_layers
         self.info["main_gpu"] = main_gpu
         self.info["draft_tokens_per_step"] = self.draft_k
+
+    def _prepare_gguf(self, threads: int) -> tuple[Path, Path]:
+        """(the source GGUF, the GGUF at the trial's level), made and cached where needed."""
+        src = gguf_path(self.config)
+        self.on_stage("prepare")
+        if src is None:  # an HF checkpoint: one unquantized GGUF first, the levels from it
+            checkpoint = local_checkpoint(self.config)
+            src, facts = converted_gguf(checkpoint, base_type(checkpoint, self.point.quantization))
+            self.info.update(facts)
+        path, facts = quantized_gguf(src, self.point.quantization, threads)
+        self.info.update(facts)
+        self.info["gguf_file_bytes"] = path.stat().st_size
+        self.info["gguf_path"] = str(path)  # what `autoinfer export` tells users to ship
+        self.info["gguf_sha256"] = file_digest(path)
+        self.info["llama_cpp_python"] = metadata.version("llama_cpp_python")
+        return src, path
+
+    def _match_pass_sizes(self, path: Path, n_seq: int, threads: int, gpu_layers: int, main_gpu: int) -> None:
+        """Load the target so that a drafted pass rounds as a plain one, where a load setting can.
+
+        A verification evaluates up to draft_k + 1 tokens of each sequence in one pass; plain
+        decoding one token of each. Where the repacked kernels round those pass sizes differently,
+        drafted output would drift from plain greedy output, so the target is loaded without
+        repacking if that makes them agree (measured, not assumed). Where no load does, the shift
+        is recorded and the lossless check judges each divergence.
+        """
+        probe = self.rt.tokenize(BATCH_PROBE)
+        widths = range(2, self.draft_k + 2)
+        shift = self.rt.batch_shift(probe, widths, n_seq)
+        if shift > 0:
+            unpacked = LlamaRuntime(path, self.n_ctx, n_seq, threads, gpu_layers, main_gpu, repack=False)
+            unpacked_shift = unpacked.batch_shift(probe, widths, n_seq)
+            self.info["batch_shift_with_repack"] = shift
+            if unpacked_shift < shift:
+                self.rt.close()
+                self.rt, shift = unpacked, unpacked_shift
+            else:
+                unpacked.close()
+        # 0.0: the weight kernels give every pass size the same numbers. The probe is short on
+        # purpose: past 256 KV cells llama.cpp's CPU attention also rounds one-token passes
+        # differently from many-token ones, which no load setting changes, so there the
+        # lossless check judges each divergence.
+        self.info["batch_shift"] = shift
 
     def _draft_path(self, src: Path, threads: int) -> Path:
         """The draft model's GGUF: the target at a level, or any source (at its own level if asked)."""
@@ -194,14 +206,7 @@ class LlamaCppEngine(Engine):
             caught_up = []
             for s in live:
                 d = drafts.get(s, [])
-                got = 0
-                for i in range(len(d) + 1):
-                    t = self.rt.argmax(rows[r + i])
-                    out[s].append(t)
-                    times[s].append(now)  # every token this pass emitted is out now
-                    if i == len(d) or t != d[i] or done(s):
-                        break
-                    got += 1
+                got = self._take_verified(rows[r : r + len(d) + 1], d, out[s], times[s], now, partial(done, s))
                 r += len(d) + 1
                 if d:
                     stats["proposed"] += len(d)
@@ -221,6 +226,28 @@ class LlamaCppEngine(Engine):
             tuple(map(tuple, out)), tuple(map(tuple, times)), total, stats["passes"], stats["draft_steps"],
             stats["proposed"], stats["accepted"],
         )  # fmt: skip
+
+    def _take_verified(
+        self,
+        rows: Sequence[int],
+        draft: Sequence[int],
+        out: list[int],
+        times: list[float],
+        now: float,
+        done: Callable[[], bool],
+    ) -> int:
+        """Append what one verification pass emitted for one sequence (`rows`: its logits rows, the
+        last token's then each draft token's): the target's tokens up to its first disagreement with
+        the draft, or a stop. Returns how many draft tokens were accepted."""
+        got = 0
+        for i in range(len(draft) + 1):
+            t = self.rt.argmax(rows[i])
+            out.append(t)
+            times.append(now)  # every token this pass emitted is out now
+            if i == len(draft) or t != draft[i] or done():
+                break
+            got += 1
+        return got
 
     def _drafts(
         self,

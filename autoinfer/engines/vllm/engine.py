@@ -285,37 +285,13 @@ class VllmEngine(HFTokenizerEngine):
     def generate_ids(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True
     ) -> GenerationResult:
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
         drafted = draft and self.speculative is not None
-        llm = self.llm if drafted else self._plain()
-        params = SamplingParams(
-            temperature=0.0,
-            max_tokens=max_new_tokens,
-            ignore_eos=ignore_eos,
-            # With ignore_eos every sequence runs to max_new_tokens, as in the other engines.
-            stop_token_ids=None if ignore_eos else sorted(self.stop_tokens),
-            output_kind=RequestOutputKind.DELTA,  # each step hands back only its new tokens
-            detokenize=False,
-        )
-        engine = llm.llm_engine
+        engine = (self.llm if drafted else self._plain()).llm_engine
         rids = [f"g{next(self._ids)}" for _ in prompts]
         toks: dict[str, list[int]] = {r: [] for r in rids}
         times: dict[str, list[float]] = {r: [] for r in rids}
         steps = proposed = accepted = 0
-        # The EngineCore schedules on its own as soon as a request reaches it, so requests added one
-        # after another would start in different steps (the first prefilled alone). Pausing its
-        # scheduler ("keep": new requests queue) while they are handed over makes the B prompts one
-        # batch from the first step, as the other engines run them.
-        core = engine.engine_core
-        core.call_utility("pause_scheduler", "keep", False)
-        start = time.perf_counter()
-        try:
-            for rid, ids in zip(rids, prompts, strict=True):
-                engine.add_request(rid, {"prompt_token_ids": list(ids)}, params)
-        finally:
-            core.call_utility("resume_scheduler")
+        start = self._submit(engine, rids, prompts, self._greedy(max_new_tokens, ignore_eos))
         while engine.has_unfinished_requests():
             outs = engine.step()
             now = time.perf_counter() - start
@@ -345,6 +321,39 @@ class VllmEngine(HFTokenizerEngine):
             draft_proposed=proposed,
             draft_accepted=accepted,
         )
+
+    def _greedy(self, max_new_tokens: int, ignore_eos: bool) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            temperature=0.0,
+            max_tokens=max_new_tokens,
+            ignore_eos=ignore_eos,
+            # With ignore_eos every sequence runs to max_new_tokens, as in the other engines.
+            stop_token_ids=None if ignore_eos else sorted(self.stop_tokens),
+            output_kind=RequestOutputKind.DELTA,  # each step hands back only its new tokens
+            detokenize=False,
+        )
+
+    @staticmethod
+    def _submit(engine: Any, rids: list[str], prompts: Sequence[Sequence[int]], params: Any) -> float:
+        """Hand the prompts to the engine as one batch; the perf_counter time they were handed over.
+
+        The EngineCore schedules on its own as soon as a request reaches it, so requests added one
+        after another would start in different steps (the first prefilled alone). Pausing its
+        scheduler ("keep": new requests queue) while they are handed over makes the B prompts one
+        batch from the first step, as the other engines run them.
+        """
+        core = engine.engine_core
+        core.call_utility("pause_scheduler", "keep", False)
+        start = time.perf_counter()
+        try:
+            for rid, ids in zip(rids, prompts, strict=True):
+                engine.add_request(rid, {"prompt_token_ids": list(ids)}, params)
+        finally:
+            core.call_utility("resume_scheduler")
+        return start
 
     def next_token_logits(self, prompt: str, prefix: Sequence[int], width: int, batch: int = 1) -> Any:
         """The target's log-probabilities for the token after prompt + prefix, in two pass shapes.
