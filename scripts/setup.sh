@@ -94,10 +94,9 @@ if [ "$qwen" = 1 ]; then
   [ ${#missing[@]} -eq 0 ] || pip install -q --no-deps "${missing[@]}"
 fi
 
+# llama.cpp, compiled once: the binding's libraries, and llama-server (what `autoinfer export` hands
+# out and `autoinfer verify` runs) and llama-bench linked against them.
 bash scripts/build_llama_cpp.sh
-# llama-server (what `autoinfer export` hands out and `autoinfer verify` runs) and llama-bench, from
-# the same sources and flags.
-bash scripts/build_llama_tools.sh
 
 # The MLflow UI browser test drives Debian's Chromium (a registry package, not a browser download).
 if [ -n "$extras" ] && ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then

@@ -19,8 +19,8 @@ from autoinfer.errors import AutoinferError
 
 
 def llama_server() -> str:
-    """The llama-server built beside this venv from the binding's own sources
-    (scripts/build_llama_tools.sh), else one on PATH, else the bare name."""
+    """The llama-server built beside this venv in the binding's own build
+    (scripts/build_llama_cpp.sh), else one on PATH, else the bare name."""
     here = Path(sys.prefix) / "bin" / "llama-server"
     if here.is_file():
         return str(here)

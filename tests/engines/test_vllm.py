@@ -20,6 +20,7 @@ import pytest
 
 from autoinfer.config import parse_config
 from autoinfer.engines import ENGINES, Engine, TrialPoint
+from autoinfer.errors import TrialError
 from autoinfer.evaluators.lossless import check_lossless
 from tests.conftest import ARC_DIR
 from tests.engines.contract import PROMPTS, REPEATING, EngineContract
@@ -59,31 +60,44 @@ def vllm_processes() -> list[Any]:
 
 
 class Shared:
-    """The engines one test class loads, at most one drafted engine alive at a time."""
+    """The engines one test class loads, at most one drafted engine alive at a time.
 
-    def __init__(self, tmp: Path, quant: str) -> None:
-        self.tmp, self.quant = tmp, quant
+    With `share_plain`, a drafted engine decodes its `draft=False` runs on the class's plain engine
+    (same checkpoint, dtype, batch and eager mode; only the KV-cache size may differ, which does not
+    change greedy tokens) instead of loading its own undrafted twin: one vLLM load (~27 s) fewer per
+    draft. The bf16 class keeps the engine's own twin, so that path stays tested.
+    """
+
+    def __init__(self, tmp: Path, quant: str, share_plain: bool) -> None:
+        self.tmp, self.quant, self.share_plain = tmp, quant, share_plain
         self.engines: dict[str, Engine] = {}
 
     def get(self, draft: str = "none") -> Engine:
         if "SELF" in draft:  # the target's own checkpoint as its draft model
             draft = draft.replace("SELF", self.get().info["checkpoint"])
         if draft not in self.engines:
-            if draft != "none":  # a drafted engine holds two LLMs (drafted and plain): one at a time
+            if draft != "none":  # a drafted engine may hold two LLMs (drafted and plain): one at a time
                 for other in [d for d in self.engines if d != "none"]:
-                    self.engines.pop(other).close()
+                    self.drop(other)
             point = TrialPoint("vllm", self.quant, draft, BATCH, "cpu:1")
             eng = ENGINES.get("vllm").load_class()(config(self.tmp), point)
             eng.load()
+            if draft != "none" and self.share_plain:
+                eng.plain_llm = self.get().llm  # type: ignore[attr-defined]
             self.engines[draft] = eng
         eng = self.engines[draft]
         eng.stop_tokens.clear()  # a contract test declares its own
         return eng
 
+    def drop(self, draft: str) -> None:
+        eng = self.engines.pop(draft)
+        if draft != "none" and self.share_plain:
+            eng.plain_llm = None  # type: ignore[attr-defined]  # the plain engine's, closed with it
+        eng.close()
+
     def close(self) -> None:
-        for eng in self.engines.values():
-            eng.close()
-        self.engines.clear()
+        for draft in [d for d in self.engines if d != "none"] + [d for d in self.engines if d == "none"]:
+            self.drop(draft)
 
 
 @pytest.fixture(scope="class")
@@ -92,7 +106,7 @@ def shared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     # dequantized once for the whole run.
     mp = pytest.MonkeyPatch()
     mp.setenv("AUTOINFER_CACHE", str(tmp_path_factory.getbasetemp() / "autoinfer-cache"))
-    s = Shared(tmp_path_factory.mktemp("vllm"), request.cls.quant)
+    s = Shared(tmp_path_factory.mktemp("vllm"), request.cls.quant, getattr(request.cls, "share_plain", False))
     yield s
     s.close()
     mp.undo()
@@ -141,12 +155,21 @@ class TestVllmBf16(VllmContract):
         assert len(set(g.ttft_s)) == 1  # the batch is prefilled in one step
         assert 0 < g.decode_s < g.total_s
 
-    def test_a_drafted_batch_equals_the_plain_batch(self) -> None:
+    def test_a_drafted_batch_is_the_plain_batch_or_is_flagged(self) -> None:
+        """In a batch too, a drafted bf16 run equals plain decoding or the lossless check says it
+        does not. Both happen: on AVX-512 and AVX2 EPYC VMs the batch below came out identical; on a
+        Sapphire Rapids VM (AMX) its third prompt parted at token 4."""
         eng = self.shared.get("prompt_lookup:3")
         prompts = [REPEATING, *PROMPTS[:2]]
         drafted = eng.generate(prompts, 24, ignore_eos=True)
         plain = eng.generate(prompts, 24, ignore_eos=True, draft=False)
-        assert drafted.token_ids == plain.token_ids
+        assert eng.info["plain_twin_loaded"] is True  # its own undrafted twin (this class shares none)
+        try:
+            check = check_lossless(eng, prompts, drafted.token_ids)
+        except TrialError as e:  # a parting beyond a tie: the trial fails, as it must
+            assert drafted.token_ids != plain.token_ids and "not lossless" in str(e)
+        else:
+            assert check.lossless == (drafted.token_ids == plain.token_ids), check.detail
         # Drafting is per sequence: the repeating prompt takes several tokens in some step (they
         # share a timestamp), while the batch's step count is its slowest sequence's, which only
         # falls where every sequence gains (on the AVX2 VM the other two accepted nothing: 23 = 23).
@@ -154,8 +177,6 @@ class TestVllmBf16(VllmContract):
         repeating = drafted.token_times[0]
         assert len(set(repeating)) < len(repeating)
         assert eng.info["speculative_config"]["method"] == "ngram"
-        check = check_lossless(eng, prompts, drafted.token_ids)
-        assert check.lossless, check.detail
 
     def test_logits_are_whole_sequence_only(self) -> None:
         eng = self.shared.get()
@@ -186,6 +207,7 @@ class TestVllmBf16(VllmContract):
 
 class TestVllmFp32(VllmContract):
     quant = "fp32"
+    share_plain = True
     drafts = ("prompt_lookup:3", "model:SELF")
 
     def test_arc_easy_agrees_with_the_transformers_engine(self, tmp_path: Path) -> None:

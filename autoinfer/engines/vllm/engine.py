@@ -53,6 +53,8 @@ KV_HEADROOM = 1.25  # KV cache sized to this much more than B full sequences nee
 MIN_KV_BYTES = 32 << 20
 SEED = 0
 LOGPROBS_TOP = 20  # log-probabilities per step next_token_logits asks for when it decodes (width 1)
+# Request ids unique in this process, not per engine: two engines may submit to one LLM.
+_REQUEST_IDS = itertools.count()
 
 
 def checkpoint_config(path: str) -> dict[str, Any]:
@@ -134,7 +136,7 @@ class VllmEngine(HFTokenizerEngine):
         # server command sets the same (autoinfer.engines.vllm.export).
         self.info["vllm_env"] = environment()
         self.llm = self._build(drafted=d.kind != "none")
-        self._ids = itertools.count()
+        self._ids = _REQUEST_IDS
         self.tokenizer = self.llm.get_tokenizer()
         self._record_settings()
 
