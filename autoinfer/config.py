@@ -75,8 +75,10 @@ class SpaceConfig(_Strict):
     draft_tokens: list[int] = [DEFAULT_DRAFT_TOKENS]
     batch_size: list[int] = [1]
     hardware: list[Hardware] = ["cpu"]
+    # Engines that can compile their graphs (vLLM) run each listed mode; the others ignore it.
+    compile_mode: list[Literal["eager", "compiled"]] = ["eager"]
 
-    @field_validator("engine", "quantization", "draft", "draft_tokens", "batch_size", "hardware")
+    @field_validator("engine", "quantization", "draft", "draft_tokens", "batch_size", "hardware", "compile_mode")
     @classmethod
     def _non_empty_unique(cls, v: list[Any]) -> list[Any]:
         if not v:
@@ -223,10 +225,6 @@ class TransformersConfig(_Strict):
 
 
 class VllmSettings(_Strict):
-    # Eager PyTorch (True) or vLLM's torch.compile graphs (False). Part of the accuracy key: on the
-    # 2-core AVX-512 test machine compiled bf16 SmolLM2 answered a chat prompt differently from
-    # eager bf16 (and compiling costs 60-120 s of load).
-    enforce_eager: bool = True
     # KV cache per trial in GB; None: sized to batch size x (prompt room + max_new_tokens).
     kv_cache_gb: float | None = Field(None, gt=0, le=4096)
 
@@ -314,6 +312,10 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+# Keys that became something else, and what to write instead.
+MOVED = {"vllm.enforce_eager": "moved to the search space: space.compile_mode: [eager] or [compiled] (or both)"}
+
+
 def parse_config(data: Any, source: str | None = None, base_dir: str = ".") -> Config:
     if not isinstance(data, dict):
         raise ConfigError("", "the top level must be a mapping (model:, space:, ...)", source)
@@ -323,7 +325,7 @@ def parse_config(data: Any, source: str | None = None, base_dir: str = ".") -> C
         err = e.errors()[0]
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = MOVED.get(_loc(err["loc"]), "unknown key")
         elif err["type"] == "missing":
             msg = "is required"
         raise ConfigError(_loc(err["loc"]), msg, source) from None
@@ -340,6 +342,11 @@ def _cross_checks(config: Config, source: str | None) -> Config:
             raise ConfigError(
                 f"space.quantization[{i}]", f"{did_you_mean(q, known)} for engines {config.space.engine}", source
             )
+    compiles = [e for e in config.space.engine if ENGINES.get(e).compile_modes]
+    if "compiled" in config.space.compile_mode and not compiles:
+        raise ConfigError(
+            "space.compile_mode", f"none of the engines {config.space.engine} compiles its graphs (vllm does)", source
+        )
     from autoinfer.evaluators.workload import builtin_size
 
     largest = max(config.space.batch_size)

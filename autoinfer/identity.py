@@ -138,8 +138,10 @@ def study_identity(config: Config) -> dict[str, str]:
         **_machine(config),
     }
     for name in config.space.engine:
-        for package in ENGINES.get(name).version_packages:
+        engine = ENGINES.get(name)
+        for package in engine.version_packages:
             ident[f"engine.{name}.{package}"] = _version(package)
+        ident.update({f"engine.{name}.{k}": v for k, v in engine.identity_settings(config).items()})
     for d in config.space.draft:
         spec = DraftSpec.parse(d)
         if spec.kind == "model" and not _is_level(spec.model):

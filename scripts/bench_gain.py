@@ -41,13 +41,16 @@ METRIC = "correct_tokens_per_j"
 
 
 def with_point(config: Config, point: TrialPoint) -> Config:
-    """`config` itself when its space holds `point`'s engine, level and batch; otherwise a copy whose
+    """`config` itself when its space holds `point`'s engine, level, compile mode and batch; otherwise a copy whose
     space also lists them (Qwen's example searches llama.cpp only, yet the naive default is
     transformers fp32). Model, prompts, token budget and accuracy items are untouched, so every side
     does the same work; the copy's study identity differs, so no accuracy is borrowed across them."""
     space = config.space
     update: dict[str, list[Any]] = {}
-    wanted = {"engine": point.engine, "quantization": point.quantization, "batch_size": point.batch_size}
+    wanted: dict[str, Any] = {"engine": point.engine, "quantization": point.quantization}
+    wanted["batch_size"] = point.batch_size
+    if point.compile_mode:
+        wanted["compile_mode"] = point.compile_mode
     for key, value in wanted.items():
         if value not in getattr(space, key):
             update[key] = [*getattr(space, key), value]
@@ -76,8 +79,8 @@ def baselines(config: Config) -> list[Side]:
         sides.append(Side("llama.cpp default", TrialPoint("llama.cpp", "Q4_K_M", "none", 1, cores), config))
     if "vllm" in config.space.engine:
         in_flight = min(256, builtin_size(config.workload.prompts) or max(config.space.batch_size))
-        compiled = config.model_copy(update={"vllm": config.vllm.model_copy(update={"enforce_eager": False})})
-        sides.append(Side("vllm default", TrialPoint("vllm", "bf16", "none", in_flight, cores), compiled))
+        point = TrialPoint("vllm", "bf16", "none", in_flight, cores, compile_mode="compiled")
+        sides.append(Side("vllm default", point, config))
     return [Side(s.name, s.point, with_point(s.config, s.point)) for s in sides]
 
 
@@ -135,8 +138,7 @@ def report(args: argparse.Namespace, config: Config, sides: list[Side], recs: di
         r = recs[s.name]
         tps = statistics.median(x.metrics["tokens_per_s"] for x in r)
         ctj = statistics.median(x.metrics[METRIC] for x in r)
-        eager = "" if s.point.engine != "vllm" else (" eager" if s.config.vllm.enforce_eager else " compiled")
-        print(f"| {s.name} | {s.point.label()}{eager} | {r[0].metrics['accuracy']:.3f} | {tps:.1f} | {ctj:.3g} |")
+        print(f"| {s.name} | {s.point.label()} | {r[0].metrics['accuracy']:.3f} | {tps:.1f} | {ctj:.3g} |")
     print()
     for s in sides[1:]:
         gain, speed = paired(recs, s.name, METRIC), paired(recs, s.name, "tokens_per_s")
@@ -149,7 +151,7 @@ def report(args: argparse.Namespace, config: Config, sides: list[Side], recs: di
             "date": today(),
             "machine": machine(),
             "energy_source": f0.provenance.energy_source,
-            "sides": {s.name: {**s.point.as_dict(), "enforce_eager": s.config.vllm.enforce_eager} for s in sides},
+            "sides": {s.name: s.point.as_dict() for s in sides},
             "gain": {s.name: paired(recs, s.name, METRIC) for s in sides[1:]},
             "speed": {s.name: paired(recs, s.name, "tokens_per_s") for s in sides[1:]},
             "metrics": {name: [x.metrics for x in r] for name, r in recs.items()},

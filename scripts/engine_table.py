@@ -14,6 +14,12 @@ import argparse
 import csv
 
 
+def level(row: dict[str, str]) -> str:
+    """The weights' level, with vLLM's compile mode where the trial has one (eager or compiled)."""
+    mode = row.get("compile_mode") or ""
+    return f"{row['quantization']} {mode}" if mode else row["quantization"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("csv")
@@ -28,7 +34,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         acc = f"{float(r['accuracy']):.2f} ± {float(r['accuracy_stderr']):.2f}"
-        point = " | ".join(r[k] for k in ("batch_size", "engine", "quantization", "draft", "hardware"))
+        point = " | ".join((r["batch_size"], r["engine"], level(r), r["draft"], r["hardware"]))
         print(f"| {point} | {float(r['tokens_per_s']):.1f} | {float(r['correct_tokens_per_j']):.3g} | {acc} |")
     print(f"\nenergy: {', '.join(meters)}; {len(rows)} points; best per batch size and engine (correct tokens/J):")
     for batch in sorted({int(r["batch_size"]) for r in rows}):
@@ -37,7 +43,7 @@ def main() -> None:
             if int(r["batch_size"]) == batch and r["engine"] not in best:
                 best[r["engine"]] = r  # rows are sorted best first within a batch
         cells = [
-            f"{e} {r['quantization']} {r['draft']} {r['hardware']} {float(r['correct_tokens_per_j']):.3g}"
+            f"{e} {level(r)} {r['draft']} {r['hardware']} {float(r['correct_tokens_per_j']):.3g}"
             for e, r in best.items()
         ]
         print(f"  batch {batch}: " + "; ".join(cells))

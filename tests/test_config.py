@@ -54,6 +54,9 @@ def test_minimal_config_has_defaults() -> None:
             "at least 8",
         ),
         ({**MINIMAL, "workload": {"prompt_count": 17}}, "workload.prompt_count", "holds only 16 prompts"),
+        ({**MINIMAL, "vllm": {"enforce_eager": False}}, "vllm.enforce_eager", "space.compile_mode: [eager] or"),
+        ({**MINIMAL, "space": {"compile_mode": ["compiled"]}}, "space.compile_mode", "(vllm does)"),
+        ({**MINIMAL, "space": {"compile_mode": ["jit"]}}, "space.compile_mode[0]", "'eager' or 'compiled'"),
     ],
 )
 def test_errors_name_the_yaml_path(data: object, where: str, fragment: str) -> None:

@@ -155,3 +155,16 @@ def test_a_trials_fingerprint_holds_its_engines_versions(tmp_path: Path) -> None
     assert identity_hash(a) == identity_hash(b)  # the study's shared part does not see engine versions
     assert identity_hash(a, "llama.cpp") != identity_hash(b, "llama.cpp")  # a llama.cpp trial's does
     assert identity_hash(a, "transformers") == identity_hash(b, "transformers")  # a transformers trial's not
+
+
+def test_vllms_compile_mode_is_in_the_key_and_its_kv_cache_size_in_the_identity(tmp_path: Path) -> None:
+    eager = TrialPoint("vllm", "bf16", "none", 1, "cpu:1", compile_mode="eager")
+    compiled = TrialPoint("vllm", "bf16", "none", 1, "cpu:1", compile_mode="compiled")
+    assert json.loads(key(tmp_path, eager))["engine_settings"] == {"enforce_eager": True}
+    assert json.loads(key(tmp_path, compiled))["engine_settings"] == {"enforce_eager": False}
+    c = parse_config({**fake_config(tmp_path), "space": {"engine": ["vllm"], "quantization": ["bf16"]}},
+                     base_dir=str(tmp_path))  # fmt: skip
+    sized = c.model_copy(update={"vllm": c.vllm.model_copy(update={"kv_cache_gb": 2.0})})
+    field = "engine.vllm.kv_cache_gb"
+    assert study_identity(c)[field] == "sized per trial" and study_identity(sized)[field] == "2.0"
+    assert first_difference(study_identity(c), study_identity(sized)) == (field, "sized per trial", "2.0")

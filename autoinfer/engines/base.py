@@ -29,6 +29,9 @@ class TrialPoint:
     batch_size: int
     hardware: str
     draft_tokens: int = 0  # tokens the draft proposes per step (0: no draft)
+    # eager or compiled, for engines that can compile their graphs (vLLM); "" where that does not
+    # apply (and for vLLM records from before the dimension existed, which ran eager by default).
+    compile_mode: str = ""
 
     def __post_init__(self) -> None:
         # Left out (by a caller, or by a record from before the dimension existed): the draft's own.
@@ -47,9 +50,12 @@ class TrialPoint:
     def label(self) -> str:
         """How a point is shown everywhere (progress, tables, plots, MLflow run names)."""
         draft = f"{self.draft}×{self.draft_tokens}" if self.draft_spec.reads_weights else self.draft
-        return f"{self.engine} {self.quantization} {draft} b{self.batch_size} {self.hardware}"
+        level = f"{self.quantization} {self.compile_mode}" if self.compile_mode else self.quantization
+        return f"{self.engine} {level} {draft} b{self.batch_size} {self.hardware}"
 
     def as_dict(self) -> dict[str, Any]:
+        # compile_mode only where it applies: other engines' records read as before.
+        mode = {"compile_mode": self.compile_mode} if self.compile_mode else {}
         return {
             "engine": self.engine,
             "quantization": self.quantization,
@@ -57,6 +63,7 @@ class TrialPoint:
             "batch_size": self.batch_size,
             "hardware": self.hardware,
             "draft_tokens": self.draft_tokens,
+            **mode,
         }
 
 
@@ -73,6 +80,9 @@ class EngineSpec:
     draft_max_batch: int = 1
     # Whether `model:LEVEL` (the target at another level) and `model:SOURCE@LEVEL` drafts run here.
     draft_levels: bool = False
+    # How the engine can run its graphs (space.compile_mode), first the default; () where the
+    # dimension does not apply (the point's compile_mode is then "").
+    compile_modes: tuple[str, ...] = ()
     # Quantizations the engine cannot run on a hardware kind, e.g. {"cpu": ("fp16",)}.
     unsupported: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # The Python package the engine imports, and how to get it (checked before a study starts).
@@ -82,6 +92,9 @@ class EngineSpec:
     version_packages: tuple[str, ...] = ()
     # Settings resolved per point that change a score beyond the point itself (e.g. the int8 backend).
     accuracy_settings: Callable[[Config, TrialPoint], dict[str, Any]] = lambda config, point: {}
+    # Engine settings (config sections, not searched) that change what a trial measures, as
+    # identity fields `engine.<name>.<key>`: a study resumed with other values is refused.
+    identity_settings: Callable[[Config], dict[str, str]] = lambda config: {}
     # Hardware kinds this installation can actually use (e.g. a CPU-only llama.cpp build cannot offload);
     # None: every kind in hardware_kinds. Returns (usable kinds, why the others are not).
     usable_hardware: Callable[[], tuple[tuple[str, ...], str]] | None = None

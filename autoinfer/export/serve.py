@@ -87,7 +87,8 @@ def _deployment(path: Path) -> tuple[dict[str, Any], Any, TrialPoint]:
         raise ConfigError("runtime.engine_config", "missing: export this trial again with this autoinfer", str(path))
     try:
         point = TrialPoint(**{k: data[k] for k in ("engine", "quantization", "draft", "batch_size", "hardware")},
-                           draft_tokens=int(data.get("draft_tokens") or 0))  # fmt: skip
+                           draft_tokens=int(data.get("draft_tokens") or 0),
+                           compile_mode=str(data.get("compile_mode") or ""))  # fmt: skip
         return data, Config.model_validate(cfg), point
     except KeyError as e:
         raise ConfigError(str(e.args[0]), "missing", str(path)) from None

@@ -128,6 +128,8 @@ def _space(r: Rendering) -> list[str]:
     lines.append(f"  batch_size: {_flow(p.batch_sizes)}")
     meters = "; ".join(f"{t.name}: {t.meter}" for t in mc.targets if t.name in p.hardware)
     lines.append(f"  hardware: {_flow(p.hardware)}   # energy meter {meters}")
+    if "vllm" in p.engines:  # eager only by default: compiling adds 60-120 s to every vLLM load here
+        lines.append("  compile_mode: [eager]   # vLLM: add compiled to search its torch.compile graphs too")
     return lines
 
 

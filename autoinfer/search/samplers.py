@@ -120,7 +120,7 @@ class OwnedSampler(_Wrapper):
 class WeightsFirstSampler(_Wrapper):
     """Measure every set of weights once before letting the base sampler loose.
 
-    Accuracy depends on the weights alone (engine x quantization on a machine), and most of a
+    Accuracy depends on the weights alone (engine x quantization x compile mode on a machine), and most of a
     trial's cost is spent on it the first time those weights are seen, while batch and draft only
     move speed and energy. So the first trials take one point per weights, in a seeded random
     order, at its largest batch without a draft (where tokens per joule peaks on every grid we
@@ -227,12 +227,12 @@ class WeightsFirstSampler(_Wrapper):
         return None
 
     @staticmethod
-    def _unit(point: Any) -> tuple[str, str, str]:
-        """Weights on a hardware target: what accuracy (machines round differently) and, most of
-        all, speed hinge on."""
-        return (point.engine, point.quantization, point.hardware)
+    def _unit(point: Any) -> tuple[str, str, str, str]:
+        """Weights on a hardware target, run eager or compiled: what accuracy (machines round
+        differently, compiled graphs too) and, most of all, speed hinge on."""
+        return (point.engine, point.quantization, point.compile_mode, point.hardware)
 
-    def _pick(self, key: tuple[str, str, str], extreme: Any, taken: set[Any]) -> dict[str, Any] | None:
+    def _pick(self, key: tuple[str, str, str, str], extreme: Any, taken: set[Any]) -> dict[str, Any] | None:
         """Params of these weights without a draft at the extreme batch, unless that is taken."""
         plain = [(q, p) for q, p in self._points if self._unit(p) == key and p.draft == "none"]
         if not plain:

@@ -21,6 +21,9 @@ LLAMACPP_LEVELS = (
     "F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0",
     "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "IQ4_NL", "Q3_K_M", "Q2_K",
 )  # fmt: skip
+# How an engine that can compile runs its graphs: eager (the default) or compiled (vLLM's
+# torch.compile; CUDA graphs too on a GPU).
+COMPILE_MODES = ("eager", "compiled")
 DRAFT_KINDS = ("none", "prompt_lookup", "early_exit", "model")
 HARDWARE_KINDS = ("cpu", "cuda", "mps")
 

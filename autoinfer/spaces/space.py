@@ -1,8 +1,8 @@
 """How a trial samples the space: conditional dimensions, and no impossible combination.
 
-Order: engine -> hardware -> quantization (what that engine runs on that hardware) -> batch size
--> draft (only where the engine can draft at that batch size) -> draft_tokens (only for drafts
-that run a model). A dimension whose choices depend on
+Order: engine -> hardware -> quantization (what that engine runs on that hardware) -> compile mode
+(only for engines that compile) -> batch size -> draft (only where the engine can draft at that
+batch size) -> draft_tokens (only for drafts that run a model). A dimension whose choices depend on
 earlier ones gets its own Optuna parameter name per condition (e.g. `quantization@transformers/cpu`),
 because Optuna distributions must not change under one name.
 """
@@ -82,6 +82,8 @@ def sample_point(trial: Suggester, config: Config) -> TrialPoint:
     if not quants:
         raise NoValidPoint(f"engine {engine} on {hardware} runs none of {s.quantization}")
     quant = _pick(trial, "quantization", quants, s.quantization, f"{engine}/{HardwareSpec.parse(hardware).kind}")
+    modes = [m for m in s.compile_mode if m in _engine(engine).compile_modes]
+    mode = str(_pick(trial, "compile_mode", modes, s.compile_mode, engine)) if modes else ""
     batch = _pick(trial, "batch_size", s.batch_size, s.batch_size, "")
     drafts = drafts_for(config, engine, batch)
     if drafts == ["none"] and "none" in s.draft:
@@ -97,7 +99,7 @@ def sample_point(trial: Suggester, config: Config) -> TrialPoint:
         tokens = spec.n if spec.kind == "prompt_lookup" else 0
     from autoinfer.engines import TrialPoint
 
-    return TrialPoint(engine, quant, draft, int(batch), hardware, tokens)
+    return TrialPoint(engine, quant, draft, int(batch), hardware, tokens, mode)
 
 
 class _Recorder:
@@ -122,14 +124,15 @@ def enumerate_points(config: Config) -> list[tuple[dict[str, Any], TrialPoint]]:
     s = config.space
     seen: set[TrialPoint] = set()
     out = []
-    dims = ("engine", "hardware", "quantization", "batch_size", "draft", "draft_tokens")
-    for values in itertools.product(s.engine, s.hardware, s.quantization, s.batch_size, s.draft, s.draft_tokens):
+    dims = ("engine", "hardware", "quantization", "compile_mode", "batch_size", "draft", "draft_tokens")
+    grid = (s.engine, s.hardware, s.quantization, s.compile_mode, s.batch_size, s.draft, s.draft_tokens)
+    for values in itertools.product(*grid):
         rec = _Recorder(dict(zip(dims, values, strict=True)))
         try:
             point = sample_point(rec, config)
         except NoValidPoint:
             continue
-        if point not in seen:  # choices a point does not use (a draft at batch 8, its length) repeat it
+        if point not in seen:  # choices a point does not use (a draft at batch 8, a compile mode) repeat it
             seen.add(point)
             out.append((rec.params, point))
     return out

@@ -20,7 +20,7 @@ from autoinfer.search.pareto import (
 )
 
 COLUMNS = [
-    "trial", "engine", "quantization", "draft", "draft_tokens", "batch_size", "hardware",
+    "trial", "engine", "quantization", "compile_mode", "draft", "draft_tokens", "batch_size", "hardware",
     "correct_tokens_per_j", "accuracy", "accuracy_stderr",
     "accuracy_vs_best", "accuracy_vs_best_se", "accuracy_best_trial", "tokens_per_s", "ttft_p50_s",
     "latency_p50_s", "peak_memory_gb", "j_per_token", "energy_source", "acceptance_rate", "draft_lossless",

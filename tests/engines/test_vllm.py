@@ -1,6 +1,6 @@
 """The vLLM engine on the real SmolLM2 (its Q4_1 GGUF dequantized once): the engine contract in bf16
 and fp32 (eager), drafts against plain greedy decoding, timestamps, lm-eval agreement with the
-transformers engine on the same weights, and no vLLM process left behind.
+transformers engine on the same weights, compiled graphs, and no vLLM process left behind.
 
 A vLLM load takes 20-40 s on 2 cores, so each class shares its engines between tests (one per
 draft setting, built on first use) and closes them when it ends; the class teardown also checks
@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,8 @@ class Shared:
     draft. The bf16 class keeps the engine's own twin, so that path stays tested.
     """
 
-    def __init__(self, tmp: Path, quant: str, share_plain: bool) -> None:
-        self.tmp, self.quant, self.share_plain = tmp, quant, share_plain
+    def __init__(self, tmp: Path, quant: str, share_plain: bool, compile_mode: str = "eager") -> None:
+        self.tmp, self.quant, self.share_plain, self.compile_mode = tmp, quant, share_plain, compile_mode
         self.engines: dict[str, Engine] = {}
 
     def get(self, draft: str = "none") -> Engine:
@@ -79,7 +80,7 @@ class Shared:
             if draft != "none":  # a drafted engine may hold two LLMs (drafted and plain): one at a time
                 for other in [d for d in self.engines if d != "none"]:
                     self.drop(other)
-            point = TrialPoint("vllm", self.quant, draft, BATCH, "cpu:1")
+            point = TrialPoint("vllm", self.quant, draft, BATCH, "cpu:1", compile_mode=self.compile_mode)
             eng = ENGINES.get("vllm").load_class()(config(self.tmp), point)
             eng.load()
             if draft != "none" and self.share_plain:
@@ -106,10 +107,17 @@ def shared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     # dequantized once for the whole run.
     mp = pytest.MonkeyPatch()
     mp.setenv("AUTOINFER_CACHE", str(tmp_path_factory.getbasetemp() / "autoinfer-cache"))
-    s = Shared(tmp_path_factory.mktemp("vllm"), request.cls.quant, getattr(request.cls, "share_plain", False))
+    cls = request.cls
+    s = Shared(tmp_path_factory.mktemp("vllm"), cls.quant, getattr(cls, "share_plain", False),
+               getattr(cls, "compile_mode", "eager"))  # fmt: skip
+    aot = os.environ.get("VLLM_USE_AOT_COMPILE")  # a compiled engine sets it in this process
     yield s
     s.close()
     mp.undo()
+    if aot is None:
+        os.environ.pop("VLLM_USE_AOT_COMPILE", None)
+    else:
+        os.environ["VLLM_USE_AOT_COMPILE"] = aot
     left = vllm_processes()
     assert not left, f"vLLM processes left after close: {[(p.pid, p.name(), p.status()) for p in left]}"
 
@@ -262,6 +270,35 @@ class TestVllmW8A8:
         reqs = [Instance("loglikelihood", {}, (prompt, c), i) for i, c in enumerate([" Paris", " London"])]
         (paris, greedy), (london, _) = eng.lm_eval_model().loglikelihood(reqs)
         assert greedy and paris > london + 2, (paris, london)
+
+
+class TestVllmCompiled:
+    """bf16 with vLLM's torch.compile graphs (`space.compile_mode: [compiled]`): it loads, says so
+    in its info and its accuracy key, and answers. Whether its answers equal eager's is not asked:
+    on an AVX-512 VM compiled bf16 answered a chat prompt differently from eager bf16, which is why
+    the mode is searched and scored apart rather than assumed harmless."""
+
+    quant = "bf16"
+    compile_mode = "compiled"
+
+    @pytest.fixture(autouse=True)
+    def _shared(self, shared: Shared) -> None:
+        self.shared = shared
+
+    def test_compiled_graphs_load_are_recorded_and_answer(self) -> None:
+        from lm_eval.api.instance import Instance
+
+        eng = self.shared.get()
+        info = eng.info
+        assert info["enforce_eager"] is False and info["compilation_mode"] > 0
+        assert info["vllm_use_aot_compile"] == "0"  # the AOT cache failed to reload here (engine.py)
+        assert eng.score_facts() == {"enforce_eager": False, "dtype": "bfloat16"}
+        g = eng.generate(PROMPTS, 12, ignore_eos=True)
+        assert g.new_tokens == (12, 12, 12) and g.target_passes == 11
+        prompt = "The capital of France is"
+        reqs = [Instance("loglikelihood", {}, (prompt, c), i) for i, c in enumerate([" Paris", " London"])]
+        (paris, _), (london, _) = eng.lm_eval_model().loglikelihood(reqs)
+        assert paris > london + 2, (paris, london)
 
 
 def test_no_vllm_process_is_left() -> None:

@@ -4,6 +4,7 @@ import optuna
 import pytest
 
 from autoinfer.config import parse_config
+from autoinfer.engines import TrialPoint
 from autoinfer.spaces import DraftSpec, HardwareSpec, NoValidPoint, enumerate_points, sample_point
 
 SPACE = {
@@ -103,3 +104,27 @@ def test_draft_length_is_a_dimension_of_model_drafts_only() -> None:
         p = sample_point(t, c)
         assert ("draft_tokens" in t.params) == p.draft_spec.reads_weights
         study.tell(t, 0.0)
+
+
+def test_compile_mode_is_a_dimension_of_engines_that_compile_only() -> None:
+    c = parse_config({"model": {"source": "m"}, "objectives": [{"name": "tokens_per_s"}],
+                      "space": {"engine": ["transformers", "vllm"], "quantization": ["fp32", "bf16"],
+                                "compile_mode": ["eager", "compiled"], "batch_size": [1, 4]}})  # fmt: skip
+    pts = [p for _, p in enumerate_points(c)]
+    assert len(pts) == 2 * 2 + 2 * 2 * 2  # transformers: quant x batch; vLLM: x eager/compiled too
+    assert {p.compile_mode for p in pts if p.engine == "transformers"} == {""}
+    assert {p.compile_mode for p in pts if p.engine == "vllm"} == {"eager", "compiled"}
+    assert "vllm bf16 compiled none b4 cpu" in {p.label() for p in pts}
+    compiled = next(p for p in pts if p.compile_mode == "compiled")
+    assert TrialPoint(**compiled.as_dict()) == compiled  # a record reads back the mode
+    assert "compile_mode" not in next(p for p in pts if p.engine == "transformers").as_dict()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(40):
+        t = study.ask()
+        p = sample_point(t, c)
+        assert ("compile_mode" in t.params) == (p.engine == "vllm")
+        study.tell(t, 0.0)
+    # The default, eager, is not a parameter: a vLLM space without the key samples as before.
+    eager = cfg(engine=["vllm"], quantization=["bf16"], draft=["none"])
+    t = optuna.create_study().ask()
+    assert sample_point(t, eager).compile_mode == "eager" and "compile_mode" not in t.params

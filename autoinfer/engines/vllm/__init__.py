@@ -10,7 +10,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from autoinfer.engines.base import ENGINES, EngineSpec
-from autoinfer.spaces.dimensions import VLLM_QUANTIZATIONS
+from autoinfer.spaces.dimensions import COMPILE_MODES, VLLM_QUANTIZATIONS
 
 if TYPE_CHECKING:
     from autoinfer.config import Config
@@ -33,8 +33,9 @@ def distribution() -> str:
 
 
 def accuracy_settings(config: Config, point: TrialPoint) -> dict[str, Any]:
-    # Compiled graphs change greedy answers, not only speed (see VllmSettings.enforce_eager).
-    return {"enforce_eager": config.vllm.enforce_eager}
+    # Compiled graphs change greedy answers, not only speed: on the 2-core AVX-512 test machine
+    # compiled bf16 SmolLM2 answered a chat prompt differently from eager bf16.
+    return {"enforce_eager": point.compile_mode != "compiled"}
 
 
 SPEC = ENGINES.register("vllm")(
@@ -45,6 +46,8 @@ SPEC = ENGINES.register("vllm")(
         draft_kinds=("none", "prompt_lookup", "model"),
         hardware_kinds=("cpu", "cuda"),
         draft_max_batch=4096,  # vLLM drafts for every sequence of a batch
+        # eager PyTorch, or vLLM's torch.compile graphs (60-120 s more load on the 2-core VMs).
+        compile_modes=COMPILE_MODES,
         # fp16 on CPU: no fast kernels (and the x86 build warns and falls back).
         unsupported={"cpu": ("fp16",)},
         package="vllm",
@@ -54,6 +57,8 @@ SPEC = ENGINES.register("vllm")(
         ),
         version_packages=(distribution(),),
         accuracy_settings=accuracy_settings,
+        # The KV cache's size changes how many sequences fit and the memory a trial holds.
+        identity_settings=lambda config: {"kv_cache_gb": str(config.vllm.kv_cache_gb or "sized per trial")},
         export="autoinfer.engines.vllm.export:runtime",
     )
 )

@@ -195,7 +195,7 @@ class VllmEngine(HFTokenizerEngine):
             python=sys.executable,  # the interpreter with vLLM (an export's server runs under it)
             tokenizer=self.tokenizer_path,
             dtype=self.dtype,
-            enforce_eager=self.config.vllm.enforce_eager,
+            enforce_eager=self.eager,
             compilation_mode=None if mode is None else int(mode),
             max_model_len=self.max_model_len,
             max_num_seqs=self.point.batch_size,
@@ -218,7 +218,7 @@ class VllmEngine(HFTokenizerEngine):
         """What vLLM reads from the environment when it starts its processes, set and recorded."""
         # The legacy VLLM_CPU_KVCACHE_SPACE would override kv_cache_memory_bytes below.
         os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
-        if not self.config.vllm.enforce_eager:
+        if not self.eager:
             # The AOT compile cache (the default on torch >= 2.10) failed to reload here
             # ("'function' object has no attribute 'finalize_loading'"); the standard one works.
             os.environ["VLLM_USE_AOT_COMPILE"] = "0"
@@ -244,6 +244,11 @@ class VllmEngine(HFTokenizerEngine):
         return None
 
     @property
+    def eager(self) -> bool:
+        """Eager PyTorch unless the point asks for compiled graphs (older records: eager)."""
+        return self.point.compile_mode != "compiled"
+
+    @property
     def tokenizer_path(self) -> str:
         tok = self.config.model.tokenizer
         return resolve_source(self.config, tok) if tok else self.path
@@ -251,13 +256,13 @@ class VllmEngine(HFTokenizerEngine):
     def _build(self, drafted: bool) -> Any:
         from vllm import LLM
 
-        m, settings = self.config.model, self.config.vllm
+        m = self.config.model
         kwargs: dict[str, Any] = {
             "model": self.path,
             "tokenizer": self.tokenizer_path,
             "trust_remote_code": m.trust_remote_code,
             "dtype": self.dtype,
-            "enforce_eager": settings.enforce_eager,
+            "enforce_eager": self.eager,
             "max_num_seqs": self.point.batch_size,
             "max_model_len": self.max_model_len,
             "kv_cache_memory_bytes": self.kv_bytes,
@@ -422,7 +427,7 @@ class VllmEngine(HFTokenizerEngine):
         return checkpoint_weight_bytes(self.draft_path, self.dtype)  # vLLM runs the draft in the target's dtype
 
     def score_facts(self) -> dict[str, Any]:
-        return {"enforce_eager": self.config.vllm.enforce_eager, "dtype": self.dtype}
+        return {"enforce_eager": self.eager, "dtype": self.dtype}
 
     def close(self) -> None:
         """Stop the EngineCore and Worker processes of both LLMs (vLLM otherwise SIGTERMs them at
