@@ -14,6 +14,7 @@ user's caches as they are) and accounts for its wall time:
 Printed last: wall time / (measure + accuracy). Target (issue 11): at most 1.5 once caches are warm.
 
     python scripts/bench_overhead.py examples/smollm2-cpu.yaml
+    python scripts/bench_overhead.py scripts/grids/smollm2-three-engines-avx512.yaml --own-study
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ def main() -> None:
     ap.add_argument("--trials", type=int, help="override the example's search.trials")
     ap.add_argument("--json", help="also write the breakdown here")
     ap.add_argument("--keep", help="keep the study in this directory (scripts/bench_gain.py --study-dir can use it)")
+    ap.add_argument(
+        "--own-study",
+        action="store_true",
+        help="run the config's own study (its storage and name) rather than a throw-away copy, e.g. a grid "
+        "whose store is a scratch directory already: `autoinfer pareto CONFIG` then reads the same trials",
+    )
     args = ap.parse_args()
     config = load_config(args.config)
     if args.trials:
@@ -71,7 +78,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(args.keep) if args.keep else Path(tmp)
         d.mkdir(parents=True, exist_ok=True)
-        cfg = throwaway(config, d, f"{config.study_name}-bench")
+        cfg = config if args.own_study else throwaway(config, d, f"{config.study_name}-bench")
         t0 = time.monotonic()
         study, _ = run_search(cfg, events)
         wall = time.monotonic() - t0

@@ -10,8 +10,13 @@
 # verify` runs it; a server of other kernels could round differently and give other greedy outputs
 # than the trial measured. Linked against the very libllama/libggml files the binding loads, it
 # cannot drift from it, and the sources compile once (about 7 min on 2 cores), not twice.
+#
+# --compile-only: download and compile into the cache, install nothing (setup.sh runs this in the
+# background while pip installs the rest, then runs the script again to install from the cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+compile_only=0
+[ "${1:-}" = --compile-only ] && compile_only=1
 LLAMA_CPP_VERSION=0.3.36
 # AVX-512 only where this CPU has every part of it ggml compiles for (F, CD, VL, DQ, BW): these VMs
 # come both as Sapphire Rapids / EPYC with AVX-512 and as EPYC with AVX2 only, where an AVX-512
@@ -78,6 +83,7 @@ if [ ! -x "$built/llama-server" ] || [ ! -x "$built/llama-bench" ] || [ ! -f "$b
   cp -P "$work/build/bin/"lib*.so* "$work/build/bin/llama-server" "$work/build/bin/llama-bench" "$work/out/"
   rm -rf "$built.tmp" && mv "$work/out" "$built.tmp" && rm -rf "$built" && mv "$built.tmp" "$built"
 fi
+[ "$compile_only" = 0 ] || exit 0
 
 # The binding's Python code, packaged without compiling anything (LLAMA_BUILD=OFF); the libraries
 # above go into its llama_cpp/lib, where it loads them from.

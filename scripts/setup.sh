@@ -22,6 +22,13 @@ pip install -q --upgrade pip
 # choose would download a multi-GB CUDA build. The project's own range admits it.
 python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
 
+# llama.cpp's compile (5-12 min on 2 cores, once per version and flags) runs in the background while
+# pip installs the rest (mostly one core unpacking wheels); its install step waits for it below.
+llama_log=$(mktemp)
+bash scripts/build_llama_cpp.sh --compile-only > "$llama_log" 2>&1 &
+llama_pid=$!
+trap 'kill "$llama_pid" 2>/dev/null || true; rm -f "$llama_log"' EXIT
+
 extras=""
 qwen=0
 for arg in "$@"; do
@@ -96,6 +103,10 @@ fi
 
 # llama.cpp, compiled once: the binding's libraries, and llama-server (what `autoinfer export` hands
 # out and `autoinfer verify` runs) and llama-bench linked against them.
+wait "$llama_pid" || { cat "$llama_log" >&2; echo "llama.cpp failed to compile" >&2; exit 1; }
+cat "$llama_log"
+trap - EXIT
+rm -f "$llama_log"
 bash scripts/build_llama_cpp.sh
 
 # The MLflow UI browser test drives Debian's Chromium (a registry package, not a browser download).
