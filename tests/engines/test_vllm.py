@@ -122,13 +122,29 @@ def shared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     assert not left, f"vLLM processes left after close: {[(p.pid, p.name(), p.status()) for p in left]}"
 
 
-class VllmContract(EngineContract):
+class UsesShared:
+    """A test class whose tests share the engines of its `quant` (and `compile_mode`)."""
+
     quant = "bf16"
+    shared: Shared
 
     @pytest.fixture(autouse=True)
     def _shared(self, shared: Shared) -> None:
         self.shared = shared
 
+
+def paris_over_london(eng: Engine) -> tuple[float, float, bool]:
+    """Log-likelihoods of " Paris" and " London" after "The capital of France is", and whether
+    " Paris" is the greedy continuation."""
+    from lm_eval.api.instance import Instance
+
+    prompt = "The capital of France is"
+    reqs = [Instance("loglikelihood", {}, (prompt, c), i) for i, c in enumerate([" Paris", " London"])]
+    (paris, greedy), (london, _) = eng.lm_eval_model().loglikelihood(reqs)
+    return paris, london, greedy
+
+
+class VllmContract(UsesShared, EngineContract):
     def make(self, tmp_path: Path, draft: str = "none", batch: int = 1) -> Engine:
         return self.shared.get(draft)
 
@@ -235,15 +251,11 @@ class TestVllmFp32(VllmContract):
         assert differ <= 1, f"{differ} of {ARC_ITEMS} items scored differently"
 
 
-class TestVllmW8A8:
+class TestVllmW8A8(UsesShared):
     """int8 weights and activations: a compressed-tensors checkpoint that llmcompressor makes (in
     its own environment) from the dequantized GGUF, once, and vLLM loads."""
 
     quant = "w8a8"
-
-    @pytest.fixture(autouse=True)
-    def _shared(self, shared: Shared) -> None:
-        self.shared = shared
 
     def test_the_checkpoint_is_made_once_and_runs(self) -> None:
         from autoinfer.engines.vllm.compress import compressed
@@ -264,15 +276,11 @@ class TestVllmW8A8:
         # completion first, by a wide margin (-0.37 against -4.44 nats here, bf16: -0.27 and -4.46).
         # Not its chat answer: generate() wraps the prompt in the chat template, where this 135M model
         # answered "Paris" on the AVX2 VM but began in French on an AVX-512 one, in bf16 as in w8a8.
-        from lm_eval.api.instance import Instance
-
-        prompt = "The capital of France is"
-        reqs = [Instance("loglikelihood", {}, (prompt, c), i) for i, c in enumerate([" Paris", " London"])]
-        (paris, greedy), (london, _) = eng.lm_eval_model().loglikelihood(reqs)
+        paris, london, greedy = paris_over_london(eng)
         assert greedy and paris > london + 2, (paris, london)
 
 
-class TestVllmCompiled:
+class TestVllmCompiled(UsesShared):
     """bf16 with vLLM's torch.compile graphs (`space.compile_mode: [compiled]`): it loads, says so
     in its info and its accuracy key, and answers. Whether its answers equal eager's is not asked:
     on an AVX-512 VM compiled bf16 answered a chat prompt differently from eager bf16, which is why
@@ -281,13 +289,7 @@ class TestVllmCompiled:
     quant = "bf16"
     compile_mode = "compiled"
 
-    @pytest.fixture(autouse=True)
-    def _shared(self, shared: Shared) -> None:
-        self.shared = shared
-
     def test_compiled_graphs_load_are_recorded_and_answer(self) -> None:
-        from lm_eval.api.instance import Instance
-
         eng = self.shared.get()
         info = eng.info
         assert info["enforce_eager"] is False and info["compilation_mode"] > 0
@@ -295,9 +297,7 @@ class TestVllmCompiled:
         assert eng.score_facts() == {"enforce_eager": False, "dtype": "bfloat16"}
         g = eng.generate(PROMPTS, 12, ignore_eos=True)
         assert g.new_tokens == (12, 12, 12) and g.target_passes == 11
-        prompt = "The capital of France is"
-        reqs = [Instance("loglikelihood", {}, (prompt, c), i) for i, c in enumerate([" Paris", " London"])]
-        (paris, _), (london, _) = eng.lm_eval_model().loglikelihood(reqs)
+        paris, london, _ = paris_over_london(eng)
         assert paris > london + 2, (paris, london)
 
 
