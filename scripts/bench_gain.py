@@ -47,8 +47,11 @@ def with_point(config: Config, point: TrialPoint) -> Config:
     does the same work; the copy's study identity differs, so no accuracy is borrowed across them."""
     space = config.space
     update: dict[str, list[Any]] = {}
-    wanted: dict[str, Any] = {"engine": point.engine, "quantization": point.quantization}
-    wanted["batch_size"] = point.batch_size
+    wanted: dict[str, Any] = {
+        "engine": point.engine,
+        "quantization": point.quantization,
+        "batch_size": point.batch_size,
+    }
     if point.compile_mode:
         wanted["compile_mode"] = point.compile_mode
     for key, value in wanted.items():

@@ -39,7 +39,7 @@ from typing import Any
 
 from autoinfer.engines.base import GenerationResult, HFTokenizerEngine
 from autoinfer.engines.sources import dequantized, dequantized_checkpoint, resolve_source, source_as_gguf
-from autoinfer.engines.vllm import distribution
+from autoinfer.engines.vllm import distribution, runs_eager
 from autoinfer.engines.vllm.compress import SCHEMES, compressed, cpu_int4_problem
 from autoinfer.engines.vllm.export import environment
 from autoinfer.errors import TrialError
@@ -245,8 +245,7 @@ class VllmEngine(HFTokenizerEngine):
 
     @property
     def eager(self) -> bool:
-        """Eager PyTorch unless the point asks for compiled graphs (older records: eager)."""
-        return self.point.compile_mode != "compiled"
+        return runs_eager(self.point)
 
     @property
     def tokenizer_path(self) -> str:
