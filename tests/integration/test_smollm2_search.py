@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from autoinfer.record import record_of
-from tests.conftest import ARC_DIR
+from tests.conftest import ANY_LOAD, ARC_DIR
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def smollm2_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
         # a path relative to the config file, as in the examples: trial processes must resolve it too
         "accuracy": {"tasks": [{"name": "arc_easy", "data_files": {"test": relative}}], "limit": 20},
         "objectives": [{"name": "correct_tokens_per_j"}, {"name": "accuracy"}, {"name": "latency_p50_s"}],
-        "search": {"trials": 3, "sampler": "grid", "seed": 0, "study_name": "it"},
+        "search": {"trials": 3, "sampler": "grid", "seed": 0, "study_name": "it", **ANY_LOAD},
     }  # fmt: skip
     (work / "c.yaml").write_text(yaml.safe_dump(cfg))
     r = subprocess.run(
@@ -121,7 +121,7 @@ def test_both_engines_in_one_study(tmp_path: Path) -> None:
         "accuracy": {"tasks": [{"name": "arc_easy", "data_files": {"test": os.path.relpath(ARC_DIR / "test.jsonl",
                                                                                            tmp_path)}}], "limit": 20},
         "objectives": [{"name": "correct_tokens_per_j"}, {"name": "tokens_per_s"}],
-        "search": {"trials": 2, "sampler": "grid", "study_name": "engines"},
+        "search": {"trials": 2, "sampler": "grid", "study_name": "engines", **ANY_LOAD},
     }  # fmt: skip
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     r = subprocess.run(
@@ -190,7 +190,7 @@ def test_int8_runs_in_less_memory_than_fp32(tmp_path: Path) -> None:
         "space": {"quantization": ["fp32", "int8"], "batch_size": [1], "hardware": ["cpu:2"]},
         "workload": {"max_new_tokens": 8, "repeats": 1, "warmup": 0, "prompt_count": 2},
         "objectives": [{"name": "tokens_per_s"}],
-        "search": {"trials": 2, "sampler": "grid", "study_name": "memory"},
+        "search": {"trials": 2, "sampler": "grid", "study_name": "memory", **ANY_LOAD},
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     r = subprocess.run([sys.executable, "-m", "autoinfer", "search", "c.yaml"], cwd=tmp_path, capture_output=True,
