@@ -358,7 +358,7 @@ def export(
     trial: Annotated[int | None, typer.Option(help="Trial number (default: best frontier trial).")] = None,
     out: Annotated[Path | None, typer.Option(help="Write YAML here instead of stdout.")] = None,
     copy_files: Annotated[
-        bool, typer.Option(help="Copy the measured GGUF file(s) next to --out (sha256-checked).")
+        bool, typer.Option(help="Copy the measured model files (GGUF, vLLM checkpoint) next to --out, sha256-checked.")
     ] = False,
 ) -> None:
     """Write the deployment config of a frontier trial, with the measurements behind it."""

@@ -24,3 +24,9 @@ class ConfigError(AutoinferError):
 
 class TrialError(AutoinferError):
     """A trial could not run; the study records it as FAIL and carries on."""
+
+
+class VerifyFailed(AutoinferError):
+    """The served configuration does not behave like its trial (exit 1; bad input stays exit 2)."""
+
+    exit_code = 1

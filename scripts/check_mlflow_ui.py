@@ -81,7 +81,7 @@ def main() -> None:
     from mlflow.tracking import MlflowClient
     from selenium.webdriver.common.by import By
 
-    from autoinfer.export.verify import free_port
+    from autoinfer.export.server import free_port
 
     client = MlflowClient(tracking_uri=args.tracking_uri)
     exp = client.get_experiment_by_name(args.experiment)

@@ -7,13 +7,14 @@ exact files and settings that were measured, not a re-derivation of them.
 from __future__ import annotations
 
 import importlib
+import json
 import shlex
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from autoinfer.cache import atomic_file, file_digest
+from autoinfer.cache import atomic_file, file_digest, tree_digest
 from autoinfer.engines.base import TrialPoint
 from autoinfer.errors import AutoinferError
 
@@ -48,15 +49,24 @@ def runtime_block(
     return block
 
 
-def copy_files(runtime: dict[str, Any], dest: Path) -> list[Path]:
-    """Copy the GGUF files a llama.cpp runtime block names into `dest` and point the block at them.
+# Where `export --copy-files` puts a vLLM trial's checkpoint directories, beside the config.
+CHECKPOINT_DIRS = {"checkpoint": "checkpoint", "draft_checkpoint": "draft-checkpoint"}
 
-    The copies are checked against the sha256 recorded by the trial, so what ships is byte for
-    byte what was measured. Returns the copied paths; a transformers block names no files.
-    """
-    gguf = runtime.get("gguf")
-    if not gguf:
-        return []
+
+def copy_files(runtime: dict[str, Any], dest: Path) -> list[Path]:
+    """Copy the model files a runtime block names into `dest` and point the block at the copies:
+    a llama.cpp trial's GGUF(s), a vLLM trial's checkpoint directories. Checked against the digests
+    the trial recorded, so what ships is byte for byte what was measured. Returns the copied paths;
+    a transformers block names no files."""
+    if runtime.get("gguf"):
+        return _copy_ggufs(runtime, dest)
+    if runtime.get("checkpoint"):
+        return _copy_checkpoints(runtime, dest)
+    return []
+
+
+def _copy_ggufs(runtime: dict[str, Any], dest: Path) -> list[Path]:
+    gguf = runtime["gguf"]
     copied = []
     for src_text in filter(None, [gguf.get("path"), runtime.get("draft_gguf")]):
         src = Path(src_text)
@@ -74,3 +84,58 @@ def copy_files(runtime: dict[str, Any], dest: Path) -> list[Path]:
     if runtime.get("draft_gguf"):
         runtime["draft_gguf"] = copied[-1].name
     return copied
+
+
+def _copy_checkpoints(runtime: dict[str, Any], dest: Path) -> list[Path]:
+    """The vLLM case: each directory is copied to `dest/<CHECKPOINT_DIRS name>` and the command
+    names it relative to the config (verify, like a deployment, starts the server there). A local
+    tokenizer directory other than the checkpoint goes along as `tokenizer/`; it has no digest."""
+    renamed: dict[str, str] = {}
+    copied = []
+    for key, name in CHECKPOINT_DIRS.items():
+        src_text = runtime.get(key)
+        if not src_text:
+            continue
+        target = _copy_dir(Path(src_text), dest / name)
+        want = runtime.get(f"{key}_sha256")
+        if want and tree_digest(target) != want:
+            raise AutoinferError(f"{target} does not match the digest the trial recorded for {src_text}")
+        renamed[src_text], runtime[key] = f"./{name}", name
+        copied.append(target)
+    argv = runtime["argv"]
+    if "--tokenizer" in argv:
+        tok = argv[argv.index("--tokenizer") + 1]
+        if tok not in renamed and Path(tok).is_absolute() and Path(tok).is_dir():
+            copied.append(_copy_dir(Path(tok), dest / "tokenizer"))
+            renamed[tok] = "./tokenizer"
+    runtime["argv"] = [_renamed(a, renamed) for a in argv]
+    runtime["serve"] = shlex.join(_renamed(a, renamed) for a in shlex.split(runtime["serve"]))
+    return copied
+
+
+def _renamed(arg: str, renamed: dict[str, str]) -> str:
+    """An argument with copied paths replaced, the draft model's path inside the JSON of
+    --speculative-config included."""
+    if arg.startswith("{") and '"model"' in arg:
+        spec = json.loads(arg)
+        if spec.get("model") in renamed:
+            return json.dumps({**spec, "model": renamed[spec["model"]]}, sort_keys=True)
+    return renamed.get(arg, arg)
+
+
+def _copy_dir(src: Path, target: Path) -> Path:
+    """Copy a flat checkpoint directory's files (what tree_digest covers), each atomically; files
+    already there with the same bytes are kept, files the source lacks are removed."""
+    if not src.is_dir():
+        raise AutoinferError(f"{src} is gone from the cache; re-run that trial to make it again")
+    target.mkdir(parents=True, exist_ok=True)
+    wanted = {f.name: f for f in src.iterdir() if f.is_file() and not f.name.startswith(".")}
+    for old in target.iterdir():
+        if old.is_file() and old.name not in wanted:
+            old.unlink()
+    for name, f in sorted(wanted.items()):
+        there = target / name
+        if not there.is_file() or file_digest(there) != file_digest(f):
+            with atomic_file(there) as tmp:
+                shutil.copyfile(f, tmp)
+    return target

@@ -92,12 +92,17 @@ def test_a_vllm_trial_exports_and_verifies_token_for_token(
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert not marked_processes(mark), "the search left vLLM processes behind"
 
-    r = run(["export", "c.yaml", "--out", "deploy.yaml"], tmp_path, env, 300)
+    # fp32 ships its checkpoint beside the config (so the server below loads the copy), w8a8 does not.
+    copy = ["--copy-files"] if level == "fp32" else []
+    r = run(["export", "c.yaml", "--out", "deploy.yaml", *copy], tmp_path, env, 300)
     assert r.returncode == 0, r.stderr[-3000:]
     deploy = yaml.safe_load((tmp_path / "deploy.yaml").read_text())
     rt = deploy["runtime"]
-    assert deploy["engine"] == "vllm" and rt["vllm"] and Path(rt["checkpoint"]).is_dir()
+    assert deploy["engine"] == "vllm" and rt["vllm"] and (tmp_path / rt["checkpoint"]).is_dir()
     argv = shlex.split(rt["serve"])
+    assert len(rt["checkpoint_sha256"]) == 64  # what verify holds the directory to
+    if copy:
+        assert rt["checkpoint"] == "checkpoint" and argv[argv.index("--model") + 1] == "./checkpoint"
     assert argv[0] == "env" and "vllm.entrypoints.openai.api_server" in argv and rt["argv"][0] == sys.executable
     assert "--max-num-seqs" in argv and argv[argv.index("--max-num-seqs") + 1] == str(batch)
     assert "--enforce-eager" in argv and "--no-enable-prefix-caching" in argv

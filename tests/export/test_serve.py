@@ -27,7 +27,8 @@ from autoinfer.engines.transformers.engine import TransformersEngine
 from autoinfer.export.deploy import engine_config
 from autoinfer.export.openai_app import create_app
 from autoinfer.export.serve import Served
-from autoinfer.export.verify import free_port, verify
+from autoinfer.export.server import free_port
+from autoinfer.export.verify import verify
 from tests.conftest import base_config, fake_config
 from tests.fake_engine import EOS, FakeEngine, encode, next_token
 

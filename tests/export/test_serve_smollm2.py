@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from autoinfer.export.verify import _get, free_port, verify
+from autoinfer.export.server import free_port, http_get
+from autoinfer.export.verify import verify
 from tests.conftest import ANY_LOAD
 
 pytestmark = pytest.mark.integration
@@ -29,7 +30,7 @@ def _healthy(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float
     while True:
         assert proc.poll() is None, f"autoinfer serve exited {proc.returncode}: {log.read_text()[-2000:]}"
         try:
-            if _get(port, "/health", 2.0)[0] == 200:
+            if http_get(port, "/health", 2.0)[0] == 200:
                 return
         except OSError:
             pass

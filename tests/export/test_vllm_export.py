@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 
+from autoinfer.cache import tree_digest
 from autoinfer.engines.vllm.export import NEUTRAL_SAMPLING, SERVER_MODULE, environment
-from autoinfer.export.runtime import runtime_block
-from autoinfer.export.verify import verify
+from autoinfer.errors import AutoinferError, ConfigError
+from autoinfer.export.runtime import copy_files, runtime_block
+from autoinfer.export.verify import VerifyFailed, check_files, verify
 from tests.export.test_verify import REPO, write_deploy
 
 CKPT = "/cache/dequantized/abc-v2"
@@ -103,6 +105,43 @@ def test_drafts_become_the_recorded_speculative_config() -> None:
     info = {**INFO, "speculative_config": model, "draft_checkpoint": "/cache/dequantized/small"}
     rt = runtime_block(MODEL, point("model:small"), info)
     assert json.loads(shlex.split(rt["serve"])[-1]) == model and rt["draft_checkpoint"] == "/cache/dequantized/small"
+
+
+def _checkpoint(where: Path, weights: bytes) -> Path:
+    where.mkdir(parents=True)
+    (where / "config.json").write_text("{}")
+    (where / "model.safetensors").write_bytes(weights)
+    return where
+
+
+def test_copy_files_ships_the_measured_checkpoints_and_verify_holds_them_to_it(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path / "cache" / "abc-v2", b"measured weights")
+    draft = _checkpoint(tmp_path / "cache" / "small", b"draft weights")
+    tok = _checkpoint(tmp_path / "tok", b"")
+    spec = {"method": "draft_model", "model": str(draft), "num_speculative_tokens": 3}
+    info = {**INFO, "checkpoint": str(ckpt), "tokenizer": str(tok), "checkpoint_sha256": tree_digest(ckpt),
+            "draft_checkpoint": str(draft), "draft_checkpoint_sha256": tree_digest(draft),
+            "speculative_config": spec}  # fmt: skip
+    rt = runtime_block(MODEL, point("model:small"), info)
+    ship = tmp_path / "ship"
+    (ship / "checkpoint").mkdir(parents=True)
+    (ship / "checkpoint" / "stale.bin").write_bytes(b"from an earlier export")
+    assert copy_files(rt, ship) == [ship / "checkpoint", ship / "draft-checkpoint", ship / "tokenizer"]
+    assert sorted(f.name for f in (ship / "checkpoint").iterdir()) == ["config.json", "model.safetensors"]
+    f = flags(rt["argv"])
+    assert (f["--model"], f["--tokenizer"]) == ("./checkpoint", "./tokenizer") and rt["checkpoint"] == "checkpoint"
+    assert flags(shlex.split(rt["serve"]))["--model"] == "./checkpoint" and str(tmp_path) not in rt["serve"]
+    assert json.loads(str(f["--speculative-config"]))["model"] == "./draft-checkpoint"
+    check_files(rt, str(ship / "deploy.yaml"))  # the copies, found relative to the config
+    (ship / "draft-checkpoint" / "model.safetensors").write_bytes(b"other draft weights")
+    with pytest.raises(VerifyFailed, match=r"runtime\.draft_checkpoint: .* is not the checkpoint the trial measured"):
+        check_files(rt, str(ship / "deploy.yaml"))
+    with pytest.raises(ConfigError, match=r"runtime\.checkpoint: "):
+        check_files(rt, str(tmp_path / "elsewhere" / "deploy.yaml"))
+    # A cache entry changed since the trial: not shipped as if it were what was measured.
+    (ckpt / "model.safetensors").write_bytes(b"remade weights")
+    with pytest.raises(AutoinferError, match="does not match the digest the trial recorded"):
+        copy_files(runtime_block(MODEL, point(), {**info, "speculative_config": None}), tmp_path / "ship2")
 
 
 def test_older_trials_get_the_environment_the_engine_set() -> None:

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from autoinfer.cache import tree_digest
 from autoinfer.engines.base import GenerationResult, HFTokenizerEngine
 from autoinfer.engines.sources import dequantized, dequantized_checkpoint, resolve_source, source_as_gguf
 from autoinfer.engines.vllm import distribution, runs_eager
@@ -152,6 +153,10 @@ class VllmEngine(HFTokenizerEngine):
             path, facts = compressed(path, point.quantization)
             self.info.update(facts)
         self.info["checkpoint"] = self.path = path
+        # What `export --copy-files` and `verify` hold a shipped directory to (hashes are memoized
+        # per file: a second trial on the same checkpoint reads them back).
+        if Path(path).is_dir():  # else _size_kv_cache says what vLLM needs
+            self.info["checkpoint_sha256"] = tree_digest(Path(path))
         d = point.draft_spec
         self.draft_path: str | None = None
         if d.kind != "model":
@@ -165,6 +170,7 @@ class VllmEngine(HFTokenizerEngine):
         if not Path(self.draft_path).is_dir():
             raise TrialError(f"draft model {d.model!r}: vLLM needs a local HF checkpoint, got {self.draft_path}")
         self.info["draft_checkpoint"] = self.draft_path
+        self.info["draft_checkpoint_sha256"] = tree_digest(Path(self.draft_path))
 
     def _size_kv_cache(self) -> None:
         """Context length and KV-cache bytes: B full sequences (and their draft's), with headroom,

@@ -135,8 +135,9 @@ def runtime(
         },
         "serve": line,  # `--host H --port P` go after it
     }
-    if info.get("draft_checkpoint"):
-        block["draft_checkpoint"] = info["draft_checkpoint"]
+    for key in ("checkpoint_sha256", "draft_checkpoint", "draft_checkpoint_sha256"):
+        if info.get(key):  # trials from before the digests were recorded have none
+            block[key] = info[key]
     if info.get("ld_preload"):
         block["ld_preload_note"] = f"vLLM set LD_PRELOAD={info['ld_preload']} itself when the trial loaded"
     return block
