@@ -9,10 +9,12 @@ that closing left no EngineCore or Worker process running.
 
 from __future__ import annotations
 
+import getpass
 import importlib.util
 import itertools
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,14 +112,16 @@ def shared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     cls = request.cls
     s = Shared(tmp_path_factory.mktemp("vllm"), cls.quant, getattr(cls, "share_plain", False),
                getattr(cls, "compile_mode", "eager"))  # fmt: skip
-    aot = os.environ.get("VLLM_USE_AOT_COMPILE")  # a compiled engine sets it in this process
+    # A compiled engine sets these in this process.
+    set_by_engine = {k: os.environ.get(k) for k in ("VLLM_USE_AOT_COMPILE", "TORCHINDUCTOR_CACHE_DIR")}
     yield s
     s.close()
     mp.undo()
-    if aot is None:
-        os.environ.pop("VLLM_USE_AOT_COMPILE", None)
-    else:
-        os.environ["VLLM_USE_AOT_COMPILE"] = aot
+    for k, v in set_by_engine.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     left = vllm_processes()
     assert not left, f"vLLM processes left after close: {[(p.pid, p.name(), p.status()) for p in left]}"
 
@@ -299,6 +303,47 @@ class TestVllmCompiled(UsesShared):
         assert g.new_tokens == (12, 12, 12) and g.target_passes == 11
         paris, london, _ = paris_over_london(eng)
         assert paris > london + 2, (paris, london)
+
+    def test_a_second_load_reuses_the_compiled_kernels_and_answers_alike(self) -> None:
+        """The first load compiled into autoinfer's cache (this run's, empty before); a second
+        engine of the same level and dtype finds every kernel there, and its tokens are the first's."""
+        first = self.shared.get()
+        cache = Path(first.info["compile_cache_dir"])
+        assert cache.parent == Path(os.environ["AUTOINFER_CACHE"]) and first.info["compile_cache"] == "miss"
+        point = TrialPoint("vllm", "bf16", "none", BATCH, "cpu:1", compile_mode="compiled")
+        second = ENGINES.get("vllm").load_class()(config(self.shared.tmp), point)
+        second.load()
+        try:
+            assert second.info["compile_cache"] == "hit", second.info
+            again = second.generate(PROMPTS, 12, ignore_eos=True).token_ids
+            assert again == first.generate(PROMPTS, 12, ignore_eos=True).token_ids
+        finally:
+            second.close()
+
+
+@pytest.mark.parametrize("users_dir", [None, "torch's default", "mine"])
+def test_compiled_kernels_are_cached_with_autoinfer_unless_the_user_says_where(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, users_dir: str | None
+) -> None:
+    """Only the environment, no load: a compiled engine points Inductor's cache into autoinfer's
+    cache (or keeps the user's TORCHINDUCTOR_CACHE_DIR) and records where; an eager one leaves it."""
+    for var in ("TORCHINDUCTOR_CACHE_DIR", "VLLM_USE_AOT_COMPILE", "VLLM_CPU_OMP_THREADS_BIND"):
+        monkeypatch.setenv(var, "")  # recorded, so what the engine sets is undone after the test
+        monkeypatch.delenv(var)
+    if users_dir == "torch's default":  # what torch writes there itself once Inductor ran here
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", f"{tempfile.gettempdir()}/torchinductor_{getpass.getuser()}")
+        users_dir = None
+    if users_dir:
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / users_dir))
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    cls = ENGINES.get("vllm").load_class()
+    eager = cls(config(tmp_path), TrialPoint("vllm", "bf16", "none", 1, "cpu:1"))
+    eager._set_environment("cpu", 1)  # type: ignore[attr-defined]
+    assert "compile_cache_dir" not in eager.info and os.environ.get("TORCHINDUCTOR_CACHE_DIR") == before
+    compiled = cls(config(tmp_path), TrialPoint("vllm", "bf16", "none", 1, "cpu:1", compile_mode="compiled"))
+    compiled._set_environment("cpu", 1)  # type: ignore[attr-defined]
+    want = tmp_path / users_dir if users_dir else Path(os.environ["AUTOINFER_CACHE"]) / "inductor"
+    assert compiled.info["compile_cache_dir"] == os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(want)
 
 
 def test_no_vllm_process_is_left() -> None:
