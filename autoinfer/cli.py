@@ -360,6 +360,9 @@ def export(
     copy_files: Annotated[
         bool, typer.Option(help="Copy the measured model files (GGUF, vLLM checkpoint) next to --out, sha256-checked.")
     ] = False,
+    host: Annotated[
+        str, typer.Option(help="The address the exported server listens on (0.0.0.0 exposes it on every interface).")
+    ] = "127.0.0.1",
 ) -> None:
     """Write the deployment config of a frontier trial, with the measurements behind it."""
     from autoinfer.export import deployment_config, to_yaml
@@ -367,7 +370,7 @@ def export(
 
     cfg = _load(config, preflight=False)
     study = _study(cfg)
-    data = deployment_config(cfg, study, trial)
+    data = deployment_config(cfg, study, trial, host=host)
     for warning in data["measured"]["warnings"]:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     if copy_files:
@@ -400,17 +403,33 @@ def export(
 @app.command()
 def serve(
     deploy: Annotated[Path, typer.Argument(help="A deployment config written by `autoinfer export`.")],
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback only unless you name another).")] = (
+        "127.0.0.1"
+    ),
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     model_name: Annotated[
         str | None, typer.Option(help="The model id clients name (default: the deployment's model.source).")
     ] = None,
-) -> None:
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="AUTOINFER_API_KEY", show_default=False,
+                     help="Require 'Authorization: Bearer KEY' on every route but /health (better from the "
+                     "environment: AUTOINFER_API_KEY)."),
+    ] = None,
+    max_queue: Annotated[int, typer.Option(help="Requests waiting for a batch before new ones get 429.")] = 64,
+    max_tokens_limit: Annotated[int, typer.Option(help="The most new tokens one request may ask for.")] = 4096,
+    max_body_bytes: Annotated[int, typer.Option(help="The largest request body accepted (413 past it).")] = 1 << 20,
+) -> None:  # fmt: skip
     """Serve a measured configuration through its own engine (OpenAI-compatible /v1 API)."""
+    from autoinfer.export.batcher import Limits
     from autoinfer.export.serve import serve as run_serve
 
     try:
-        run_serve(deploy, host, port, model_name)
+        limits = Limits(max_tokens=max_tokens_limit, max_queue=max_queue, max_body_bytes=max_body_bytes)
+    except ValueError as e:
+        raise ConfigError("", str(e), "autoinfer serve") from None
+    try:
+        run_serve(deploy, host, port, model_name, limits=limits, api_key=api_key or None)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -430,7 +449,12 @@ def verify(
     ] = 1.5,
     startup_timeout: Annotated[float, typer.Option(help="Seconds the server may take to become healthy.")] = 300.0,
     log: Annotated[bool, typer.Option(help="Log the result to the trial's MLflow run.")] = True,
-) -> None:
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="AUTOINFER_API_KEY", show_default=False,
+                     help="The key to start the server with and send (default: a fresh random one per run)."),
+    ] = None,
+) -> None:  # fmt: skip
     """Run the exported server, send it the trial's prompts, compare outputs and speed with the trial."""
     from autoinfer.export.verify import VerifyFailed, check_band, log_report
     from autoinfer.export.verify import verify as run_verify
@@ -438,7 +462,7 @@ def verify(
     check_band(tolerance, max_ratio)
     err.print(f"starting the exported server for {deploy} on 127.0.0.1...")
     try:
-        report = run_verify(deploy, tolerance, startup_timeout, max_ratio=max_ratio)
+        report = run_verify(deploy, tolerance, startup_timeout, max_ratio=max_ratio, api_key=api_key)
     except KeyboardInterrupt:
         err.print("\ninterrupted: the server was stopped.")
         raise typer.Exit(130) from None

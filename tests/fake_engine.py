@@ -32,6 +32,7 @@ EOS = 0
 PASS_S = {"fp32": 0.004, "bf16": 0.0025, "int8": 0.0015}
 DRAFT_STEP_S = 0.0004
 PARAMS = 1_000_000
+CONTEXT = 512  # tokens per sequence, prompt and answer: what `autoinfer serve` admits
 
 
 def _burn(seconds: float) -> None:
@@ -234,6 +235,9 @@ class FakeEngine(Engine):
 
     def lm_eval_model(self) -> Any:
         return FakeLM(self.point.quantization)
+
+    def context_tokens(self) -> int | None:
+        return CONTEXT
 
     def weight_bytes(self) -> int:
         return int(PARAMS * {"fp32": 4, "bf16": 2, "int8": 1}[self.point.quantization])

@@ -234,6 +234,11 @@ class Engine(abc.ABC):
         stopped from one cut at max_tokens."""
         return set(self.stop_tokens)
 
+    def context_tokens(self) -> int | None:
+        """Tokens one sequence may hold, prompt and answer together, in the loaded configuration:
+        what `autoinfer serve` refuses a request past (400). None where the engine cannot say."""
+        return None
+
     @abc.abstractmethod
     def lm_eval_model(self) -> Any:
         """An lm-eval `LM` over this very loaded model (same weights, same quantization)."""

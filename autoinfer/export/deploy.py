@@ -19,7 +19,11 @@ from autoinfer.search.pareto import pareto_trials, ranks_energy
 from autoinfer.search.storage import redact
 
 
-def deployment_config(config: Config, study: optuna.Study, number: int | None = None) -> dict[str, Any]:
+def deployment_config(
+    config: Config, study: optuna.Study, number: int | None = None, host: str = "127.0.0.1"
+) -> dict[str, Any]:
+    """The deployment config of trial `number` (default: the best frontier trial); its server
+    command listens on `host` (loopback unless the user names another)."""
     if number is None:
         front = pareto_trials(study, config)
         if not front:
@@ -52,7 +56,7 @@ def deployment_config(config: Config, study: optuna.Study, number: int | None = 
             "ignore_eos": config.workload.ignore_eos,
             "do_sample": False,
         },
-        "runtime": runtime_block(model, point, rec.provenance.engine, engine_config(config)),
+        "runtime": runtime_block(model, point, rec.provenance.engine, engine_config(config), host=host),
         "measured": measured_block(config, trial_number, why, rec),
     }
 

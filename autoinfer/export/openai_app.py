@@ -7,17 +7,23 @@ ids, no chat template); chat renders its messages through the model's chat templ
 trial rendered its prompts, so a trial prompt sent as one user message is fed the very ids the
 trial fed. A batch's answers all come out when the batch finishes, so a streamed answer arrives as
 one content chunk: its time to first token is its latency. Every error is OpenAI's shape.
+
+In front of the routes, `Guard` (plain ASGI, so it sees a body before FastAPI parses it) asks for
+the API key where one is set (401; /health stays open, as vLLM's and llama-server's do) and
+refuses a body past the size limit (413) without reading the rest of it.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, cast
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from fastapi import Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from jinja2 import TemplateError
@@ -25,6 +31,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from autoinfer.engines.base import Engine
+from autoinfer.export.batcher import Output, Request, Served
 from autoinfer.export.openai_schema import (
     APIError,
     AssistantMessage,
@@ -42,18 +49,21 @@ from autoinfer.export.openai_schema import (
     ModelList,
     Usage,
 )
-from autoinfer.export.serve import Output, Served
 
 
-def create_app(served: Served) -> FastAPI:
+def create_app(served: Served, api_key: str | None = None) -> Any:
+    """The routes over `served`, behind the key and body-size guard (an ASGI app)."""
     # No /docs or /openapi.json: the routes are OpenAI's, documented there.
     app = FastAPI(title="autoinfer serve", openapi_url=None, docs_url=None, redoc_url=None)
     _error_handlers(app)
     card = ModelCard(id=served.model, created=served.created)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> Response:
+        why = served.failure()
+        if why:  # the process is up but cannot generate: a load balancer must take it out
+            return JSONResponse({"status": "error", "error": f"batcher stopped: {why}"}, 503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/props")
     async def props() -> dict[str, str]:
@@ -76,18 +86,85 @@ def create_app(served: Served) -> FastAPI:
     async def chat(req: ChatRequest) -> Response:
         return await _chat(served, req)
 
-    return app
+    return Guard(app, api_key, served.limits.max_body_bytes)
+
+
+# -- the guard -----------------------------------------------------------------------------------
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+OPEN_PATHS = ("/health",)  # answered without the key: what a load balancer or verify polls
+
+
+class Guard:
+    """API key (401) and body size (413) before the app sees a request; errors in OpenAI's shape."""
+
+    def __init__(self, app: Any, api_key: str | None, max_body_bytes: int) -> None:
+        self.app, self.max_body = app, max_body_bytes
+        self.key = f"Bearer {api_key}".encode() if api_key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        if self.key and scope["path"] not in OPEN_PATHS:
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.key):  # constant time: no timing hint at the key
+                await _refuse(send, APIError(401, "Incorrect or missing API key: send it as "
+                                             "'Authorization: Bearer KEY'", None, "invalid_api_key"))  # fmt: skip
+                return
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_body:
+            await _refuse(send, _too_large(self.max_body))
+            return
+        body, more = bytearray(), True
+        while more:  # read the body here, so a chunked one past the limit is cut off too
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client left; the app sees the disconnect
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body:
+                await _refuse(send, _too_large(self.max_body))
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()  # after the body: waits for the client's disconnect
+
+        await self.app(scope, replay, send)
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"the request body is larger than this server's limit of {limit} bytes "
+                    "(autoinfer serve --max-body-bytes)", None, "request_too_large")  # fmt: skip
+
+
+async def _refuse(send: Send, err: APIError) -> None:
+    body = json.dumps(err.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if err.status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 # -- errors --------------------------------------------------------------------------------------
 
 
 def _error_handlers(app: FastAPI) -> None:
-    async def api_error(request: Request, exc: Exception) -> Response:
+    async def api_error(request: HTTPRequest, exc: Exception) -> Response:
         assert isinstance(exc, APIError)
-        return JSONResponse(exc.body(), exc.status)
+        return JSONResponse(exc.body(), exc.status, headers=exc.headers or None)
 
-    async def invalid(request: Request, exc: Exception) -> Response:
+    async def invalid(request: HTTPRequest, exc: Exception) -> Response:
         # FastAPI's 422 is OpenAI's 400, naming the first bad field (param: the request field it is in).
         assert isinstance(exc, RequestValidationError)
         if "json" not in request.headers.get("content-type", ""):  # FastAPI then never parsed the body
@@ -100,7 +177,7 @@ def _error_handlers(app: FastAPI) -> None:
         message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
         return JSONResponse(APIError(400, message, loc[0] if loc else None, "invalid_value").body(), 400)
 
-    async def http_error(request: Request, exc: Exception) -> Response:
+    async def http_error(request: HTTPRequest, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 404:
             message = f"Invalid URL ({request.method} {request.url.path})"
@@ -180,18 +257,21 @@ async def _complete(served: Served, req: CompletionRequest) -> Response:
     req.refuse_unmeasured()
     ids = completion_ids(served.engine, req.prompt)
     max_tokens = req.max_tokens or 16
+    served.check(ids, max_tokens, "prompt")
     head = _head("cmpl", served)
+    # Queued before any answer is sent, so a full queue (429) or a stopped batcher (503) is a status.
+    queued = served.submit(ids, max_tokens, req.ignore_eos)
     if req.stream:
-        return _sse(_completion_chunks(served, ids, max_tokens, req, head))
-    out = await served.generate(ids, max_tokens, req.ignore_eos)
+        return _sse(_completion_chunks(served, queued, req, head))
+    out = await served.answer(queued)
     choice = CompletionChoice(text=out.text, finish_reason=out.finish_reason, token_ids=_ids(out, req))
     return _json(Completion(**head, choices=[choice], usage=_usage(out)))
 
 
 async def _completion_chunks(
-    served: Served, ids: list[int], max_tokens: int, req: CompletionRequest, head: dict[str, Any]
+    served: Served, queued: Request, req: CompletionRequest, head: dict[str, Any]
 ) -> AsyncIterator[BaseModel]:
-    out = await served.generate(ids, max_tokens, req.ignore_eos)
+    out = await served.answer(queued)
     yield Completion(**head, choices=[CompletionChoice(text=out.text, finish_reason=None, token_ids=_ids(out, req))])
     # Usage rides on the final chunk unless asked for in a chunk of its own (OpenAI's
     # stream_options.include_usage); llama-server does the same, and `autoinfer verify` reads it there.
@@ -206,21 +286,23 @@ async def _chat(served: Served, req: ChatRequest) -> Response:
     req.refuse_unmeasured()
     ids = chat_ids(served.engine, req.messages)
     max_tokens = req.max_completion_tokens or req.max_tokens or served.max_tokens
+    served.check(ids, max_tokens, "messages")
     head = _head("chatcmpl", served)
+    queued = served.submit(ids, max_tokens, req.ignore_eos)
     if req.stream:
-        return _sse(_chat_chunks(served, ids, max_tokens, req, head))
-    out = await served.generate(ids, max_tokens, req.ignore_eos)
+        return _sse(_chat_chunks(served, queued, req, head))
+    out = await served.answer(queued)
     message = AssistantMessage(content=out.text)
     choice = ChatChoice(message=message, finish_reason=out.finish_reason, token_ids=_ids(out, req))
     return _json(ChatCompletion(**head, choices=[choice], usage=_usage(out)))
 
 
 async def _chat_chunks(
-    served: Served, ids: list[int], max_tokens: int, req: ChatRequest, head: dict[str, Any]
+    served: Served, queued: Request, req: ChatRequest, head: dict[str, Any]
 ) -> AsyncIterator[BaseModel]:
     # The role first, before the batch runs, as OpenAI's first chunk: the client knows it is answered.
     yield ChatCompletionChunk(**head, choices=[ChunkChoice(delta=Delta(role="assistant", content=""))])
-    out = await served.generate(ids, max_tokens, req.ignore_eos)
+    out = await served.answer(queued)
     if out.text or req.return_token_ids:
         content = ChunkChoice(delta=Delta(content=out.text), token_ids=_ids(out, req))
         yield ChatCompletionChunk(**head, choices=[content])

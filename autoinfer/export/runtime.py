@@ -17,6 +17,7 @@ from typing import Any
 from autoinfer.cache import atomic_file, file_digest, tree_digest
 from autoinfer.engines.base import TrialPoint
 from autoinfer.errors import AutoinferError
+from autoinfer.export.server import with_option
 
 
 def llama_server() -> str:
@@ -33,10 +34,16 @@ THIS_FILE = "<deploy.yaml>"
 
 
 def runtime_block(
-    model: dict[str, Any], point: dict[str, Any], info: dict[str, Any], engine_config: dict[str, Any] | None = None
+    model: dict[str, Any],
+    point: dict[str, Any],
+    info: dict[str, Any],
+    engine_config: dict[str, Any] | None = None,
+    host: str = "127.0.0.1",
 ) -> dict[str, Any]:
     """`engine_config`: the study settings the engine reads (model, workload, transformers,
-    base_dir), so `autoinfer serve` can load the configuration exactly as the trial did."""
+    base_dir), so `autoinfer serve` can load the configuration exactly as the trial did. The server
+    command listens on `host` and takes its API key from the environment variable the recipe names
+    (`api_key_env`): never a key in the file."""
     from autoinfer.engines import ENGINES
 
     point = TrialPoint(**point).as_dict()  # fills what older records left out (draft_tokens)
@@ -46,6 +53,16 @@ def runtime_block(
     module, _, func = spec.export.partition(":")  # the engine package owns its recipe
     recipe = getattr(importlib.import_module(module), func)
     block: dict[str, Any] = recipe(model, point, info, engine_config)
+    if "serve" in block:
+        block["serve"] = shlex.join(with_option(shlex.split(block["serve"]), "--host", host))
+        if "argv" in block:
+            block["argv"] = with_option(block["argv"], "--host", host)
+        block["host"] = host
+    if block.get("api_key_env"):
+        block["api_key_note"] = (
+            f"set {block['api_key_env']} in the server's environment to require that key "
+            "('Authorization: Bearer KEY'); autoinfer writes no key into this file"
+        )
     return block
 
 

@@ -1,5 +1,6 @@
 """The server `autoinfer verify` (and the serve tests) start: on a free loopback port, as a process
-group of its own that dies with this process, and stopped with every process it started."""
+group of its own that dies with this process, and stopped with every process it started. Whatever
+host the command names, this one listens on 127.0.0.1: a check is never exposed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+def with_option(argv: list[str], flag: str, value: str) -> list[str]:
+    """`argv` with `flag value` set once: an existing value replaced, else appended."""
+    if flag in argv:
+        i = argv.index(flag)
+        return [*argv[: i + 1], value, *argv[i + 2 :]]
+    return [*argv, flag, value]
+
+
+def auth(api_key: str | None) -> dict[str, str]:
+    """The request header that carries an API key (none without one)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def http_get(port: int, path: str, timeout: float = 5.0, api_key: str | None = None) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=auth(api_key))
         r = conn.getresponse()
         return r.status, r.read()
     finally:
@@ -40,8 +54,12 @@ def _last_line(log: Path) -> str:
 
 
 @contextmanager
-def running_server(argv: list[str], log: Path, cwd: Path, startup_s: float) -> Iterator[int]:
-    """Start `argv` (a server command) on a free loopback port; yield the port once healthy."""
+def running_server(
+    argv: list[str], log: Path, cwd: Path, startup_s: float, env: Mapping[str, str] | None = None
+) -> Iterator[int]:
+    """Start `argv` (a server command) on a free loopback port, with `env` added to this process's
+    environment (where an API key travels: never in argv, which `ps` shows); yield the port once
+    healthy."""
     from autoinfer.search.isolation import die_with_parent
 
     port = free_port()
@@ -52,8 +70,9 @@ def running_server(argv: list[str], log: Path, cwd: Path, startup_s: float) -> I
         # vLLM server cannot stop them, and nothing else would. The signal can come more than once
         # (again as each of this process's threads exits and the server passes to the next).
         proc = subprocess.Popen(
-            [*argv, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            with_option(with_option(argv, "--host", "127.0.0.1"), "--port", str(port)),
+            env={**os.environ, **env} if env else None, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
             preexec_fn=lambda: die_with_parent(me, signal.SIGTERM),
         )  # fmt: skip
     # SIGTERM to us must also stop the server: turn it into an exception so `finally` runs.

@@ -8,6 +8,10 @@ ids the trial fed its engine as the prompt (the OpenAI API takes a token array),
 template and tokenizer are the trial's and only the server's decoding is under test. Where the
 server returns the generated token ids (the runtime block's `request` asks vLLM for them), those
 are compared with the trial's token for token; otherwise the texts are.
+
+The server is started with an API key in its environment (the variable its runtime block names),
+the one given or a fresh random one, and every request carries it: the key path a deployment
+relies on is exercised on every run, and nothing unauthenticated is served meanwhile.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import dataclasses
 import http.client
 import json
 import os
+import secrets
 import shlex
 import sys
 import time
@@ -26,7 +31,7 @@ from typing import Any
 from autoinfer.cache import file_digest, tree_digest
 from autoinfer.errors import ConfigError, VerifyFailed
 from autoinfer.evaluators.throughput import percentile
-from autoinfer.export.server import http_get, running_server
+from autoinfer.export.server import auth, http_get, running_server
 from autoinfer.record import Generations
 
 # The band served tokens/s must fall in, as a fraction of the trial's. Below it the served copy is
@@ -174,7 +179,13 @@ def _check_checkpoint(key: str, path: Path, want: str | None, where: str) -> Non
 
 
 def complete(
-    port: int, prompt: list[int], max_tokens: int, ignore_eos: bool, timeout: float, extra: dict[str, Any] | None = None
+    port: int,
+    prompt: list[int],
+    max_tokens: int,
+    ignore_eos: bool,
+    timeout: float,
+    extra: dict[str, Any] | None = None,
+    api_key: str | None = None,
 ) -> Reply:
     """One streamed greedy completion of a token-id prompt; `extra`: the runtime block's own request
     fields (what that server needs to decode as the trial did, or to return token ids)."""
@@ -189,16 +200,16 @@ def complete(
     }
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        return _streamed(conn, body)
+        return _streamed(conn, body, api_key)
     except (OSError, http.client.HTTPException, ValueError) as e:  # died, hung or sent garbage mid-request
         raise VerifyFailed(f"a request to the server failed: {type(e).__name__}: {e}") from None
     finally:
         conn.close()
 
 
-def _streamed(conn: http.client.HTTPConnection, body: dict[str, Any]) -> Reply:
+def _streamed(conn: http.client.HTTPConnection, body: dict[str, Any], api_key: str | None = None) -> Reply:
     start = time.perf_counter()
-    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json", **auth(api_key)})
     r = conn.getresponse()
     if r.status != 200:
         raise VerifyFailed(f"the server answered {r.status}: {r.read()[:300].decode(errors='replace')}")
@@ -230,7 +241,12 @@ def _streamed(conn: http.client.HTTPConnection, body: dict[str, Any]) -> Reply:
 
 
 def serve_pass(
-    port: int, prompts: list[list[int]], exp: Expected, timeout: float, extra: dict[str, Any] | None = None
+    port: int,
+    prompts: list[list[int]],
+    exp: Expected,
+    timeout: float,
+    extra: dict[str, Any] | None = None,
+    api_key: str | None = None,
 ) -> tuple[list[Reply], float]:
     """Every prompt once, `batch_size` requests in flight at a time; replies in prompt order."""
     from concurrent.futures import ThreadPoolExecutor
@@ -239,7 +255,7 @@ def serve_pass(
     pool = ThreadPoolExecutor(exp.batch_size)
     try:
         n, eos = exp.max_new_tokens, exp.ignore_eos
-        futures = [pool.submit(complete, port, p, n, eos, timeout, extra) for p in prompts]
+        futures = [pool.submit(complete, port, p, n, eos, timeout, extra, api_key) for p in prompts]
         replies = [f.result() for f in futures]
     finally:
         # On Ctrl-C, do not wait for requests in flight: the server is stopped next, which ends them.
@@ -266,11 +282,11 @@ def _outputs(replies: list[Reply], gen: Generations) -> tuple[list[Any], tuple[A
     return [r.text for r in replies], gen.texts
 
 
-def _server_version(port: int, runtime: dict[str, Any]) -> str:
+def _server_version(port: int, runtime: dict[str, Any], api_key: str | None = None) -> str:
     """llama-server's build (/props), else vLLM's version (/version), else what the config says."""
     for route, key in (("/props", "build_info"), ("/version", "version")):
         try:
-            status, body = http_get(port, route)
+            status, body = http_get(port, route, api_key=api_key)
             if status == 200 and json.loads(body).get(key):
                 return str(json.loads(body)[key])
         except (OSError, ValueError, AttributeError):
@@ -329,6 +345,7 @@ def verify(
     startup_s: float = 300.0,
     request_timeout_s: float = 600.0,
     max_ratio: float = DEFAULT_MAX_RATIO,
+    api_key: str | None = None,
 ) -> Report:
     check_band(tolerance, max_ratio)
     where = str(path)
@@ -339,10 +356,15 @@ def verify(
     prompts = [list(p) for p in exp.generations.prompt_ids]
     log = path.parent / f"{path.stem}.verify-server.log"
     extra = runtime.get("request")
-    with running_server(argv, log, path.parent.resolve(), startup_s) as port:
-        serve_pass(port, prompts[: exp.batch_size], exp, request_timeout_s, extra)  # warm-up, unmeasured
-        passes = [serve_pass(port, prompts, exp, request_timeout_s, extra) for _ in range(exp.repeats)]
-        version = _server_version(port, runtime)
+    # Exports from before servers took a key name no variable: those run as they were written.
+    key_env = runtime.get("api_key_env")
+    key = (api_key or secrets.token_urlsafe(24)) if key_env else None
+    env = {str(key_env): key} if key_env and key else None
+    with running_server(argv, log, path.parent.resolve(), startup_s, env) as port:
+        t = request_timeout_s
+        serve_pass(port, prompts[: exp.batch_size], exp, t, extra, key)  # warm-up, unmeasured
+        passes = [serve_pass(port, prompts, exp, t, extra, key) for _ in range(exp.repeats)]
+        version = _server_version(port, runtime, key)
     replies = [r for p, _ in passes for r in p]
     tokens = sum(r.tokens for r in replies)
     wall = sum(w for _, w in passes)

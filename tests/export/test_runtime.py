@@ -35,9 +35,15 @@ def test_llamacpp_block_names_the_file_and_the_server_flags() -> None:
     server = rt["server"]["binary"]
     assert server == llama_server() and rt["server"]["version"] is None  # LLAMA_INFO records no version
     flags = "-m /c/x-Q8_0.gguf -t 2 -c 4096 -b 4096 -ub 512 -np 8 -ngl 0"
-    assert rt["serve"] == shlex.join([server]) + f" {flags} -no-kvu"  # one KV stream per slot, as measured
+    # One KV stream per slot, as measured; loopback, and the key from LLAMA_API_KEY (never in the file).
+    assert rt["serve"] == shlex.join([server]) + f" {flags} -no-kvu --host 127.0.0.1"
+    assert rt["api_key_env"] == "LLAMA_API_KEY" and "--api-key" not in rt["serve"]
     older = {k: v for k, v in LLAMA_INFO.items() if k != "kv_unified"}  # measured with one shared KV pool
-    assert runtime_block({}, point("llama.cpp", "Q8_0", batch=8), older)["serve"].endswith("-np 8 -ngl 0 -kvu")
+    assert runtime_block({}, point("llama.cpp", "Q8_0", batch=8), older)["serve"].endswith(
+        "-np 8 -ngl 0 -kvu --host 127.0.0.1"
+    )
+    exposed = runtime_block({}, point("llama.cpp", "Q8_0", batch=8), LLAMA_INFO, host="0.0.0.0")["serve"]
+    assert exposed.endswith("-no-kvu --host 0.0.0.0") and exposed.count("--host") == 1
 
 
 def test_the_exported_server_is_the_one_built_beside_the_venv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,13 +57,13 @@ def test_the_exported_server_is_the_one_built_beside_the_venv(tmp_path: Path, mo
 
 def test_llamacpp_on_a_gpu_stays_on_the_measured_device() -> None:
     rt = runtime_block({}, point("llama.cpp", "Q8_0"), {**LLAMA_INFO, "n_gpu_layers": -1, "main_gpu": 1})
-    assert rt["serve"].endswith("-ngl -1 -no-kvu -sm none -mg 1")
+    assert rt["serve"].endswith("-ngl -1 -no-kvu -sm none -mg 1 --host 127.0.0.1")
 
 
 def test_llamacpp_drafts_map_to_speculative_flags() -> None:
     info = {**LLAMA_INFO, "draft_gguf_path": "/c/x-Q4_0.gguf", "draft_tokens_per_step": 4}
     rt = runtime_block({}, point("llama.cpp", "Q8_0", "model:Q4_0"), info)
-    assert rt["serve"].endswith("--spec-type draft-simple -md /c/x-Q4_0.gguf --spec-draft-n-max 4")
+    assert rt["serve"].endswith("--spec-type draft-simple -md /c/x-Q4_0.gguf --spec-draft-n-max 4 --host 127.0.0.1")
     rt = runtime_block({}, point("llama.cpp", "Q8_0", "prompt_lookup:5"), LLAMA_INFO)
     assert "--spec-ngram-simple-size-m 5" in rt["serve"] and "serve_note" in rt
 

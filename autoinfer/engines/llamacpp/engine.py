@@ -317,6 +317,9 @@ class LlamaCppEngine(Engine):
 
         return LlamaCppLM(self.rt)
 
+    def context_tokens(self) -> int | None:
+        return self.n_ctx // self.point.batch_size  # each sequence has a KV stream of its own
+
     def weight_bytes(self) -> int:
         # llama_model_size: bytes of all weight tensors at their stored (quantized) types.
         return self.rt.model_bytes()

@@ -70,4 +70,5 @@ def _llamacpp(point: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
         cmd += ["--spec-ngram-simple-size-m", str(n)]
         block["serve_note"] = "prompt lookup in llama-server is close to, not the same as, the measured drafter"
     block["serve"] = shlex.join(cmd)
+    block["api_key_env"] = "LLAMA_API_KEY"  # llama-server's environment form of --api-key
     return block

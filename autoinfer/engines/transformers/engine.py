@@ -355,6 +355,10 @@ class TransformersEngine(HFTokenizerEngine):
             device=self.point.hardware_spec.torch_device,
         )
 
+    def context_tokens(self) -> int | None:
+        n = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        return int(n) if n else None
+
     def weight_bytes(self) -> int:
         return _streamed_bytes(self.model, self.point.quantization)
 

@@ -24,7 +24,8 @@ def _ecosystem_serve(point: dict[str, Any], info: dict[str, Any], checkpoint: st
     device = hw if hw.startswith("cuda") else "cpu"
     threads = info.get("torch_threads")
     cmd = f"OMP_NUM_THREADS={threads} " if threads and device == "cpu" else ""
-    cmd += shlex.join(["transformers", "serve", checkpoint, "--dtype", dtype or "auto", "--device", device])
+    cmd += shlex.join(["transformers", "serve", checkpoint, "--dtype", dtype or "auto", "--device", device,
+                        "--host", "127.0.0.1"])  # fmt: skip
     out: dict[str, Any] = {"transformers_serve": cmd, "verified": False}
     gaps = []
     if dtype is None:
@@ -36,7 +37,7 @@ def _ecosystem_serve(point: dict[str, Any], info: dict[str, Any], checkpoint: st
     out["note"] = ("not the measured setup: " + "; ".join(gaps)) if gaps else "same weights and dtype; not run here"
     if hw.startswith("cuda") and dtype is not None:
         out["vllm_serve"] = shlex.join(["vllm", "serve", checkpoint, "--dtype", dtype, "--max-num-seqs",
-                                        str(point["batch_size"])])  # fmt: skip
+                                        str(point["batch_size"]), "--host", "127.0.0.1"])  # fmt: skip
         out["vllm_note"] = "vLLM's own kernels and scheduler: not measured or run by autoinfer"
     return out
 
@@ -78,6 +79,7 @@ def _transformers(
         block["engine_config"] = engine_config
         # What `autoinfer verify` adds to each request: the generated ids back, compared token for token.
         block["request"] = {"return_token_ids": True}
+        block["api_key_env"] = "AUTOINFER_API_KEY"
     checkpoint = str(info.get("checkpoint") or model.get("source"))
     block["ecosystem"] = _ecosystem_serve(point, info, checkpoint, draft)
     return block

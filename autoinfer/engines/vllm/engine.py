@@ -462,6 +462,9 @@ class VllmEngine(HFTokenizerEngine):
 
         return VllmLM(self.llm, self.tokenizer, self.config.accuracy.batch_size, self.max_model_len)
 
+    def context_tokens(self) -> int | None:
+        return int(self.max_model_len)
+
     def weight_bytes(self) -> int:
         return checkpoint_weight_bytes(self.path, self.dtype)
 

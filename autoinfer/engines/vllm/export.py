@@ -133,7 +133,8 @@ def runtime(
             "stream_options": {"include_usage": True},
             **NEUTRAL_SAMPLING,
         },
-        "serve": line,  # `--host H --port P` go after it
+        "serve": line,  # `--port P` goes after it (export adds `--host`)
+        "api_key_env": "VLLM_API_KEY",  # vLLM's server requires it on /v1 when set
     }
     for key in ("checkpoint_sha256", "draft_checkpoint", "draft_checkpoint_sha256"):
         if info.get(key):  # trials from before the digests were recorded have none
