@@ -169,7 +169,8 @@ class Served:
             return
         if len(ids) >= lim.context:
             raise APIError(400, f"This model's maximum context length is {lim.context} tokens. However, your "
-                           f"request has {len(ids)} input tokens. Please reduce the length of the input.",
+                           f"prompt contains {len(ids)} input tokens, which exceeds this limit even without any "
+                           "output tokens. Please reduce the length of the input prompt.",
                            prompt_field, "context_length_exceeded")  # fmt: skip
         if len(ids) + max_tokens > lim.context:
             raise APIError(400, f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This model's "

@@ -311,10 +311,12 @@ def test_one_bad_request_fails_only_itself_not_its_batch(tmp_path: Path) -> None
 
 
 @contextmanager
-def uvicorn_on(served: Served) -> Iterator[str]:
+def uvicorn_on(served: Served, api_key: str | None = None) -> Iterator[str]:
     """The app on a real uvicorn on a free loopback port; yields its /v1 base URL."""
     port = free_port()
-    config = uvicorn.Config(create_app(served), host="127.0.0.1", port=port, log_level="warning", ws="none")
+    config = uvicorn.Config(
+        create_app(served, api_key=api_key), host="127.0.0.1", port=port, log_level="warning", ws="none"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

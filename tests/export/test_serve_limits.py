@@ -68,7 +68,7 @@ def test_a_prompt_past_the_context_is_400_naming_the_field(engine: FakeEngine) -
     err = error_of(client.post("/v1/completions", json=completion(CONTEXT + 10)), 400)
     assert err["param"] == "prompt" and err["code"] == "context_length_exceeded"
     assert err["message"].startswith(f"This model's maximum context length is {CONTEXT} tokens. However, your "
-                                     f"request has {CONTEXT + 10} input tokens.")  # fmt: skip
+                                     f"prompt contains {CONTEXT + 10} input tokens")  # fmt: skip
     chat = {"model": MODEL, "messages": [{"role": "user", "content": "x" * (CONTEXT + 5)}]}
     assert error_of(client.post("/v1/chat/completions", json=chat), 400)["param"] == "messages"
     # Prompt and answer together past the context: max_tokens is the field to lower.
@@ -170,6 +170,36 @@ def test_a_dead_batcher_fails_health_and_requests_fast(engine: FakeEngine) -> No
     with pytest.raises(APIError) as e:
         asyncio.run(served.generate([5], 2, False))
     assert e.value.status == 503
+
+
+# -- with the openai client -----------------------------------------------------------------------
+
+
+def test_the_openai_client_sees_each_refusal_as_its_own_error(engine: FakeEngine) -> None:
+    import openai
+
+    from tests.export.test_serve import uvicorn_on
+
+    held = Held(engine)
+    held.release.set()  # served at once here; held below
+    served = Served(engine, MODEL, MAX_TOKENS, window_s=0.0, limits=Limits(context=CONTEXT, max_queue=1))
+    with uvicorn_on(served, api_key=KEY) as url:
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
+        client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0)
+        assert client.completions.create(model=MODEL, prompt=[5, 6], max_tokens=3).usage.completion_tokens == 3  # type: ignore[union-attr]
+        with pytest.raises(openai.BadRequestError, match="maximum context length") as long:
+            client.completions.create(model=MODEL, prompt=[5] * (CONTEXT + 1), max_tokens=3)
+        assert long.value.param == "prompt"
+        held.release.clear()
+        held.started.clear()
+        first = served.submit([5, 6], 3, False)
+        assert held.started.wait(30)
+        waiting = served.submit([5, 6], 3, False)
+        with pytest.raises(openai.RateLimitError, match="queue is full"):
+            client.completions.create(model=MODEL, prompt=[5, 6], max_tokens=3)
+        held.release.set()
+        assert first.done.result(30) and waiting.done.result(30)
 
 
 # -- the command line ----------------------------------------------------------------------------
