@@ -16,6 +16,7 @@ else is a broken draft, and the trial fails. Every differing prompt is judged, n
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 from autoinfer.engines.base import Engine
@@ -96,6 +97,8 @@ class Judged:
 
 # How many differing prompts a failure names one by one (the others are counted).
 NAMED = 4
+# What a refused draft's one line points to: the section that explains the check.
+DOCS = "docs/drafts.md#the-lossless-check"
 UNITS = f"logits; a tolerance is how far a pass shape the draft path runs moves that margin, at most {TIE_CAP}"
 
 
@@ -154,9 +157,13 @@ def check_lossless(engine: Engine, prompts: list[str], drafted: tuple[tuple[int,
     if broken:
         more = f"; {len(broken) - NAMED} more" if len(broken) > NAMED else ""
         ties = f"; {len(judged) - len(broken)} other prompts parted at ties" if len(judged) > len(broken) else ""
+        # Each prompt, with its evidence, goes to the trial's log (a trial's stderr); the failure
+        # itself is one line on the progress display, in the study and in MLflow.
+        print(f"lossless check: {'; '.join(v.describe() for v in broken[:NAMED])}{more}{ties} ({UNITS})",
+              file=sys.stderr, flush=True)  # fmt: skip
         raise TrialError(
             f"draft is not lossless: {len(broken)} of {n} prompts differ from plain greedy decoding beyond a tie "
-            f"({UNITS}): {'; '.join(v.describe() for v in broken[:NAMED])}{more}{ties}"
+            f"(the trial log names each; {DOCS})"
         )
     return DraftCheck(
         False,

@@ -3,6 +3,7 @@ target's margin between the two tokens per prompt and how far each pass shape mo
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,8 @@ import pytest
 from autoinfer.config import parse_config
 from autoinfer.engines import ENGINES, TrialPoint
 from autoinfer.errors import TrialError
-from autoinfer.evaluators.lossless import TIE_CAP, DraftCheck, check_lossless
-from tests.conftest import fake_config
+from autoinfer.evaluators.lossless import DOCS, TIE_CAP, DraftCheck, check_lossless
+from tests.conftest import REPO, fake_config
 from tests.engines.contract import PROMPTS
 
 VERIFY = (4, 1)  # the fake's verification at batch 1: draft_width 3 + 1 tokens of one sequence
@@ -46,41 +47,46 @@ def test_a_tie_within_the_measured_shift_passes_and_is_counted(tmp_path: Path) -
     assert "2 of 3 prompts tied" in check.detail
 
 
-def test_a_margin_beyond_the_measured_shift_fails(tmp_path: Path) -> None:
+def test_a_margin_beyond_the_measured_shift_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """1.5x what pass shape moves these two tokens' margin: not a tie, however far pass shape moves
     other logits (a vocabulary-wide shift, or twice the measured one, would let it through)."""
     eng = tie_engine(tmp_path, default_margin=0.015, shift={VERIFY: 0.01}, noise=0.4)
     with pytest.raises(TrialError, match=r"draft is not lossless: 3 of 3 prompts") as e:
         judged(eng)
-    msg = str(e.value)
-    assert "prompt 0 token " in msg and "margin +0.015, tolerance 0.01 (4 tokens of 1 sequence moves it 0.01)" in msg
-    assert "beyond what pass shape moves them" in msg
+    # One line naming the docs section; each prompt's evidence in the trial log (its stderr).
+    assert "\n" not in str(e.value) and str(e.value).endswith("(the trial log names each; " + DOCS + ")")
+    assert (REPO / DOCS.partition("#")[0]).is_file()
+    log = capsys.readouterr().err
+    assert "prompt 0 token " in log and "margin +0.015, tolerance 0.01 (4 tokens of 1 sequence moves it 0.01)" in log
+    assert "beyond what pass shape moves them" in log
 
 
-def test_every_differing_prompt_is_judged(tmp_path: Path) -> None:
+def test_every_differing_prompt_is_judged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The first differing prompt is a tie; the second is not, and fails the trial."""
     margins = {PROMPTS[0]: 0.005, PROMPTS[1]: 0.02}
     eng = tie_engine(tmp_path, margin=margins, shift={VERIFY: 0.01}, prompts=tuple(PROMPTS[:2]))
-    with pytest.raises(TrialError, match=r"1 of 3 prompts differ from plain greedy decoding beyond a tie") as e:
+    with pytest.raises(TrialError, match=r"1 of 3 prompts differ from plain greedy decoding beyond a tie"):
         judged(eng)
-    msg = str(e.value)
-    assert "prompt 1 token " in msg and "margin +0.02, tolerance 0.01" in msg and "prompt 0 token" not in msg, msg
-    assert "1 other prompts parted at ties" in msg
+    log = capsys.readouterr().err
+    assert "prompt 1 token " in log and "margin +0.02, tolerance 0.01" in log and "prompt 0 token" not in log, log
+    assert "1 other prompts parted at ties" in log
 
 
-def test_the_tolerance_is_capped(tmp_path: Path) -> None:
+def test_the_tolerance_is_capped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shift = {VERIFY: 3 * TIE_CAP}  # a pass shape that moves the margin far
     check = judged(tie_engine(tmp_path, default_margin=0.8 * TIE_CAP, shift=shift))
     assert check.tied_prompts == 3 and check.max_tie_margin == pytest.approx(0.8 * TIE_CAP)
-    with pytest.raises(TrialError, match=rf"tolerance {TIE_CAP:.3g} .*, beyond the cap of {TIE_CAP}"):
+    with pytest.raises(TrialError, match="draft is not lossless"):
         judged(tie_engine(tmp_path, default_margin=1.2 * TIE_CAP, shift=shift))
+    assert re.search(rf"tolerance {TIE_CAP:.3g} .*, beyond the cap of {TIE_CAP}", capsys.readouterr().err)
 
 
-def test_only_pass_shapes_the_engine_runs_set_the_tolerance(tmp_path: Path) -> None:
+def test_only_pass_shapes_the_engine_runs_set_the_tolerance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The whole sequence in one pass (0, 1) moves the margin, but this engine's drafts never run it."""
     shift = {(0, 1): 0.05}
-    with pytest.raises(TrialError, match=r"margin \+0.01, tolerance 0 \(4 tokens of 1 sequence moves it 0\)"):
+    with pytest.raises(TrialError, match="draft is not lossless"):
         judged(tie_engine(tmp_path, shift=shift))
+    assert "margin +0.01, tolerance 0 (4 tokens of 1 sequence moves it 0)" in capsys.readouterr().err
     check = judged(tie_engine(tmp_path, shift=shift, shapes=((4, 1), (0, 1))))  # an engine whose drafts run it
     assert check.tied_prompts == 3 and "1 whole sequence moves it 0.05" in check.detail
 

@@ -19,7 +19,7 @@ from autoinfer.errors import ConfigError
 from autoinfer.metrics import METRICS
 from autoinfer.record import record_of
 from autoinfer.search.pareto import measured_trials, pareto_trials
-from autoinfer.search.study import open_study, run_search
+from autoinfer.search.study import logs_dir, open_study, run_search
 from tests.conftest import base_config, fake_config
 
 
@@ -99,8 +99,11 @@ def test_a_lossy_draft_fails_its_trial_and_a_rounding_tie_is_recorded(tmp_path: 
     study, _ = run_search(cfg)
     by_draft = {t.user_attrs["point"]["draft"]: t for t in study.trials}
     bad = by_draft["model:lossy"]
-    assert bad.state == TrialState.FAIL and "draft is not lossless" in bad.user_attrs["fail_reason"]
-    assert "beyond what pass shape moves them" in bad.user_attrs["fail_reason"]
+    reason = bad.user_attrs["fail_reason"]
+    assert bad.state == TrialState.FAIL and "draft is not lossless" in reason
+    # one line pointing to the docs; each differing prompt's evidence in the trial's log
+    assert "\n" not in reason and reason.endswith("(the trial log names each; docs/drafts.md#the-lossless-check)")
+    assert "beyond what pass shape moves them" in (logs_dir(cfg) / f"trial-{bad.number}.log").read_text()
     assert by_draft["none"].state == TrialState.COMPLETE
     tie = record_of(by_draft["model:tie"])  # measured, kept, and not called lossless
     assert tie is not None and tie.provenance.draft_lossless is False
