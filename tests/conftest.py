@@ -8,6 +8,9 @@ from typing import Any
 
 import pytest
 
+# The `requires` marker's hooks: a test needing a missing engine or model is skipped, or fails in CI.
+from tests.requires import pytest_configure, pytest_runtest_setup  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 ARC_DIR = REPO / "data" / "arc_easy"
 

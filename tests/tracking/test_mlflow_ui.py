@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import fake_config
+from tests.requires import requires
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,9 +40,9 @@ def test_experiment_opens_on_runs_and_the_parent_describes_the_frontier(fake_stu
     assert len(names) >= 3 and all(n.startswith("trial-") and " fake " in n for n in names)
 
 
+# Debian's chromium and chromium-driver, which scripts/setup.sh --dev installs when run as root.
+@requires(programs=("chromium", "chromedriver"))
 def test_a_real_browser_lists_every_trial_and_renders_the_frontier(fake_study: Path) -> None:
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        pytest.skip("chromium and chromium-driver are not installed (scripts/setup.sh --dev installs them as root)")
     r = subprocess.run(
         [sys.executable, "scripts/check_mlflow_ui.py", "--tracking-uri", f"sqlite:///{fake_study}/mlflow.db",
          "--screenshots", str(fake_study / "shots")],
