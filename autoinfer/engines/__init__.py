@@ -10,14 +10,11 @@ from __future__ import annotations
 import importlib
 import os
 
+# Each built-in engine is a package that registers itself (its EngineSpec: what it runs, its
+# quantizations, drafts, hardware, versions and export recipe) into autoinfer.registry.ENGINES on
+# import. vLLM itself is imported by trials only.
+from autoinfer.engines import llamacpp, transformers, vllm  # noqa: F401 - imported to register
 from autoinfer.engines.base import ENGINES, Engine, EngineSpec, GenerationResult, TrialPoint
-
-# Each built-in engine is a package that registers itself on import (its EngineSpec: what it runs,
-# its quantizations, drafts, hardware, versions and export recipe), in this order, which is the
-# order listings show them in. vLLM itself is imported by trials only.
-BUILTIN = ("transformers", "llamacpp", "vllm")
-for _package in BUILTIN:
-    importlib.import_module(f"autoinfer.engines.{_package}")
 
 
 def load_plugins() -> None:

