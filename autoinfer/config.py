@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from autoinfer.errors import ConfigError
 from autoinfer.metrics import METRICS
 from autoinfer.registry import ENGINES, did_you_mean
+from autoinfer.served.settings import Mode, ServedConfig
 from autoinfer.spaces.dimensions import DEFAULT_DRAFT_TOKENS, DraftSpec, HardwareSpec
 
 
@@ -136,6 +137,18 @@ class WorkloadConfig(_Strict):
     warmup: int = Field(1, ge=0, le=100)
     # Keep decoding past EOS so every sequence yields max_new_tokens (a fixed-length benchmark).
     ignore_eos: bool = False
+    # offline: a trial times static batches of the prompt set; served: a trial starts the point's
+    # exported server and measures it under the load point in `served` (docs/served.md).
+    mode: Mode = "offline"
+    served: ServedConfig | None = None
+
+    @model_validator(mode="after")
+    def _served_only_when_served(self) -> WorkloadConfig:
+        if self.mode == "offline" and self.served is not None:
+            raise ValueError("served: a load point and SLO apply to served trials; set workload.mode: served")
+        if self.mode == "served" and self.served is None:
+            object.__setattr__(self, "served", ServedConfig())  # the defaults: 32 requests, all at once
+        return self
 
 
 class TaskConfig(_Strict):

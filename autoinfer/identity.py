@@ -137,6 +137,9 @@ def study_identity(config: Config) -> dict[str, str]:
         "lib.lm_eval": _version("lm_eval"),
         **_machine(config),
     }
+    if wl.served is not None:  # served studies only: offline studies' identities stay as they were
+        ident["workload.mode"] = wl.mode
+        ident["workload.served"] = json.dumps(wl.served.model_dump(mode="json"), sort_keys=True)
     for name in config.space.engine:
         engine = ENGINES.get(name)
         for package in engine.version_packages:

@@ -46,6 +46,8 @@ class Provenance:
     # How busy the machine was in the kept measured window (autoinfer.evaluators.machine_load).
     machine_load: str = ""
     machine: dict[str, Any] = field(default_factory=dict)  # the machine it ran on (host, CPU, GPUs)
+    # Served trials only: the server command, the load point, the SLO and every request's timings.
+    served: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

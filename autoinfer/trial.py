@@ -172,6 +172,8 @@ def run_trial(
     engine, gpu_handle = _load(config, point, stage)
     wl = config.workload
     prompts = prompt_set(load_prompts(wl.prompts, Path(config.base_dir)), wl.prompt_count)
+    if wl.mode == "served":
+        return _served_trial(config, engine, prompts, identity, accuracy_key, known_accuracy, stage, threads)
     m = _measure(config, engine, prompts, gpu_handle, stage)
     tp, e = m.tp, m.tp.energy
     metrics = _metrics(m)
@@ -210,6 +212,45 @@ def run_trial(
         machine=machine_of_trial(),
     )
     return TrialRecord(point, metrics, provenance, accuracy, generations)
+
+
+def _served_trial(
+    config: Config, engine: Engine, prompts: list[str], identity: str, accuracy_key: str,
+    known_accuracy: dict[str, AccuracyResult], stage: Callable[[str], None], threads: int,
+) -> TrialRecord:  # fmt: skip
+    """A served trial: accuracy on the engine loaded here (as offline), then, with the engine closed
+    so the server has the memory, the point's exported server under the load (autoinfer.served)."""
+    from autoinfer.served.trial import measure_served
+
+    point = engine.point
+    accuracy = _score(config, engine, accuracy_key, known_accuracy, stage) if config.accuracy.tasks else None
+    info = dict(engine.info)
+    engine.close()
+    del engine
+    m = measure_served(config, point, info, prompts, load_guard(config, point), stage)
+    e = m.energy
+    metrics = dict(m.metrics)
+    metrics.update(energy_j=e.energy_j, mean_power_w=e.mean_power_w, peak_memory_gb=m.memory.peak_gb)
+    tokens = metrics["generated_tokens"]
+    metrics["j_per_token"] = e.energy_j / tokens if tokens else math.inf
+    if m.load is not None:
+        metrics.update(other_cpu_pct=m.load.other_cpu_pct, steal_pct=m.load.steal_pct)
+    if accuracy is not None:
+        metrics.update(accuracy=accuracy.accuracy, accuracy_stderr=accuracy.stderr,
+                       accuracy_samples=float(accuracy.samples))  # fmt: skip
+        # Only requests that met the SLO count: a correct answer that came too late was not served.
+        metrics["correct_tokens_per_j"] = accuracy.accuracy * m.good_tokens / e.energy_j if e.energy_j else 0.0
+    served = config.workload.served
+    assert served is not None
+    provenance = Provenance(
+        identity=identity, energy_source=e.source, energy_detail=e.detail,
+        energy_meter_reason="the server's process tree" + (" (CPU-time estimate)" if e.inputs else ""),
+        energy_inputs=dict(e.inputs), machine_load=m.load.detail() if m.load is not None else "not read",
+        memory_source=m.memory.source, threads=threads, prompts=len(prompts), repeats=1,
+        warmup=served.warmup_requests, sequences=int(metrics["requests_sent"]), bandwidth_source="",
+        engine=info, machine=machine_of_trial(), served=m.provenance,
+    )  # fmt: skip
+    return TrialRecord(point, metrics, provenance, accuracy, None)
 
 
 def run_payload(payload: dict[str, Any], stage: Callable[[str], None]) -> TrialRecord:

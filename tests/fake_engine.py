@@ -258,5 +258,7 @@ if "fake" not in ENGINES:
             hardware_kinds=("cpu",),
             draft_max_batch=1,
             package="lm_eval",
+            # Served as a transformers trial is: by `autoinfer serve` on this very engine.
+            export="autoinfer.engines.transformers.export:runtime",
         )
     )

@@ -195,20 +195,23 @@ class CpuTimeEstimate(EnergyMeter):
 
     source = "estimated:cpu-time"
 
-    def __init__(self, watts_per_core: float, static_watts_per_core: float = 0.0, cores: int = 1) -> None:
+    def __init__(
+        self, watts_per_core: float, static_watts_per_core: float = 0.0, cores: int = 1, root: int | None = None
+    ) -> None:
         self.watts_per_core = watts_per_core
         self.static_watts_per_core = static_watts_per_core
         self.cores = cores
+        self.root = root  # whose process tree is billed: this process's, or a served trial's server's
 
     def _start(self) -> float:
         from autoinfer.evaluators.machine_load import tree_cpu_s
 
-        return tree_cpu_s()
+        return tree_cpu_s(self.root)
 
     def _stop(self, state: float, duration_s: float) -> EnergyReading:
         from autoinfer.evaluators.machine_load import tree_cpu_s
 
-        cpu_s = tree_cpu_s() - state
+        cpu_s = tree_cpu_s(self.root) - state
         busy_j = cpu_s * self.watts_per_core
         static_j = duration_s * self.cores * self.static_watts_per_core
         detail = (
@@ -228,9 +231,10 @@ class CpuTimeEstimate(EnergyMeter):
 
 
 def meter_for(
-    hardware: HardwareSpec, watts_per_core: float, static_watts_per_core: float = 0.0
+    hardware: HardwareSpec, watts_per_core: float, static_watts_per_core: float = 0.0, root: int | None = None
 ) -> tuple[EnergyMeter, str]:
-    """The best meter for a target, and why it was chosen (shown by `autoinfer hardware`)."""
+    """The best meter for a target, and why it was chosen (shown by `autoinfer hardware`). `root`:
+    the process whose tree a CPU-time estimate bills (default this one's; a served trial's server)."""
     if hardware.kind == "cuda":
         try:
             return NvmlMeter(hardware.index or 0), "NVML total-energy counter"
@@ -244,4 +248,4 @@ def meter_for(
     else:
         reason = f"no energy counter for {hardware.kind}"
     cores = hardware.threads if hardware.kind == "cpu" else 1  # a GPU target holds one host core
-    return CpuTimeEstimate(watts_per_core, static_watts_per_core, cores), f"{reason}; estimating from CPU time"
+    return CpuTimeEstimate(watts_per_core, static_watts_per_core, cores, root), f"{reason}; estimating from CPU time"

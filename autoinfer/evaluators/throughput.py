@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from autoinfer.engines.base import Engine, GenerationResult
 from autoinfer.errors import TrialError
@@ -85,7 +86,7 @@ def measure_throughput(
     sets = batches(prompts, batch_size)
     for w in range(warmup):
         engine.generate(sets[w % len(sets)], max_new_tokens, ignore_eos)
-    passes, box, load, thrown = _measured_window(
+    passes, box, load, thrown = measured_window(
         lambda: [generate_set(engine, prompts, batch_size, max_new_tokens, ignore_eos) for _ in range(repeats)],
         meter,
         guard,
@@ -129,13 +130,15 @@ def measure_throughput(
 
 
 Passes = list[list[GenerationResult]]
+W = TypeVar("W")  # what a measured window's work returns
 
 
-def _measured_window(
-    work: Callable[[], Passes], meter: EnergyMeter, guard: LoadGuard | None
-) -> tuple[Passes, EnergyBox, LoadReading | None, int]:
+def measured_window(
+    work: Callable[[], W], meter: EnergyMeter, guard: LoadGuard | None
+) -> tuple[W, EnergyBox, LoadReading | None, int]:
     """Run `work` under the energy meter (and the load reading, with a guard) until a window is the
-    trial's own. Returns the passes, the energy box, the kept window's load and how many were thrown."""
+    trial's own. Returns what the work returned (an offline trial's passes, a served trial's load),
+    the energy box, the kept window's load and how many windows were thrown away."""
     if guard is None or not available():
         with meter.measure() as box:
             passes = work()

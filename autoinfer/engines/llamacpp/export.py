@@ -71,4 +71,5 @@ def _llamacpp(point: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
         block["serve_note"] = "prompt lookup in llama-server is close to, not the same as, the measured drafter"
     block["serve"] = shlex.join(cmd)
     block["api_key_env"] = "LLAMA_API_KEY"  # llama-server's environment form of --api-key
+    block["streams_tokens"] = True  # a streamed answer comes token by token: TTFT and TPOT mean what they say
     return block

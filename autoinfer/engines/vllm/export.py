@@ -135,6 +135,7 @@ def runtime(
         },
         "serve": line,  # `--port P` goes after it (export adds `--host`)
         "api_key_env": "VLLM_API_KEY",  # vLLM's server requires it on /v1 when set
+        "streams_tokens": True,  # a streamed answer comes token by token
     }
     for key in ("checkpoint_sha256", "draft_checkpoint", "draft_checkpoint_sha256"):
         if info.get(key):  # trials from before the digests were recorded have none

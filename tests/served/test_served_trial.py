@@ -1,0 +1,95 @@
+"""A served trial end to end on the fake engine: the point's exported server (`autoinfer serve`)
+started, driven by vLLM's load generator, measured, recorded and stopped; and bad served configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from autoinfer.config import parse_config
+from autoinfer.engines.base import TrialPoint
+from autoinfer.errors import ConfigError, TrialError
+from autoinfer.identity import accuracy_key, identity_hash, study_identity
+from autoinfer.served.loadgen import LoadResult
+from autoinfer.served.slo import Slo, summarize
+from autoinfer.trial import run_trial
+from tests.conftest import fake_config
+
+SERVED = {"mode": "served", "max_new_tokens": 8,
+          "served": {"requests": 12, "warmup_requests": 1, "request_rate": 20, "slo": {"ttft_s": 5.0}}}  # fmt: skip
+
+
+def served_config(tmp: Path, **served: Any) -> Any:
+    raw = fake_config(tmp, workload={**SERVED, "served": {**SERVED["served"], **served}})
+    return parse_config(raw, base_dir=str(tmp))
+
+
+def run(cfg: Any, point: TrialPoint) -> Any:
+    ident = study_identity(cfg)
+    return run_trial(cfg, point, identity_hash(ident), accuracy_key(ident, cfg, point), {}, lambda s: None)
+
+
+def test_a_served_trial_measures_the_exported_server_and_leaves_nothing(tmp_path: Path) -> None:
+    cfg = served_config(tmp_path)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    rec = run(cfg, TrialPoint("fake", "fp32", "none", 2, "cpu:1"))
+    m, served = rec.metrics, rec.provenance.served
+    assert m["requests_sent"] == 12 and m["completed_requests"] + m["failed_requests"] == 12
+    assert m["generated_tokens"] == 8 * m["completed_requests"]  # ignore_eos: every request its max_tokens
+    # The recorded figures are the generator's own per-request arrays, summarized: recompute them.
+    result = LoadResult.from_json(json.dumps(served["result"]))
+    again = summarize(result, Slo(ttft_s=5.0)).flat()
+    assert m["goodput_rps"] == pytest.approx(again["goodput_rps"]) and m["ttft_p95_s"] == again["ttft_p95_s"]
+    assert m["slo_attainment"] == again["slo_attainment"] and 0 < m["ttft_p50_s"] <= m["e2el_p95_s"]
+    # autoinfer serve answers a batch in one chunk: no time per output token is claimed for it.
+    assert served["streams_tokens"] is False and "tpot_p95_s" not in m and "itl_p50_s" not in m
+    assert served["server"].startswith("autoinfer serve") and served["load"] == "20 req/s"
+    assert m["energy_j"] > 0 and rec.provenance.energy_meter_reason.startswith("the server's process tree")
+    assert m["server_start_s"] > 0 and m["client_cpu_s"] >= 0 and "accuracy" in m
+    good_tokens = sum(result.output_tokens[i] for i in range(12) if result.success[i] and result.ttft_s[i] <= 5.0)
+    assert m["correct_tokens_per_j"] == pytest.approx(m["accuracy"] * good_tokens / m["energy_j"])
+    left = {p.pid for p in psutil.Process().children(recursive=True)} - before
+    assert not [p for p in left if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_a_server_that_never_becomes_ready_fails_with_its_log(tmp_path: Path, monkeypatch: Any) -> None:
+    cfg = served_config(tmp_path)
+    import autoinfer.served.command as command
+
+    real = command.server_command
+
+    def broken(*args: Any) -> Any:
+        cmd = real(*args)
+        cmd.deployment.write_text("not: [a deployment")  # autoinfer serve cannot read it, says so, exits 2
+        return cmd
+
+    monkeypatch.setattr("autoinfer.served.trial.server_command", broken)
+    with pytest.raises(TrialError, match=r"(?s)server did not serve: the server exited with status 2.*deployment"):
+        run(cfg, TrialPoint("fake", "fp32", "none", 1, "cpu:1"))
+
+
+@pytest.mark.parametrize(
+    ("workload", "message"),
+    [
+        ({"mode": "served", "served": {"slo": {"ttft_ms": 1}}}, "workload.served.slo.ttft_ms: unknown key"),
+        ({"mode": "served", "served": {"request_rate": -1}}, "workload.served.request_rate: must be a positive"),
+        ({"mode": "served", "served": {"request_rate": 1, "concurrency": 2}}, "request_rate or concurrency, not both"),
+        ({"served": {"slo": {"ttft_s": 1}}}, "apply to served trials; set workload.mode: served"),
+        ({"mode": "batch"}, "workload.mode"),
+    ],
+)
+def test_bad_served_configs_are_one_line(tmp_path: Path, workload: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as e:
+        parse_config(fake_config(tmp_path, workload=workload), "c.yaml", str(tmp_path))
+    assert "\n" not in str(e.value) and str(e.value).startswith("c.yaml")
+
+
+def test_the_served_load_point_is_part_of_the_study_identity(tmp_path: Path) -> None:
+    offline = study_identity(parse_config(fake_config(tmp_path), base_dir=str(tmp_path)))
+    assert "workload.mode" not in offline  # offline studies keep the identity they had
+    a, b = study_identity(served_config(tmp_path)), study_identity(served_config(tmp_path, request_rate=4))
+    assert a["workload.mode"] == "served" and identity_hash(a) != identity_hash(b)
