@@ -201,6 +201,8 @@ class Tracker:
         if rec is not None:
             tags["energy_source"] = rec.provenance.energy_source
             prov = dataclasses.asdict(rec.provenance)
+            # A served trial's per-request timings are an artifact (below), not thousands of params.
+            prov["served"] = {k: v for k, v in prov["served"].items() if k != "result"}
             params.update({f"info.{k}": v for k, v in _flat("", prov, {}).items()})
             metrics = dict(rec.metrics)
             for c, v in zip(self.config.constraints, violations(self.config, rec.metrics).values(), strict=True):
@@ -217,6 +219,8 @@ class Tracker:
             self.client.log_artifact(rid, log_path, "logs")
         if rec is not None and rec.accuracy is not None and rec.accuracy.items:
             self.client.log_dict(rid, rec.accuracy.items, "accuracy/items.json")  # paired comparisons offline
+        if rec is not None and "result" in rec.provenance.served:  # every request: any SLO recomputed
+            self.client.log_dict(rid, rec.provenance.served["result"], "served/requests.json")
         if rec is not None and rec.generations is not None:  # what a served copy must reproduce
             self.client.log_dict(rid, dataclasses.asdict(rec.generations), "outputs/generations.json")
         self.client.set_terminated(rid, _STATUS.get(t.state, "FAILED"))
