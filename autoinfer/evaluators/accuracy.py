@@ -54,8 +54,10 @@ def evaluate_accuracy(lm: Any, config: Config) -> AccuracyResult:
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
+    from autoinfer.evaluators.tasks import TASKS_DIR
+
     acc = config.accuracy
-    manager = TaskManager()
+    manager = TaskManager(include_path=str(TASKS_DIR))  # lm-eval's tasks and autoinfer's own (mbpp_autoinfer)
     specs = [task_spec(t, config, manager) for t in acc.tasks]
     out = simple_evaluate(
         model=lm,
