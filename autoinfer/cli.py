@@ -367,10 +367,13 @@ def export(
     """Write the deployment config of a frontier trial, with the measurements behind it."""
     from autoinfer.export import deployment_config, to_yaml
     from autoinfer.export.runtime import copy_files as copy_runtime_files
+    from autoinfer.record import record_of
+    from autoinfer.served.verify import with_served_block
 
     cfg = _load(config, preflight=False)
     study = _study(cfg)
     data = deployment_config(cfg, study, trial, host=host)
+    data = with_served_block(data, cfg, record_of(study.trials[data["measured"]["trial"]]))
     for warning in data["measured"]["warnings"]:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     if copy_files:
@@ -394,6 +397,7 @@ def export(
             data["measured"]["outputs_sha256"] = file_digest(side)
         if "serve" in data["runtime"]:
             data["runtime"]["serve"] = data["runtime"]["serve"].replace(THIS_FILE, out.name)
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(to_yaml(data))
         err.print(f"wrote {out}")
     else:
@@ -458,24 +462,22 @@ def verify(
     """Run the exported server, send it the trial's prompts, compare outputs and speed with the trial."""
     from autoinfer.export.verify import VerifyFailed, check_band, log_report
     from autoinfer.export.verify import verify as run_verify
+    from autoinfer.served.verify import is_served_deployment, verify_served
 
     check_band(tolerance, max_ratio)
-    err.print(f"starting the exported server for {deploy} on 127.0.0.1...")
+    served = is_served_deployment(deploy)
+    err.print(
+        f"starting the exported server for {deploy} on 127.0.0.1" + (", to replay its load..." if served else "...")
+    )
     try:
-        report = run_verify(deploy, tolerance, startup_timeout, max_ratio=max_ratio, api_key=api_key)
+        if served:
+            report = verify_served(deploy, tolerance, startup_timeout, max_ratio, api_key)
+        else:
+            report = run_verify(deploy, tolerance, startup_timeout, max_ratio=max_ratio, api_key=api_key)
     except KeyboardInterrupt:
         err.print("\ninterrupted: the server was stopped.")
         raise typer.Exit(130) from None
-    band = f"tok/s ratio passes in {report.tolerance:.2f}-{report.max_ratio:.2f}"
-    table = Table(title=f"{deploy}: served vs trial {report.trial}", caption=band)
-    for col in ("", "served", "trial", "ratio"):
-        table.add_column(col, justify="right" if col else "left")
-    for key, label in (("tokens_per_s", "tok/s"), ("ttft_p50_s", "TTFT p50 s"),
-                       ("latency_p50_s", "latency p50 s"), ("latency_p95_s", "latency p95 s")):  # fmt: skip
-        a, b = report.served[key], report.measured[key]
-        table.add_row(label, _fmt(a, ".3g"), _fmt(b, ".3g"), _fmt(a / b if b else None, ".2f"))
-    table.add_row("identical outputs", f"{report.identical}/{report.prompts}", "", "")
-    console.print(table)
+    console.print(_verify_table(deploy, report, served))
     console.print(f"server: {escape(report.command)}")
     if log:
         where = log_report(report)
@@ -483,7 +485,33 @@ def verify(
             err.print(where)
     if not report.passed:
         raise VerifyFailed(f"{deploy}: " + "; ".join(report.failures))
-    console.print(f"[green]verified[/]: trial {report.trial} served with identical outputs")
+    what = "'s load, replayed, was served within the band" if served else " served with identical outputs"
+    console.print(f"[green]verified[/]: trial {report.trial}{what}")
+
+
+LABELS = {"tokens_per_s": "tok/s", "ttft_p50_s": "TTFT p50 s", "latency_p50_s": "latency p50 s",
+          "latency_p95_s": "latency p95 s", "goodput_rps": "goodput req/s", "slo_attainment": "SLO attainment",
+          "ttft_p95_s": "TTFT p95 s", "tpot_p95_s": "TPOT p95 s", "e2el_p95_s": "E2EL p95 s"}  # fmt: skip
+
+
+def _verify_table(deploy: Path, report: Any, served: bool) -> Table:
+    """Served against measured, figure by figure (a latency's ratio is trial / served when served)."""
+    from autoinfer.served.verify import COMPARED, LATENCY_BAND
+
+    band = f"tok/s ratio passes in {report.tolerance:.2f}-{report.max_ratio:.2f}"
+    if served:
+        band = (f"throughput ratios pass in {report.tolerance:.2f}-{report.max_ratio:.2f}, latency ratios "
+                f"(trial / served) in {1 / LATENCY_BAND:.2f}-{LATENCY_BAND:.2f}")  # fmt: skip
+    table = Table(title=f"{deploy}: served vs trial {report.trial}", caption=band)
+    for col in ("", "served", "trial", "ratio"):
+        table.add_column(col, justify="right" if col else "left")
+    for key in report.served:
+        a, b = report.served[key], report.measured[key]
+        ratio = (b / a if a else None) if COMPARED.get(key) == "min" else (a / b if b else None)
+        table.add_row(LABELS.get(key, key), _fmt(a, ".3g"), _fmt(b, ".3g"), _fmt(ratio, ".2f"))
+    if not served:
+        table.add_row("identical outputs", f"{report.identical}/{report.prompts}", "", "")
+    return table
 
 
 def _quiet() -> None:

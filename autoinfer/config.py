@@ -242,6 +242,13 @@ class EnergyConfig(_Strict):
     cpu_static_watts_per_core: float = Field(5.0, ge=0, le=1000)
 
 
+class CostConfig(_Strict):
+    # The user's prices, both optional: what the machine costs per hour (rent, or amortized purchase)
+    # and what a kWh of energy costs. With either set, every trial records usd_per_mtok.
+    usd_per_hour: float = Field(0.0, ge=0, le=1e6)
+    usd_per_kwh: float = Field(0.0, ge=0, le=1e3)
+
+
 class TransformersConfig(_Strict):
     # Weight-only int8/int4 backend. auto: per (quantization, device) the one
     # scripts/quant_backend_benchmark.py measured faster (docs/engines.md); recorded as info.quant_backend.
@@ -295,6 +302,7 @@ class Config(_Strict):
     objectives: list[ObjectiveConfig] = [ObjectiveConfig(name="correct_tokens_per_j")]
     constraints: list[ConstraintConfig] = []
     energy: EnergyConfig = EnergyConfig()
+    cost: CostConfig | None = None
     transformers: TransformersConfig = TransformersConfig()
     vllm: VllmSettings = VllmSettings()
     search: SearchConfig = SearchConfig()

@@ -137,6 +137,8 @@ def study_identity(config: Config) -> dict[str, str]:
         "lib.lm_eval": _version("lm_eval"),
         **_machine(config),
     }
+    if config.cost is not None:  # priced studies only: $/Mtok is computed by each trial
+        ident["cost"] = json.dumps(config.cost.model_dump(mode="json"), sort_keys=True)
     if wl.served is not None:  # served studies only: offline studies' identities stay as they were
         ident["workload.mode"] = wl.mode
         ident["workload.served"] = json.dumps(wl.served.model_dump(mode="json"), sort_keys=True)

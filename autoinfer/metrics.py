@@ -53,6 +53,11 @@ METRICS: dict[str, Metric] = {
         Metric("draft_tie_margin", "logits", "min", "largest logit margin between two tokens accepted as a tie"),
         Metric("draft_proposed", "tok", "max", "draft tokens proposed over the measured repeats"),
         Metric("draft_accepted", "tok", "max", "of which the target accepted"),
+        # money, with the user's prices (config `cost`)
+        Metric(
+            "usd_per_mtok", "$/Mtok", "min", "(wall_s h x usd_per_hour + energy_j kWh x usd_per_kwh) per 1e6 tokens"
+        ),
+        Metric("usd_per_correct_mtok", "$/Mtok", "min", "the same per 1e6 correct tokens (as correct_tokens_per_j)"),
         # served trials (workload.mode: served): one load point on the exported server
         Metric("requests_sent", "req", "max", "measured requests sent to the server (warm-up not counted)"),
         Metric("completed_requests", "req", "max", "requests answered in full"),

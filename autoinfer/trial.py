@@ -186,6 +186,7 @@ def run_trial(
         metrics["accuracy_samples"] = float(accuracy.samples)
         # Correct tokens per joule: tokens the model would get right, per joule spent making them.
         metrics["correct_tokens_per_j"] = accuracy.accuracy * tp.generated_tokens / e.energy_j
+    add_cost(config, metrics, accuracy.accuracy * tp.generated_tokens if accuracy is not None else None)
     generations = Generations(
         prompt_ids=tuple(tuple(engine.prompt_ids(p)) for p in prompts),
         output_ids=tp.outputs,
@@ -240,6 +241,7 @@ def _served_trial(
                        accuracy_samples=float(accuracy.samples))  # fmt: skip
         # Only requests that met the SLO count: a correct answer that came too late was not served.
         metrics["correct_tokens_per_j"] = accuracy.accuracy * m.good_tokens / e.energy_j if e.energy_j else 0.0
+    add_cost(config, metrics, accuracy.accuracy * m.good_tokens if accuracy is not None else None)
     served = config.workload.served
     assert served is not None
     provenance = Provenance(
@@ -251,6 +253,18 @@ def _served_trial(
         engine=info, machine=machine_of_trial(), served=m.provenance,
     )  # fmt: skip
     return TrialRecord(point, metrics, provenance, accuracy, None)
+
+
+def add_cost(config: Config, metrics: dict[str, float], correct_tokens: float | None) -> None:
+    """$ per million tokens (and per million correct tokens) at the user's prices: the machine's
+    hours over the measured window plus the energy it drew. Nothing without `cost`."""
+    c = config.cost
+    if c is None or not metrics.get("generated_tokens"):
+        return
+    usd = metrics["wall_s"] / 3600 * c.usd_per_hour + metrics["energy_j"] / 3.6e6 * c.usd_per_kwh
+    metrics["usd_per_mtok"] = usd / metrics["generated_tokens"] * 1e6
+    if correct_tokens is not None:
+        metrics["usd_per_correct_mtok"] = usd / correct_tokens * 1e6 if correct_tokens > 0 else math.inf
 
 
 def run_payload(payload: dict[str, Any], stage: Callable[[str], None]) -> TrialRecord:

@@ -4,6 +4,7 @@ started, driven by vLLM's load generator, measured, recorded and stopped; and ba
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,11 @@ SERVED = {"mode": "served", "max_new_tokens": 8,
           "served": {"requests": 12, "warmup_requests": 1, "request_rate": 20, "slo": {"ttft_s": 5.0}}}  # fmt: skip
 
 
+COST = {"usd_per_hour": 2.0, "usd_per_kwh": 0.3}
+
+
 def served_config(tmp: Path, **served: Any) -> Any:
-    raw = fake_config(tmp, workload={**SERVED, "served": {**SERVED["served"], **served}})
+    raw = fake_config(tmp, workload={**SERVED, "served": {**SERVED["served"], **served}}, cost=COST)
     return parse_config(raw, base_dir=str(tmp))
 
 
@@ -52,6 +56,11 @@ def test_a_served_trial_measures_the_exported_server_and_leaves_nothing(tmp_path
     assert m["server_start_s"] > 0 and m["client_cpu_s"] >= 0 and "accuracy" in m
     good_tokens = sum(result.output_tokens[i] for i in range(12) if result.success[i] and result.ttft_s[i] <= 5.0)
     assert m["correct_tokens_per_j"] == pytest.approx(m["accuracy"] * good_tokens / m["energy_j"])
+    # The price of the window: the machine's hours plus the energy, per million (correct) tokens.
+    usd = m["wall_s"] / 3600 * 2.0 + m["energy_j"] / 3.6e6 * 0.3
+    assert m["usd_per_mtok"] == pytest.approx(usd / m["generated_tokens"] * 1e6)
+    correct = m["accuracy"] * good_tokens
+    assert m["usd_per_correct_mtok"] == (pytest.approx(usd / correct * 1e6) if correct else math.inf)
     left = {p.pid for p in psutil.Process().children(recursive=True)} - before
     assert not [p for p in left if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
 
@@ -93,3 +102,40 @@ def test_the_served_load_point_is_part_of_the_study_identity(tmp_path: Path) -> 
     assert "workload.mode" not in offline  # offline studies keep the identity they had
     a, b = study_identity(served_config(tmp_path)), study_identity(served_config(tmp_path, request_rate=4))
     assert a["workload.mode"] == "served" and identity_hash(a) != identity_hash(b)
+
+
+# -- a served search, exported and verified --------------------------------------------------------
+
+
+def test_a_served_trial_exports_its_load_and_verify_replays_it(tmp_path: Path) -> None:
+    """Search (one served trial), export, verify: the replayed load passes; the same export with the
+    trial's goodput tripled (the served copy then delivers a third of it) fails."""
+    import yaml
+
+    from autoinfer.export import deployment_config, to_yaml
+    from autoinfer.record import record_of
+    from autoinfer.search.study import run_search
+    from autoinfer.served.verify import is_served_deployment, verify_served, with_served_block
+
+    raw = fake_config(tmp_path, workload=SERVED, accuracy={"tasks": []}, objectives=[{"name": "goodput_rps"}],
+                      space={"engine": ["fake"], "quantization": ["fp32"], "draft": ["none"], "batch_size": [2]},
+                      search={"trials": 1, "sampler": "grid"})  # fmt: skip
+    cfg = parse_config(raw, base_dir=str(tmp_path))
+    study, _ = run_search(cfg)
+    rec = record_of(study.trials[0])
+    assert rec is not None and rec.provenance.served["server_reused"] is False
+    data = with_served_block(deployment_config(cfg, study, 0), cfg, rec)
+    assert list(data)[-2:] == ["served", "measured"] and data["served"]["load"]["request_rate"] == 20.0
+    assert data["served"]["slo"]["ttft_s"] == 5.0 and len(data["served"]["prompts"]) >= 2
+    path = tmp_path / "ship" / "deploy.yaml"
+    path.parent.mkdir()
+    path.write_text(to_yaml(data))
+    assert is_served_deployment(path)
+    # Wide bands: a toy engine on a shared CI machine; what this checks is the replay itself.
+    report = verify_served(path, tolerance=0.2, max_ratio=5.0, latency_band=10.0)
+    assert report.passed, report.failures
+    assert set(report.served) >= {"goodput_rps", "slo_attainment", "tokens_per_s", "ttft_p95_s"}
+    data["measured"]["metrics"]["goodput_rps"] *= 3
+    path.write_text(yaml.safe_dump(data))
+    cut = verify_served(path)
+    assert not cut.passed and any(f.startswith("goodput_rps: served") for f in cut.failures), cut.failures
