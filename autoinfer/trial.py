@@ -27,6 +27,7 @@ from autoinfer.record import Generations, Provenance, TrialRecord
 if TYPE_CHECKING:
     from autoinfer.evaluators.memory import MemoryReading
     from autoinfer.evaluators.throughput import ThroughputResult
+    from autoinfer.served.trial import ServedMeasurement
 
 
 def set_threads(point: TrialPoint) -> int:
@@ -168,12 +169,16 @@ def run_trial(
 ) -> TrialRecord:
     from autoinfer.evaluators.workload import load_prompts, prompt_set
 
+    if config.workload.mode == "served":  # the point's server under one load point (autoinfer.served)
+        from autoinfer.served.trial import measure_served
+
+        prep = prepare_served(config, point, accuracy_key, known_accuracy, stage)
+        served = measure_served(config, point, prep.info, prep.prompts, load_guard(config, point), stage)
+        return served_record(config, point, identity, prep, served)
     threads = set_threads(point)
     engine, gpu_handle = _load(config, point, stage)
     wl = config.workload
     prompts = prompt_set(load_prompts(wl.prompts, Path(config.base_dir)), wl.prompt_count)
-    if wl.mode == "served":
-        return _served_trial(config, engine, prompts, identity, accuracy_key, known_accuracy, stage, threads)
     m = _measure(config, engine, prompts, gpu_handle, stage)
     tp, e = m.tp, m.tp.energy
     metrics = _metrics(m)
@@ -215,21 +220,41 @@ def run_trial(
     return TrialRecord(point, metrics, provenance, accuracy, generations)
 
 
-def _served_trial(
-    config: Config, engine: Engine, prompts: list[str], identity: str, accuracy_key: str,
-    known_accuracy: dict[str, AccuracyResult], stage: Callable[[str], None], threads: int,
-) -> TrialRecord:  # fmt: skip
-    """A served trial: accuracy on the engine loaded here (as offline), then, with the engine closed
-    so the server has the memory, the point's exported server under the load (autoinfer.served)."""
-    from autoinfer.served.trial import measure_served
+@dataclass(frozen=True)
+class Prepared:
+    """What a served trial takes from the engine loaded in its own process: what the engine
+    recorded (files, context, settings: the server command is built from it), the accuracy scored
+    on it, and the prompt set."""
 
-    point = engine.point
+    info: dict[str, Any]
+    accuracy: AccuracyResult | None
+    threads: int
+    prompts: list[str]
+
+
+def prepare_served(
+    config: Config, point: TrialPoint, accuracy_key: str, known_accuracy: dict[str, AccuracyResult],
+    stage: Callable[[str], None],
+) -> Prepared:  # fmt: skip
+    """Load the point's engine here, score it (or reuse a score by key), and close it again, so
+    the server started next has the memory."""
+    from autoinfer.evaluators.workload import load_prompts, prompt_set
+
+    threads = set_threads(point)
+    engine, _ = _load(config, point.server(), stage)
+    wl = config.workload
+    prompts = prompt_set(load_prompts(wl.prompts, Path(config.base_dir)), wl.prompt_count)
     accuracy = _score(config, engine, accuracy_key, known_accuracy, stage) if config.accuracy.tasks else None
     info = dict(engine.info)
     engine.close()
-    del engine
-    m = measure_served(config, point, info, prompts, load_guard(config, point), stage)
-    e = m.energy
+    return Prepared(info, accuracy, threads, prompts)
+
+
+def served_record(
+    config: Config, point: TrialPoint, identity: str, prep: Prepared, m: ServedMeasurement
+) -> TrialRecord:
+    """A served trial's record: the load point's metrics, energy, accuracy and provenance."""
+    e, accuracy = m.energy, prep.accuracy
     metrics = dict(m.metrics)
     metrics.update(energy_j=e.energy_j, mean_power_w=e.mean_power_w, peak_memory_gb=m.memory.peak_gb)
     tokens = metrics["generated_tokens"]
@@ -248,11 +273,18 @@ def _served_trial(
         identity=identity, energy_source=e.source, energy_detail=e.detail,
         energy_meter_reason="the server's process tree" + (" (CPU-time estimate)" if e.inputs else ""),
         energy_inputs=dict(e.inputs), machine_load=m.load.detail() if m.load is not None else "not read",
-        memory_source=m.memory.source, threads=threads, prompts=len(prompts), repeats=1,
+        memory_source=m.memory.source, threads=prep.threads, prompts=len(prep.prompts), repeats=1,
         warmup=served.warmup_requests, sequences=int(metrics["requests_sent"]), bandwidth_source="",
-        engine=info, machine=machine_of_trial(), served=m.provenance,
+        engine=prep.info, machine=machine_of_trial(), served=m.provenance,
     )  # fmt: skip
     return TrialRecord(point, metrics, provenance, accuracy, None)
+
+
+def prepare_payload(payload: dict[str, Any], stage: Callable[[str], None]) -> Prepared:
+    """Child-process entry point of a served trial's preparation (`prepare_served`)."""
+    config = Config.model_validate(payload["config"])
+    point = TrialPoint(**payload["point"])
+    return prepare_served(config, point, payload["accuracy_key"], payload["known_accuracy"], stage)
 
 
 def add_cost(config: Config, metrics: dict[str, float], correct_tokens: float | None) -> None:

@@ -76,9 +76,16 @@ def running_server(
 
 @contextmanager
 def started_server(
-    argv: list[str], log: Path, cwd: Path, startup_s: float, env: Mapping[str, str] | None = None
+    argv: list[str],
+    log: Path,
+    cwd: Path,
+    startup_s: float,
+    env: Mapping[str, str] | None = None,
+    trap_sigterm: bool = True,
 ) -> Iterator[Server]:
-    """`running_server`, yielding the server's pid with its port (served trials bill its tree)."""
+    """`running_server`, yielding the server's pid with its port (served trials bill its tree).
+    `trap_sigterm=False` leaves SIGTERM to the caller, whose own clean-up must then stop the server
+    (a search worker keeping a server across trials)."""
     from autoinfer.search.isolation import die_with_parent
 
     port = free_port()
@@ -95,7 +102,7 @@ def started_server(
             preexec_fn=lambda: die_with_parent(me, signal.SIGTERM),
         )  # fmt: skip
     # SIGTERM to us must also stop the server: turn it into an exception so `finally` runs.
-    main = threading.current_thread() is threading.main_thread()
+    main = trap_sigterm and threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_exit) if main else None
     try:
         deadline = time.monotonic() + startup_s

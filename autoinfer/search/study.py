@@ -286,8 +286,11 @@ def run_search(
     try:
         loop.run()
     except KeyboardInterrupt:
+        loop.close()
         loop.end("KILLED")
         raise
+    finally:
+        loop.close()
     loop.end("FINISHED")
     return study, tracker
 
@@ -310,6 +313,7 @@ class SearchLoop:
         self.logs = logs_dir(config)
         self.payload_config = config.model_dump(mode="json")
         self.rejections = 0  # proposals in a row that measured nothing
+        self.runner: Any = None  # served trials: the server kept between load points (autoinfer.served.runner)
 
     def begin(self, retry_failed: bool = False) -> None:
         """Take back what this machine's dead workers left, catch the listeners up, queue the grid."""
@@ -404,12 +408,32 @@ class SearchLoop:
         payload = trial_payload(self.config, self.identity, point, log_path, self.study, self.payload_config)
         self.ev.trial_started(trial.number, point, self.coord.done + 1, self.coord.budget)
         asked_s = time.monotonic() - asked
-        outcome = run_isolated(payload, self.config.search.trial_timeout_s, self.ev.stage)
+        if self.config.workload.mode == "served":  # the worker keeps the server for the next load point
+            outcome = self._runner().measure(payload, point, self.config.search.trial_timeout_s)
+        else:
+            outcome = run_isolated(payload, self.config.search.trial_timeout_s, self.ev.stage)
         _finish_trial(self.study, trial, self.config, outcome, asked_s)
         frozen = self.coord.frozen(trial)
+        if self.runner is not None and outcome.ok and not outcome.result.provenance.served.get("server_reused"):
+            from autoinfer.served.runner import queue_siblings
+
+            queue_siblings(self.study, frozen, self.config, point)
         for listener in self.listeners:
             listener.trial_finished(self.study, frozen, str(log_path))
         self.ev.trial_finished(frozen)
+
+    def _runner(self) -> Any:
+        """This worker's served-trial runner (autoinfer.served.runner), made on first use."""
+        if self.runner is None:
+            from autoinfer.served.runner import ServedRunner
+
+            self.runner = ServedRunner(self.config, self.ev.stage)
+        return self.runner
+
+    def close(self) -> None:
+        """Stop what this worker keeps running between trials (a served trial's server)."""
+        if self.runner is not None:
+            self.runner.close()
 
     def _rejected(self, say: str = "") -> bool:
         self.rejections += 1

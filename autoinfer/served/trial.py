@@ -23,7 +23,8 @@ import math
 import secrets
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from autoinfer.evaluators.machine_load import LoadGuard, LoadReading
 from autoinfer.evaluators.memory import MemoryReading
 from autoinfer.served.command import ServerCommand, server_command
 from autoinfer.served.loadgen import Endpoint, Load, LoadResult
-from autoinfer.served.settings import ServedConfig
+from autoinfer.served.settings import LoadPoint, ServedConfig
 from autoinfer.served.slo import Slo, is_good, summarize
 
 # The summary's names as metrics: one name per quantity across modes (tokens_per_s, wall_s).
@@ -75,12 +76,16 @@ def slo_of(config: Config) -> Slo:
     return Slo(ttft_s=s.ttft_s, tpot_s=s.tpot_s, e2el_s=s.e2el_s)
 
 
-def load_of(config: Config, cmd: ServerCommand, port: int, prompts: list[str], key: str | None) -> Load:
+def load_of(config: Config, point: TrialPoint, cmd: ServerCommand, port: int, prompts: list[str],
+            key: str | None) -> Load:  # fmt: skip
+    """The generator's load for the point's load point (a point from before loads were points:
+    the config's first)."""
     served, wl = served_of(config), config.workload
+    lp = LoadPoint.parse(point.load or served.loads()[0])
     return Load(
         base_url=f"http://127.0.0.1:{port}", model=cmd.model, num_requests=served.requests,
-        endpoint=ENDPOINT, prompts=tuple(prompts), output_len=wl.max_new_tokens, request_rate=served.rate,
-        burstiness=served.burstiness, max_concurrency=served.concurrency, warmup_requests=0, ignore_eos=True,
+        endpoint=ENDPOINT, prompts=tuple(prompts), output_len=wl.max_new_tokens, request_rate=lp.rate,
+        burstiness=served.burstiness, max_concurrency=lp.concurrency, warmup_requests=0, ignore_eos=True,
         timeout_s=served.timeout_s, api_key=key,
     )  # fmt: skip
 
@@ -89,11 +94,25 @@ def good_tokens(result: LoadResult, slo: Slo) -> int:
     return sum(result.output_tokens[i] for i in range(len(result.success)) if is_good(result, slo, i))
 
 
-def measure_served(
-    config: Config, point: TrialPoint, info: dict[str, Any], prompts: list[str], guard: LoadGuard,
-    stage: Callable[[str], None],
-) -> ServedMeasurement:  # fmt: skip
-    """Start the point's exported server, run the load point under the meters, stop the server."""
+@dataclass(frozen=True)
+class Serving:
+    """A started server of a served point: its command, process, API key and start-up time."""
+
+    cmd: ServerCommand
+    port: int
+    pid: int
+    key: str | None
+    started_s: float  # from starting the process to a healthy /health
+    log: Path
+
+
+@contextmanager
+def serving(
+    config: Config, point: TrialPoint, info: dict[str, Any], stage: Callable[[str], None], trap_sigterm: bool = True
+) -> Iterator[Serving]:
+    """The point's exported server, started on loopback with a fresh API key and stopped (with
+    every process it started) when the block ends; one that never becomes healthy is a TrialError
+    with the tail of its log."""
     from autoinfer.export.server import started_server
 
     with tempfile.TemporaryDirectory(prefix="autoinfer-served-") as tmp:
@@ -105,27 +124,42 @@ def measure_served(
         stage("server start")
         start = time.perf_counter()
         try:
-            with started_server(cmd.argv, log, folder, served_of(config).startup_timeout_s, env) as server:
-                started_s = time.perf_counter() - start
-                stage("served load")
-                return _window(config, point, cmd, server.port, server.pid, prompts, key, guard, started_s)
+            ctx = started_server(cmd.argv, log, folder, served_of(config).startup_timeout_s, env, trap_sigterm)
+            server = ctx.__enter__()
         except VerifyFailed as e:
             raise TrialError(f"the {point.engine} server did not serve: {e}\n{_tail(log)}") from None
+        try:
+            yield Serving(cmd, server.port, server.pid, key, time.perf_counter() - start, log)
+        finally:
+            ctx.__exit__(None, None, None)
 
 
-def _window(
-    config: Config, point: TrialPoint, cmd: ServerCommand, port: int, server_pid: int, prompts: list[str],
-    key: str | None, guard: LoadGuard, started_s: float,
+def measure_served(
+    config: Config, point: TrialPoint, info: dict[str, Any], prompts: list[str], guard: LoadGuard,
+    stage: Callable[[str], None],
 ) -> ServedMeasurement:  # fmt: skip
+    """Start the point's exported server, run the load point under the meters, stop the server."""
+    with serving(config, point, info, stage) as s:
+        return measure_load_point(config, point, s, prompts, guard, stage, reused=False)
+
+
+def measure_load_point(
+    config: Config, point: TrialPoint, s: Serving, prompts: list[str], guard: LoadGuard,
+    stage: Callable[[str], None], reused: bool,
+) -> ServedMeasurement:  # fmt: skip
+    """One load point on a running server: warm-up, then the measured load under the meters. A
+    server that served earlier points first has its prompt caches emptied (`reset_caches`)."""
     from autoinfer.evaluators.energy import meter_for
     from autoinfer.evaluators.memory import tree_window
     from autoinfer.evaluators.throughput import measured_window
     from autoinfer.served.loadgen import check_generator, run_load
 
+    stage("served load")
     hw, en = point.hardware_spec, config.energy
-    meter, _ = meter_for(hw, en.cpu_watts_per_core, en.cpu_static_watts_per_core, root=server_pid)
-    load = load_of(config, cmd, port, prompts, key)
+    meter, _ = meter_for(hw, en.cpu_watts_per_core, en.cpu_static_watts_per_core, root=s.pid)
+    load = load_of(config, point, s.cmd, s.port, prompts, s.key)
     check_generator()  # imported before the window: its import is not the server's work
+    reset = reset_caches(s, point) if reused else "fresh server"
     warmup = served_of(config).warmup_requests
     if warmup:  # unmeasured, as the generator's own warm-up would be, but outside the meters
         run_load(dataclasses.replace(load, num_requests=warmup, request_rate=math.inf, max_concurrency=None))
@@ -136,26 +170,42 @@ def _window(
     slo = slo_of(config)
     summary = summarize(result, slo)
     # A server that sends an answer whole has no time per output token to report (its TTFT is its latency).
-    flat = {k: v for k, v in summary.flat().items() if cmd.streams_tokens or not k.startswith(("tpot", "itl"))}
+    flat = {k: v for k, v in summary.flat().items() if s.cmd.streams_tokens or not k.startswith(("tpot", "itl"))}
     metrics = {RENAMED.get(k, k): float(v) for k, v in flat.items()}
     tokens = sum(result.output_tokens[i] for i, ok in enumerate(result.success) if ok)
-    metrics.update(generated_tokens=float(tokens), server_start_s=started_s, client_cpu_s=client.cpu_s,
-                   busy_remeasures=float(thrown))  # fmt: skip
+    metrics.update(generated_tokens=float(tokens), client_cpu_s=client.cpu_s, busy_remeasures=float(thrown))
+    if not reused:  # a reused server's start-up was paid by the trial that started it
+        metrics["server_start_s"] = s.started_s
     provenance = {
-        "server": cmd.line,
-        "server_reused": False,
-        "streams_tokens": cmd.streams_tokens,
-        "load": served_of(config).label(),
+        "server": s.cmd.line,
+        "server_reused": reused,
+        "caches": reset,
+        "streams_tokens": s.cmd.streams_tokens,
+        "load": LoadPoint.parse(point.load or served_of(config).loads()[0]).label(),
         "slo": {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s, "e2el_s": slo.e2el_s},
         "endpoint": load.endpoint,
         "prompts": len(prompts),
         "requests": load.num_requests,
         "warmup_requests": warmup,
         "max_tokens": load.output_len,
-        "client": "vLLM's load generator in the trial process; its CPU time is client_cpu_s",
+        "client": "vLLM's load generator in the measuring process; its CPU time is client_cpu_s",
         "result": json.loads(result.to_json()),  # every request's timings: recompute any SLO
     }
     return ServedMeasurement(metrics, ebox.reading, reading, mem.reading, good_tokens(result, slo), provenance)
+
+
+def reset_caches(s: Serving, point: TrialPoint) -> str:
+    """What a reused server kept from earlier load points, in words (recorded as `caches`).
+
+    vLLM's exported server runs with prefix caching off and autoinfer serve keeps no cache, so
+    nothing carries over. llama-server keeps each slot's last prompt and reuses its prefix (its
+    default, and what a deployment of the exported command does); erasing a slot needs
+    `--slot-save-path`, which the exported command does not have and a served trial must not add,
+    so those stay. Each load point's warm-up refills the slots from the same prompt set, fresh
+    server or not, which is what bounds that carry-over to the first requests of a point."""
+    if point.engine == "llama.cpp":
+        return "llama-server's slot prompt caches kept from the previous load point (same prompt set)"
+    return "nothing kept between load points (no prefix cache)"
 
 
 class _ClientClock:

@@ -24,6 +24,7 @@ from autoinfer.errors import ConfigError
 from autoinfer.export.verify import DEFAULT_MAX_RATIO, DEFAULT_TOLERANCE, Report, check_band, check_files, server_argv
 from autoinfer.record import TrialRecord
 from autoinfer.served.loadgen import Load
+from autoinfer.served.settings import LoadPoint
 from autoinfer.served.slo import Slo, summarize
 from autoinfer.served.trial import ENDPOINT, RENAMED
 
@@ -61,12 +62,13 @@ def served_block(config: Config, rec: TrialRecord) -> dict[str, Any]:
         raise ConfigError("workload.mode", "the study is offline now, but this trial was served", "")
     prov = rec.provenance.served
     prompts = prompt_set(load_prompts(wl.prompts, Path(config.base_dir)), wl.prompt_count)
+    lp = LoadPoint.parse(rec.point.load or served.loads()[0])
     return {
         "load": {
             "requests": served.requests,
             "warmup_requests": served.warmup_requests,
-            "request_rate": "inf" if math.isinf(served.rate) else served.rate,
-            "concurrency": served.concurrency,
+            "request_rate": "inf" if math.isinf(lp.rate) else lp.rate,
+            "concurrency": lp.concurrency,
             "burstiness": served.burstiness,
             "max_tokens": wl.max_new_tokens,
             "endpoint": prov.get("endpoint", ENDPOINT),

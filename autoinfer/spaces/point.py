@@ -6,6 +6,7 @@ without either importing the other (`autoinfer.engines.base` re-exports it).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,9 @@ class TrialPoint:
     # eager or compiled, for engines that can compile their graphs (vLLM); "" where that does not
     # apply (and for vLLM records from before the dimension existed, which ran eager by default).
     compile_mode: str = ""
+    # served trials: the load point the server is measured under (`rate:R` req/s or
+    # `concurrency:C`); "" for offline trials. The server is the point without it.
+    load: str = ""
 
     def __post_init__(self) -> None:
         # Left out (by a caller, or by a record from before the dimension existed): the draft's own.
@@ -44,11 +48,18 @@ class TrialPoint:
         """How a point is shown everywhere (progress, tables, plots, MLflow run names)."""
         draft = f"{self.draft}×{self.draft_tokens}" if self.draft_spec.reads_weights else self.draft
         level = f"{self.quantization} {self.compile_mode}" if self.compile_mode else self.quantization
-        return f"{self.engine} {level} {draft} b{self.batch_size} {self.hardware}"
+        at = f" @{self.load.replace('rate:', '').replace('concurrency:', 'c')}" if self.load else ""
+        return f"{self.engine} {level} {draft} b{self.batch_size} {self.hardware}{at}"
+
+    def server(self) -> TrialPoint:
+        """The point without its load: what one running server serves."""
+        return dataclasses.replace(self, load="")
 
     def as_dict(self) -> dict[str, Any]:
         # compile_mode only where it applies: other engines' records read as before.
         mode = {"compile_mode": self.compile_mode} if self.compile_mode else {}
+        if self.load:
+            mode["load"] = self.load
         return {
             "engine": self.engine,
             "quantization": self.quantization,

@@ -2,9 +2,9 @@
 
 Order: engine -> hardware -> quantization (what that engine runs on that hardware) -> compile mode
 (only for engines that compile) -> batch size -> draft (only where the engine can draft at that
-batch size) -> draft_tokens (only for drafts that run a model). A dimension whose choices depend on
-earlier ones gets its own Optuna parameter name per condition (e.g. `quantization@transformers/cpu`),
-because Optuna distributions must not change under one name.
+batch size) -> draft_tokens (only for drafts that run a model) -> load (served trials only). A
+dimension whose choices depend on earlier ones gets its own Optuna parameter name per condition
+(e.g. `quantization@transformers/cpu`), because Optuna distributions must not change under one name.
 """
 
 from __future__ import annotations
@@ -95,7 +95,10 @@ def sample_point(trial: Suggester, config: Config) -> TrialPoint:
         tokens = int(_pick(trial, "draft_tokens", s.draft_tokens, s.draft_tokens, ""))
     else:
         tokens = spec.n if spec.kind == "prompt_lookup" else 0
-    return TrialPoint(engine, quant, draft, int(batch), hardware, tokens, mode)
+    served = config.workload.served
+    loads = served.loads() if served is not None else []
+    load = str(_pick(trial, "load", loads, loads, "")) if loads else ""  # last: one server, many loads
+    return TrialPoint(engine, quant, draft, int(batch), hardware, tokens, mode, load)
 
 
 class _Recorder:
@@ -120,8 +123,11 @@ def enumerate_points(config: Config) -> list[tuple[dict[str, Any], TrialPoint]]:
     s = config.space
     seen: set[TrialPoint] = set()
     out = []
-    dims = ("engine", "hardware", "quantization", "compile_mode", "batch_size", "draft", "draft_tokens")
-    grid = (s.engine, s.hardware, s.quantization, s.compile_mode, s.batch_size, s.draft, s.draft_tokens)
+    # The load varies fastest, so a grid measures every load point of one server in a row.
+    served = config.workload.served
+    dims = ("engine", "hardware", "quantization", "compile_mode", "batch_size", "draft", "draft_tokens", "load")
+    grid = (s.engine, s.hardware, s.quantization, s.compile_mode, s.batch_size, s.draft, s.draft_tokens,
+            served.loads() if served is not None else [""])  # fmt: skip
     for values in itertools.product(*grid):
         rec = _Recorder(dict(zip(dims, values, strict=True)))
         try:

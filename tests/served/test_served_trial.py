@@ -104,12 +104,13 @@ def test_the_served_load_point_is_part_of_the_study_identity(tmp_path: Path) -> 
     assert a["workload.mode"] == "served" and identity_hash(a) != identity_hash(b)
 
 
-# -- a served search, exported and verified --------------------------------------------------------
+# -- a served search: one server per load sweep; exported and verified -----------------------------
 
 
-def test_a_served_trial_exports_its_load_and_verify_replays_it(tmp_path: Path) -> None:
-    """Search (one served trial), export, verify: the replayed load passes; the same export with the
-    trial's goodput tripled (the served copy then delivers a third of it) fails."""
+def test_a_served_search_reuses_each_server_across_its_loads_and_verify_replays_one(tmp_path: Path) -> None:
+    """Two servers (batch 1, 2) x two load points: two server starts for four trials, nothing left
+    running after the search. Then export and verify: the replayed load passes; the same export
+    with the trial's goodput tripled (the served copy then delivers a third of it) fails."""
     import yaml
 
     from autoinfer.export import deployment_config, to_yaml
@@ -117,15 +118,30 @@ def test_a_served_trial_exports_its_load_and_verify_replays_it(tmp_path: Path) -
     from autoinfer.search.study import run_search
     from autoinfer.served.verify import is_served_deployment, verify_served, with_served_block
 
-    raw = fake_config(tmp_path, workload=SERVED, accuracy={"tasks": []}, objectives=[{"name": "goodput_rps"}],
-                      space={"engine": ["fake"], "quantization": ["fp32"], "draft": ["none"], "batch_size": [2]},
-                      search={"trials": 1, "sampler": "grid"})  # fmt: skip
+    workload = {**SERVED, "served": {**SERVED["served"], "request_rate": [20, 40]}}
+    raw = fake_config(tmp_path, workload=workload, accuracy={"tasks": []}, objectives=[{"name": "goodput_rps"}],
+                      space={"engine": ["fake"], "quantization": ["fp32"], "draft": ["none"], "batch_size": [1, 2]},
+                      search={"trials": 4, "sampler": "grid"})  # fmt: skip
     cfg = parse_config(raw, base_dir=str(tmp_path))
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     study, _ = run_search(cfg)
-    rec = record_of(study.trials[0])
-    assert rec is not None and rec.provenance.served["server_reused"] is False
-    data = with_served_block(deployment_config(cfg, study, 0), cfg, rec)
-    assert list(data)[-2:] == ["served", "measured"] and data["served"]["load"]["request_rate"] == 20.0
+    recs = [record_of(t) for t in study.trials]
+    assert all(r is not None for r in recs)
+    seen = [(r.point.batch_size, r.point.load, r.provenance.served["server_reused"]) for r in recs if r]
+    assert seen == [(1, "rate:20", False), (1, "rate:40", True), (2, "rate:20", False), (2, "rate:40", True)]
+    assert ["server_start_s" in r.metrics for r in recs if r] == [True, False, True, False]
+    assert [r.provenance.served["load"] for r in recs if r] == ["20 req/s", "40 req/s"] * 2
+    left = {p.pid for p in psutil.Process().children(recursive=True)} - before
+    # multiprocessing's resource tracker (started by the first spawned trial) lives as long as this
+    # process, as it does after any search; no server, engine or child of one may.
+    running = [psutil.Process(p) for p in left if psutil.pid_exists(p)]
+    alive = [p.cmdline() for p in running if p.status() != psutil.STATUS_ZOMBIE]
+    assert not [c for c in alive if "multiprocessing.resource_tracker" not in " ".join(c)], alive
+
+    rec = recs[3]
+    assert rec is not None
+    data = with_served_block(deployment_config(cfg, study, 3), cfg, rec)
+    assert list(data)[-2:] == ["served", "measured"] and data["served"]["load"]["request_rate"] == 40.0
     assert data["served"]["slo"]["ttft_s"] == 5.0 and len(data["served"]["prompts"]) >= 2
     path = tmp_path / "ship" / "deploy.yaml"
     path.parent.mkdir()
