@@ -133,9 +133,20 @@ def _space(r: Rendering) -> list[str]:
     return lines
 
 
+# Served trials, commented out: uncomment to measure each point's exported server under a request
+# stream instead of static batches (docs/served.md). Rates and SLOs sane for a small CPU machine.
+SERVED_BLOCK = [
+    "  # mode: served          # measure the exported server under a request stream (docs/served.md)",
+    "  # served:",
+    "  #   requests: 24        # per load point (a p95 needs tens)",
+    "  #   request_rate: [0.5, 1, 2]   # req/s, each a load point of the same running server",
+    "  #   slo: {ttft_s: 1.0, tpot_s: 0.1}   # a good request: first token in 1 s, then 10 tok/s",
+]
+
+
 def _workload_accuracy(r: Rendering) -> list[str]:
-    lines = ["workload:", "  prompts: builtin:chat", "  max_new_tokens: 32", "  repeats: 2", "  warmup: 1", "",
-             "accuracy:", "  tasks:", "    - name: arc_easy"]  # fmt: skip
+    lines = ["workload:", "  prompts: builtin:chat", "  max_new_tokens: 32", "  repeats: 2", "  warmup: 1",
+             *SERVED_BLOCK, "", "accuracy:", "  tasks:", "    - name: arc_easy"]  # fmt: skip
     if ARC_EASY.is_file():
         lines += ["      data_files:   # the ARC-Easy rows shipped in data/arc_easy (CC BY-SA 4.0)",
                   f"        test: {path_for(str(ARC_EASY), r.out.parent)}"]  # fmt: skip
