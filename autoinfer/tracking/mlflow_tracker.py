@@ -25,7 +25,7 @@ from autoinfer.hardware import fingerprint
 from autoinfer.record import point_of, record_of, stage_seconds_of
 from autoinfer.search.pareto import violations
 from autoinfer.search.storage import ensure_sqlite_dir, redact
-from autoinfer.tracking.plots import frontier_markdown, study_rows, write_plots, write_table
+from autoinfer.tracking.plots import frontier_markdown, study_rows, write_plots, write_served_plot, write_table
 
 # The UI opens an experiment of this kind on its runs table (the GenAI kind opens on an empty
 # traces overview): these are measurement runs, not LLM traces.
@@ -266,6 +266,8 @@ class Tracker:
             out = Path(d)
             write_table(rows, out)
             write_plots(rows, out, self.study_name)
+            served = self.config.workload.served
+            write_served_plot(rows, out, self.study_name, served.slo.tpot_s if served else None)
             self.client.log_artifacts(self.parent_id, d, "pareto")
         # The parent run's description (shown on its page) is the frontier table itself.
         self.client.set_tag(self.parent_id, "mlflow.note.content", frontier_markdown(rows, self.study_name))

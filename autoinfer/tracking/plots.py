@@ -20,11 +20,12 @@ from autoinfer.search.pareto import (
 )
 
 COLUMNS = [
-    "trial", "engine", "quantization", "compile_mode", "draft", "draft_tokens", "batch_size", "hardware",
+    "trial", "engine", "quantization", "compile_mode", "draft", "draft_tokens", "batch_size", "hardware", "load",
     "correct_tokens_per_j", "accuracy", "accuracy_stderr",
     "accuracy_vs_best", "accuracy_vs_best_se", "accuracy_best_trial", "tokens_per_s", "ttft_p50_s",
     "latency_p50_s", "peak_memory_gb", "j_per_token", "energy_source", "acceptance_rate", "draft_lossless",
-    "roofline_pct", "feasible", "pareto", "duration_s", "accuracy_s",
+    "roofline_pct", "goodput_rps", "slo_attainment", "ttft_p95_s", "tpot_p95_s", "tokens_per_s_per_user",
+    "usd_per_mtok", "usd_per_correct_mtok", "feasible", "pareto", "duration_s", "accuracy_s",
 ]  # fmt: skip
 
 
@@ -155,3 +156,39 @@ def write_plots(rows: list[dict[str, Any]], out: Path, title: str) -> None:
     )
     # Inline plotly.js so the page opens offline.
     fig2.write_html(out / "pareto.html", include_plotlyjs=True)
+
+
+def write_served_plot(rows: list[dict[str, Any]], out: Path, title: str, tpot_s: float | None) -> None:
+    """Served trials: tokens/s of the machine against tokens/s each user saw, one colour per engine,
+    the frontier ringed, and the per-user speed a TPOT limit asks for drawn; beside it, with prices
+    set, $ per million tokens against the same per-user speed (the price of fast answers)."""
+    rows = [r for r in rows if "tokens_per_s_per_user" in r and "tokens_per_s" in r]
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    priced = [r for r in rows if "usd_per_mtok" in r]
+    fig, axes = plt.subplots(1, 2 if priced else 1, figsize=(13 if priced else 8, 5.5), dpi=110, squeeze=False)
+    panels = [("tokens_per_s", "tokens / s (the whole server)")] + ([("usd_per_mtok", "$ / Mtok")] if priced else [])
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
+        for n, engine in enumerate(sorted({str(r["engine"]) for r in rows})):
+            mine = [r for r in rows if r["engine"] == engine and key in r]
+            ax.scatter([r["tokens_per_s_per_user"] for r in mine], [r[key] for r in mine], s=50, zorder=3,
+                       color=f"C{n}", label=engine)  # fmt: skip
+        for r in (r for r in rows if r["pareto"] and key in r):
+            ax.scatter([r["tokens_per_s_per_user"]], [r[key]], s=170, facecolors="none", edgecolors="red", zorder=4)
+            ax.annotate(_label(r), (r["tokens_per_s_per_user"], r[key]), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points")  # fmt: skip
+        if tpot_s:  # a good request streams at least this fast after its first token
+            ax.axvline(1 / tpot_s, color="0.4", linestyle="--", label=f"TPOT limit {tpot_s:g} s = {1 / tpot_s:g} tok/s")
+        ax.set_xlabel("tokens / s per user (output tokens / end-to-end latency, mean)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{title}: served trials, red rings = Pareto frontier")
+    fig.tight_layout()
+    fig.savefig(out / "served.png")
+    plt.close(fig)
