@@ -6,6 +6,7 @@ with prompt log-probabilities: one request per (context, continuation), `prompt_
 returns for every prompt position the log-probability and rank of the token that is there.
 Tokenization follows lm-eval's HFLM (the tokenizer's own special-token rule, BOS as the prefix of
 an empty context where the tokenizer has one), so both engines score the same token sequences.
+Generation hands every request to one `LLM.generate` call (generate_until).
 """
 
 from __future__ import annotations
@@ -73,16 +74,22 @@ class VllmLM(TemplateLM):
         return [total for total, _ in self._score(seqs, [1] * len(seqs))]
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        """Greedy generation for every request in one `LLM.generate` call, each request with its
+        own SamplingParams (temperature 0, its `until` strings as stops, its max_gen_toks): vLLM's
+        scheduler keeps up to max_num_seqs of them running (the trial's batch size), admitting the
+        next as one ends. The stop string is cut off, as lm-eval expects."""
         from vllm import SamplingParams
 
-        results = []
+        prompts, params = [], []
         for req in requests:
             context, gen_kwargs = req.args
             until = gen_kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
-            limit = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))
+            limit = max(1, min(int(gen_kwargs.get("max_gen_toks", self.max_gen_toks)), self.max_length // 2))
             ids = self.tok_encode(context)[-(self.max_length - limit) :]
-            params = SamplingParams(temperature=0.0, max_tokens=limit, stop=until or None)
-            (r,) = self.llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)
-            results.append(r.outputs[0].text)
-        return results
+            prompts.append({"prompt_token_ids": ids})
+            params.append(SamplingParams(temperature=0.0, max_tokens=limit, stop=until or None))
+        if not prompts:
+            return []
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [r.outputs[0].text for r in outs]
