@@ -151,19 +151,48 @@ class WorkloadConfig(_Strict):
         return self
 
 
+_METRIC = re.compile(r"[A-Za-z_][A-Za-z0-9_@.-]*(,[A-Za-z0-9_.-]+)?")
+
+
+def _metric_name(text: str) -> str:
+    if not _METRIC.fullmatch(text):
+        raise ValueError(f"{text!r} is not an lm-eval result name; write a metric (acc) or metric,filter "
+                         "(exact_match,strict-match)")  # fmt: skip
+    return text
+
+
+# An lm-eval result name: a metric, optionally with its filter (exact_match,strict-match).
+MetricName = Annotated[str, AfterValidator(_metric_name)]
+# Tasks known by name to run model-written code; preflight also refuses any task whose YAML says
+# unsafe_code: true.
+CODE_TASKS = frozenset({"mbpp_autoinfer"})
+
+
 class TaskConfig(_Strict):
     name: str
     # Local files per split, e.g. {test: data/test.jsonl}; loaded through the `json` dataset builder.
     data_files: dict[str, str] | None = None
+    # The result that feeds accuracy, as lm-eval names it: `metric` or `metric,filter` (e.g.
+    # exact_match,flexible-extract). None: accuracy.metric, else the task's own (acc where the task
+    # reports it, else its first higher-is-better metric, under its first filter).
+    metric: MetricName | None = None
+    # Tokens generated at most per item, in place of the task's own (generative tasks only); None: its own.
+    max_gen_toks: int | None = Field(None, ge=1, le=32768)
 
 
 class AccuracyConfig(_Strict):
     tasks: list[TaskConfig] = []
     limit: int | None = Field(None, ge=1)
-    num_fewshot: int = Field(0, ge=0, le=64)
+    # Few-shot examples per item for every task; None: each task's own (gsm8k_cot 8, mbpp_autoinfer
+    # 3, arc_easy none).
+    num_fewshot: int | None = Field(None, ge=0, le=64)
     batch_size: int = Field(16, ge=1)
-    # Metric read from each task's results; acc is lm-eval's multiple-choice accuracy.
-    metric: str = "acc"
+    # Metric read from every task's results (a task's own `metric` wins); None: each task's own
+    # (acc for multiple choice, exact_match,strict-match for gsm8k_cot, pass_at_1 for mbpp_autoinfer).
+    metric: MetricName | None = None
+    # Code tasks (mbpp_autoinfer; any task whose YAML says unsafe_code: true) run model-written
+    # programs, confined (autoinfer/evaluators/code_exec.py); refused unless this is true.
+    allow_code_execution: bool = False
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -397,7 +426,17 @@ def _cross_checks(config: Config, source: str | None) -> Config:
     needs = sorted(uses & {"accuracy", "accuracy_stderr", "correct_tokens_per_j"})
     if needs and not config.accuracy.tasks:
         raise ConfigError("accuracy.tasks", f"is empty, but {', '.join(needs)} needs accuracy", source)
+    for i, t in enumerate(config.accuracy.tasks):
+        if t.name in CODE_TASKS and not config.accuracy.allow_code_execution:
+            raise ConfigError(f"accuracy.tasks[{i}].name", code_task_refusal(t.name), source)
     return config
+
+
+def code_task_refusal(task: str) -> str:
+    return (
+        f"{task} runs model-written code; set accuracy.allow_code_execution: true to allow it "
+        "(confined, but a guard, not a sandbox: docs/metrics.md#code-tasks)"
+    )
 
 
 MAX_CONFIG_BYTES = 1 << 20

@@ -32,6 +32,9 @@ MEASUREMENT_VERSION = "3"
 # Fields that appear when the space grows, or per hardware target: a study spread over machines
 # holds each target's machine, and each worker compares only the targets it measures.
 EXTENSIBLE = ("engine.", "draft.", "machine.")
+# Engines whose lm-eval generation runs at the trial's own batch size (vLLM's scheduler keeps up to
+# max_num_seqs = the trial's batch running), not at accuracy.batch_size.
+GENERATES_AT_TRIAL_BATCH = frozenset({"vllm"})
 
 
 def _version(package: str) -> str:
@@ -65,8 +68,45 @@ def _data_identity(config: Config) -> str:
     tasks = []
     for t in config.accuracy.tasks:
         files = {split: "sha256:" + file_digest(config.resolve(path)) for split, path in (t.data_files or {}).items()}
-        tasks.append({"name": t.name, "data": files})
+        # max_gen_toks only where set: identities written before it existed stay as they were.
+        tasks.append({"name": t.name, "data": files, **({"max_gen_toks": t.max_gen_toks} if t.max_gen_toks else {})})
     return json.dumps(tasks, sort_keys=True)
+
+
+def _task_facts(config: Config) -> dict[str, dict[str, Any] | None]:
+    """Each accuracy task's definition as autoinfer reads it (evaluators.accuracy.task_facts; None
+    for a task lm-eval does not know, which preflight refuses before a study starts)."""
+    if not config.accuracy.tasks:
+        return {}
+    from autoinfer.preflight import task_index
+
+    index = task_index()
+    return {t.name: index.get(t.name) for t in config.accuracy.tasks}
+
+
+def _per_task(values: dict[str, str]) -> str:
+    """One value when every task has it (as written before values were per task), else each task's."""
+    distinct = set(values.values())
+    if len(distinct) == 1:
+        return distinct.pop()
+    return json.dumps(values, sort_keys=True)
+
+
+def _eval_identity(config: Config) -> dict[str, str]:
+    """accuracy.num_fewshot and accuracy.metric as lm-eval will run them: each task's own shots and
+    ranked result where the config leaves them unset. An ARC study from before either could be unset
+    (num_fewshot 0, metric acc) reads "0" and "acc" as it did, and stays resumable."""
+    from autoinfer.evaluators.accuracy import effective_shots, ranked_metric, short
+
+    acc = config.accuracy
+    facts = _task_facts(config)
+    shots = {t.name: str(effective_shots(acc, facts.get(t.name))) for t in acc.tasks}
+    metrics = {t.name: short(ranked_metric(t, acc, facts.get(t.name))) for t in acc.tasks}
+    empty = str(acc.num_fewshot if acc.num_fewshot is not None else 0), short(acc.metric or "acc")
+    return {
+        "accuracy.num_fewshot": _per_task(shots) if shots else empty[0],
+        "accuracy.metric": _per_task(metrics) if metrics else empty[1],
+    }
 
 
 def _prompts_identity(config: Config) -> str:
@@ -131,8 +171,7 @@ def study_identity(config: Config) -> dict[str, str]:
         "energy.cpu_static_watts_per_core": f"{config.energy.cpu_static_watts_per_core:g}",
         "accuracy.tasks": _data_identity(config),
         "accuracy.limit": str(acc.limit),
-        "accuracy.num_fewshot": str(acc.num_fewshot),
-        "accuracy.metric": acc.metric,
+        **_eval_identity(config),
         "accuracy.batch_size": str(acc.batch_size),
         "lib.lm_eval": _version("lm_eval"),
         **_machine(config),
@@ -187,7 +226,13 @@ def accuracy_key(identity: dict[str, str], config: Config, point: TrialPoint) ->
     quantized and run, and the eval itself. The trial adds what it decides at load time
     (`scored_key`), e.g. whether llama.cpp repacked the weights.
 
-    Draft, batch size and CPU thread count do not change greedy logits, so they are not in it.
+    Log-likelihood tasks: draft, batch size and CPU thread count do not change what is scored, so
+    they are not in it. Generative tasks: greedy text parts at near-ties when the shape of the
+    passes or the thread count changes (llama.cpp, SmolLM2 Q4_1, 8 GSM8K items: 5 texts differed
+    between 1 and 8 sequences per pass, 1 between 1 and 2 threads, each at a top-two logit margin of
+    0.01-0.13; docs/metrics.md), so the key also holds the trial's thread count and, for engines
+    whose generation runs at the trial's batch (vLLM: max_num_seqs), its batch size. llama.cpp and
+    transformers generate at accuracy.batch_size, which is in the key.
     """
     spec = ENGINES.get(point.engine)
     parts: dict[str, Any] = {
@@ -204,6 +249,10 @@ def accuracy_key(identity: dict[str, str], config: Config, point: TrialPoint) ->
         "tasks": identity["accuracy.tasks"],
         **{k: identity[f"accuracy.{k}"] for k in ("limit", "num_fewshot", "metric", "batch_size")},
     }
+    if any(f and f.get("generative") for f in _task_facts(config).values()):
+        parts["threads"] = point.hardware_spec.threads
+        if point.engine in GENERATES_AT_TRIAL_BATCH:
+            parts["batch_size"] = point.batch_size
     return json.dumps(parts, sort_keys=True)
 
 

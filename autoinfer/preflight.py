@@ -257,15 +257,16 @@ def _check_gguf(path: Path, holder: str, known: list[str], where: str, source: s
         raise ConfigError(where, f"{path} is not a GGUF file (it does not start with the GGUF magic)", source)
 
 
-TASK_INDEX_FORMAT = 1  # bump when the fields kept of lm-eval's task index change
+TASK_INDEX_FORMAT = 2  # bump when the fields kept of lm-eval's task index change
 
 
 @functools.cache
 def _task_index() -> tuple[dict[str, dict[str, Any]], str]:
-    """lm-eval's own task registry as the evaluator builds it (TaskManager()), reduced to what the
-    checks read: {name: {kind, yaml, tags, metrics}}. Indexing its ~14,000 YAML files takes seconds,
-    so it is done once per installed lm-eval and kept in the cache (keyed by its version and every
-    YAML file's size and mtime), and only for a config that names tasks."""
+    """lm-eval's task registry as the evaluator builds it (TaskManager with autoinfer's own tasks as
+    include_path), reduced to what the checks read: {name: {kind, yaml, tags} and task_facts}.
+    Indexing its ~14,000 YAML files takes seconds, so it is done once per installed lm-eval and kept
+    in the cache (keyed by its version and every YAML file's size and mtime, autoinfer's included),
+    and only for a config that names tasks."""
     from importlib import metadata
 
     from autoinfer.cache import atomic_file, cache_dir
@@ -277,14 +278,18 @@ def _task_index() -> tuple[dict[str, dict[str, Any]], str]:
         spec = None
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError("accuracy.tasks", "needs lm-eval (pip install 'lm-eval>=0.4.10,<0.5')")
+    from autoinfer.evaluators.accuracy import task_facts
+    from autoinfer.evaluators.tasks import TASKS_DIR
+
     root = Path(next(iter(spec.submodule_search_locations))) / "tasks"
-    h = hashlib.sha256(f"{TASK_INDEX_FORMAT}\0{version}\0{root}\n".encode())
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for f in sorted(files):
-            if f.endswith(".yaml"):
-                st = os.stat(os.path.join(folder, f))
-                h.update(f"{folder}/{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    h = hashlib.sha256(f"{TASK_INDEX_FORMAT}\0{version}\0{root}\0{TASKS_DIR}\n".encode())
+    for top in (root, TASKS_DIR):
+        for folder, dirs, files in os.walk(top):
+            dirs.sort()
+            for f in sorted(files):
+                if f.endswith(".yaml"):
+                    st = os.stat(os.path.join(folder, f))
+                    h.update(f"{folder}/{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     memo: Path | None = None
     with contextlib.suppress(OSError):  # an unwritable cache only costs the seconds
         memo = cache_dir("lm_eval") / f"tasks-{h.hexdigest()[:20]}.json"
@@ -294,28 +299,39 @@ def _task_index() -> tuple[dict[str, dict[str, Any]], str]:
     from lm_eval.tasks import TaskManager
 
     index = {}
-    for name, e in TaskManager().task_index.items():
+    for name, e in TaskManager(include_path=str(TASKS_DIR)).task_index.items():
         kind = getattr(getattr(e, "kind", None), "name", "UNKNOWN")  # lm_eval.tasks._index.Kind
         index[name] = {"kind": kind, "yaml": getattr(e, "yaml_path", None) is not None,
                        "tags": sorted(getattr(e, "tags", None) or ()),
-                       "metrics": _reported_metrics(getattr(e, "cfg", None) or {}, kind)}  # fmt: skip
+                       **task_facts(getattr(e, "cfg", None), kind)}  # fmt: skip
     if memo is not None:
         with contextlib.suppress(OSError), atomic_file(memo) as tmp:
             tmp.write_text(json.dumps(index))
     return index, version
 
 
+def task_index() -> dict[str, dict[str, Any]]:
+    """lm-eval's tasks and autoinfer's own, each reduced to {kind, yaml, tags} and
+    autoinfer.evaluators.accuracy.task_facts (cached per install; ConfigError without lm-eval)."""
+    return _task_index()[0]
+
+
 def _check_tasks(config: Config, source: str | None) -> None:
-    """Each accuracy task is one lm-eval knows and whose result the evaluator can read: a task or a
-    group (a tag has no result of its own) that reports accuracy.metric; `data_files` re-point a
-    task defined by a YAML file."""
+    """Each accuracy task is one lm-eval knows (or one of autoinfer's own) and whose result the
+    evaluator can read: a task or a group (a tag has no result of its own) that reports the metric
+    and filter that rank it; `data_files` and `max_gen_toks` apply to a task defined by a YAML file
+    (max_gen_toks: a generative one); a code task needs accuracy.allow_code_execution."""
+    from autoinfer.config import code_task_refusal
+    from autoinfer.evaluators.accuracy import ranked_metric
+
     if not config.accuracy.tasks:
         return
     try:
         index, version = _task_index()
     except ConfigError as e:
         raise ConfigError(e.where, e.message, source) from None
-    for i, t in enumerate(config.accuracy.tasks):
+    acc = config.accuracy
+    for i, t in enumerate(acc.tasks):
         entry = index.get(t.name)
         if entry is None:
             close = difflib.get_close_matches(t.name, list(index), n=1, cutoff=0.6)
@@ -328,29 +344,24 @@ def _check_tasks(config: Config, source: str | None) -> None:
             msg = (f"{t.name!r} is an lm-eval tag of {len(members)} tasks, which has no result of its own; "
                    f"name its tasks instead (e.g. {', '.join(members[:3])})")  # fmt: skip
             raise ConfigError(f"accuracy.tasks[{i}].name", msg, source)
+        if entry.get("unsafe") and not acc.allow_code_execution:
+            raise ConfigError(f"accuracy.tasks[{i}].name", code_task_refusal(t.name), source)
+        what = {"PY_TASK": "a Python-defined task", "GROUP": "a group"}.get(kind, "not defined by a YAML file")
         if t.data_files and (kind != "TASK" or not entry["yaml"]):
-            what = {"PY_TASK": "a Python-defined task", "GROUP": "a group"}.get(kind, "not defined by a YAML file")
             msg = f"{t.name} is {what}; data_files re-point a task defined by one YAML file"
             raise ConfigError(f"accuracy.tasks[{i}].data_files", msg, source)
+        if t.max_gen_toks is not None and (kind != "TASK" or not entry["yaml"] or not entry.get("generative")):
+            what = what if kind != "TASK" or not entry["yaml"] else "not a generative (generate_until) task"
+            raise ConfigError(f"accuracy.tasks[{i}].max_gen_toks", f"{t.name} is {what}", source)
+        metric, filt = ranked_metric(t, acc, entry).split(",", 1)
+        where = f"accuracy.tasks[{i}].metric" if t.metric else "accuracy.metric"
         reported = entry["metrics"]
-        metric = config.accuracy.metric
         if reported is not None and metric not in reported:
             has = f"reports {', '.join(reported)}" if reported else "has no aggregate_metric_list, so no result"
-            raise ConfigError("accuracy.metric", f"{metric!r}: lm-eval's {t.name} {has}", source)
-
-
-def _reported_metrics(cfg: dict[str, Any], kind: str) -> list[str] | None:
-    """The metrics lm-eval reports for a task (its metric_list) or group (its aggregate_metric_list);
-    None where that is not known from its YAML (metrics by output type, functions, Python tasks)."""
-    key = {"TASK": "metric_list", "GROUP": "aggregate_metric_list"}.get(kind)
-    if key is None or (kind == "TASK" and key not in cfg):
-        return None
-    items = cfg.get(key) or []
-    items = [items] if isinstance(items, dict) else items
-    names = [m.get("metric") if isinstance(m, dict) else None for m in items]
-    if not all(isinstance(n, str) and n.isidentifier() for n in names):
-        return None  # a !function metric: named by the function, known once loaded
-    return [str(n) for n in names]
+            raise ConfigError(where, f"{metric!r}: lm-eval's {t.name} {has}", source)
+        filters = entry.get("filters") or ["none"]
+        if kind == "TASK" and filt not in filters:
+            raise ConfigError(where, f"{metric},{filt}: {t.name} has the filters {', '.join(filters)}", source)
 
 
 def _check_prompts(config: Config, source: str | None) -> None:

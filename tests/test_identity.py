@@ -168,3 +168,37 @@ def test_vllms_compile_mode_is_in_the_key_and_its_kv_cache_size_in_the_identity(
     field = "engine.vllm.kv_cache_gb"
     assert study_identity(c)[field] == "sized per trial" and study_identity(sized)[field] == "2.0"
     assert first_difference(study_identity(c), study_identity(sized)) == (field, "sized per trial", "2.0")
+
+
+REPO = Path(__file__).resolve().parents[1]
+GSM8K = {"name": "gsm8k_cot", "data_files": {"test": str(REPO / "data" / "gsm8k" / "test.jsonl")}}
+
+
+def test_unset_shots_and_metric_read_as_each_tasks_own(tmp_path: Path) -> None:
+    # An ARC study from before num_fewshot and metric could be unset wrote "0" and "acc": it still does.
+    arc = study_identity(config(tmp_path))
+    assert (arc["accuracy.num_fewshot"], arc["accuracy.metric"]) == ("0", "acc")
+    explicit = study_identity(config(tmp_path, accuracy={"num_fewshot": 0, "metric": "acc"}))
+    assert first_difference(arc, explicit) is None
+    gsm = study_identity(config(tmp_path, accuracy={"tasks": [GSM8K]}))
+    assert (gsm["accuracy.num_fewshot"], gsm["accuracy.metric"]) == ("8", "exact_match,strict-match")
+    eight = study_identity(config(tmp_path, accuracy={"tasks": [GSM8K], "num_fewshot": 8}))
+    assert first_difference(gsm, eight) is None  # the task's own 8, written out: the same eval
+    arc_task = config(tmp_path).accuracy.model_dump(exclude_none=True)["tasks"][0]
+    both = study_identity(config(tmp_path, accuracy={"tasks": [GSM8K, arc_task]}))
+    assert json.loads(both["accuracy.num_fewshot"]) == {"gsm8k_cot": "8", "arc_easy": "0"}
+    assert json.loads(both["accuracy.metric"]) == {"gsm8k_cot": "exact_match,strict-match", "arc_easy": "acc"}
+    capped = study_identity(config(tmp_path, accuracy={"tasks": [{**GSM8K, "max_gen_toks": 32}]}))
+    assert first_difference(gsm, capped)[0] == "accuracy.tasks"
+
+
+def test_generative_keys_hold_threads_and_vllms_batch(tmp_path: Path) -> None:
+    gen = {"accuracy": {"tasks": [GSM8K]}}
+    one = TrialPoint("llama.cpp", "int8", "none", 1, "cpu:1")
+    batch8 = TrialPoint("llama.cpp", "int8", "none", 8, "cpu:1")
+    threads2 = TrialPoint("llama.cpp", "int8", "none", 1, "cpu:2")
+    assert key(tmp_path, one) == key(tmp_path, batch8) == key(tmp_path, threads2)  # ARC: log-likelihoods
+    # llama.cpp generates at accuracy.batch_size whatever the trial's batch; threads move near-ties.
+    assert key(tmp_path, one, **gen) == key(tmp_path, batch8, **gen) != key(tmp_path, threads2, **gen)
+    v1, v8 = TrialPoint("vllm", "bf16", "none", 1, "cpu:1"), TrialPoint("vllm", "bf16", "none", 8, "cpu:1")
+    assert key(tmp_path, v1, **gen) != key(tmp_path, v8, **gen) and key(tmp_path, v1) == key(tmp_path, v8)

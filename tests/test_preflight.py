@@ -130,7 +130,13 @@ def test_lm_evals_task_index_is_built_once_per_install(monkeypatch: pytest.Monke
 
     preflight._task_index.cache_clear()
     index, version = preflight._task_index()  # built now, or read from what an earlier process built
-    assert index["arc_easy"] == {"kind": "TASK", "yaml": True, "tags": ["ai2_arc"], "metrics": ["acc", "acc_norm"]}
+    assert index["arc_easy"] == {
+        "kind": "TASK", "yaml": True, "tags": ["ai2_arc"], "metrics": ["acc", "acc_norm"],
+        "higher": ["acc", "acc_norm"], "filters": ["none"], "fewshot": None, "unsafe": False, "generative": False,
+    }  # fmt: skip
+    # autoinfer's own tasks are in it (TaskManager's include_path), with what the checks read of them.
+    assert index["mbpp_autoinfer"]["unsafe"] and index["mbpp_autoinfer"]["fewshot"] == 3
+    assert index["gsm8k_cot"]["filters"] == ["strict-match", "flexible-extract"] and index["gsm8k_cot"]["fewshot"] == 8
 
     def no_rebuild(*args: object, **kwargs: object) -> None:
         raise AssertionError("indexed lm-eval's tasks again")
@@ -141,3 +147,37 @@ def test_lm_evals_task_index_is_built_once_per_install(monkeypatch: pytest.Monke
         assert preflight._task_index() == (index, version)
     finally:
         preflight._task_index.cache_clear()
+
+
+REPO = Path(__file__).resolve().parents[1]
+GSM8K = {"name": "gsm8k_cot", "data_files": {"test": str(REPO / "data" / "gsm8k" / "test.jsonl")}}
+MBPP = {"name": "mbpp_autoinfer", "data_files": {"test": str(REPO / "data" / "mbpp" / "mbpp.jsonl")}}
+
+
+def test_a_code_task_needs_the_opt_in(tmp_path: Path) -> None:
+    line = validate_error(tmp_path, {"model": {"source": "some/model"}, "accuracy": {"tasks": [MBPP]}})
+    assert "accuracy.tasks[0].name: mbpp_autoinfer runs model-written code" in line
+    assert "set accuracy.allow_code_execution: true" in line
+    # Any task whose YAML says unsafe_code: true, not only autoinfer's own: lm-eval's humaneval.
+    e = error({"model": {"source": "some/model"}, "accuracy": {"tasks": ["humaneval"]}}, tmp_path)
+    assert e.where == "accuracy.tasks[0].name" and "accuracy.allow_code_execution: true" in e.message
+    ok = {"model": {"source": "some/model"}, "accuracy": {"tasks": [MBPP, GSM8K], "allow_code_execution": True}}
+    assert check(parse_config(ok, base_dir=str(tmp_path))) == 1  # autoinfer's own task is found
+
+
+def test_generative_task_settings_are_checked(tmp_path: Path) -> None:
+    model = {"source": "some/model"}
+    e = error({"model": model, "accuracy": {"tasks": [{**MBPP, "name": "mbpp_autoinfr"}]}}, tmp_path)
+    assert e.where == "accuracy.tasks[0].name" and "did you mean 'mbpp_autoinfer'?" in e.message
+    e = error({"model": model, "accuracy": {"tasks": [{**GSM8K, "metric": "exact_match,loose"}]}}, tmp_path)
+    assert e.where == "accuracy.tasks[0].metric" and "has the filters strict-match, flexible-extract" in e.message
+    e = error({"model": model, "accuracy": {"tasks": [{**GSM8K, "metric": "acc"}]}}, tmp_path)
+    assert e.where == "accuracy.tasks[0].metric" and "gsm8k_cot reports exact_match" in e.message
+    e = error({"model": model, "accuracy": {"tasks": [{**ARC, "max_gen_toks": 16}]}}, tmp_path)
+    assert e.where == "accuracy.tasks[0].max_gen_toks" and "not a generative" in e.message
+    with pytest.raises(ConfigError) as bad:
+        parse_config({"model": model, "accuracy": {"tasks": [{**GSM8K, "metric": "exact match"}]}})
+    assert bad.value.where == "accuracy.tasks[0].metric" and "metric,filter" in bad.value.message
+    # A task that ranks by its own metric next to one ranked by acc: each is checked against its own.
+    both = {"model": model, "accuracy": {"tasks": [ARC, {**GSM8K, "max_gen_toks": 16}]}}
+    assert check(parse_config(both, base_dir=str(tmp_path))) == 1
