@@ -219,6 +219,8 @@ class Tracker:
             self.client.log_artifact(rid, log_path, "logs")
         if rec is not None and rec.accuracy is not None and rec.accuracy.items:
             self.client.log_dict(rid, rec.accuracy.items, "accuracy/items.json")  # paired comparisons offline
+        if rec is not None and rec.accuracy is not None and rec.accuracy.generations:  # what was generated, judged
+            self.client.log_dict(rid, rec.accuracy.generations, "accuracy/generations.json")
         if rec is not None and "result" in rec.provenance.served:  # every request: any SLO recomputed
             self.client.log_dict(rid, rec.provenance.served["result"], "served/requests.json")
         if rec is not None and rec.generations is not None:  # what a served copy must reproduce

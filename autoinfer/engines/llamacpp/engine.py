@@ -315,7 +315,7 @@ class LlamaCppEngine(Engine):
     def lm_eval_model(self) -> Any:
         from autoinfer.engines.llamacpp.lm import LlamaCppLM
 
-        return LlamaCppLM(self.rt)
+        return LlamaCppLM(self.rt, batch_size=self.config.accuracy.batch_size)
 
     def context_tokens(self) -> int | None:
         return self.n_ctx // self.point.batch_size  # each sequence has a KV stream of its own
