@@ -9,6 +9,7 @@ everything on the command line).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ def server_command(config: Config, point: TrialPoint, info: dict[str, Any], fold
         "generation": {"max_new_tokens": config.workload.max_new_tokens, "ignore_eos": True, "do_sample": False},
         "runtime": runtime,
     }
+    # Plain data: the engine's own record may hold str subclasses (torch's TorchVersion) that YAML
+    # refuses, as they reach an export only after a round trip through the study's JSON storage.
+    data = json.loads(json.dumps(data, default=str))
     path = folder / "deploy.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return ServerCommand(

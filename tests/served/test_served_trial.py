@@ -155,3 +155,17 @@ def test_a_served_search_reuses_each_server_across_its_loads_and_verify_replays_
     path.write_text(yaml.safe_dump(data))
     cut = verify_served(path)
     assert not cut.passed and any(f.startswith("goodput_rps: served") for f in cut.failures), cut.failures
+
+
+def test_the_server_command_is_written_from_what_the_engine_recorded_as_plain_data(tmp_path: Path) -> None:
+    """An engine's record holds what it holds (torch's version is a str subclass YAML refuses): the
+    deployment a served trial writes for its server is plain data all the same."""
+    from autoinfer.served.command import server_command
+
+    class Version(str):
+        pass
+
+    cfg = served_config(tmp_path)
+    cmd = server_command(cfg, TrialPoint("fake", "fp32", "none", 2, "cpu:1"), {"torch": Version("2.13.0+cpu")}, tmp_path)
+    assert cmd.argv[1:4] == ["-m", "autoinfer", "serve"] and cmd.key_env == "AUTOINFER_API_KEY"
+    assert "torch: 2.13.0+cpu" in cmd.deployment.read_text() and cmd.streams_tokens is False
