@@ -31,15 +31,42 @@ GRIDS = Path(__file__).parent / "grids"
 STUDIES = {"served": "smollm2-served.yaml", "offline": "smollm2-served-offline.yaml",
            "concurrency": "smollm2-served-concurrency.yaml"}  # fmt: skip
 SERVED_COLS = ("goodput_rps", "slo_attainment", "ttft_p50_s", "ttft_p95_s", "tpot_p50_s", "tpot_p95_s",
-               "tokens_per_s", "tokens_per_s_per_user", "j_per_token", "correct_tokens_per_j")  # fmt: skip
-OFFLINE_COLS = ("tokens_per_s", "ttft_p50_s", "latency_p95_s", "j_per_token", "accuracy", "correct_tokens_per_j")
+               "tokens_per_s", "tokens_per_s_per_user", "j_per_token", "correct_tokens_per_j",
+               "other_cpu_pct")  # fmt: skip
+OFFLINE_COLS = ("tokens_per_s", "ttft_p50_s", "latency_p95_s", "j_per_token", "accuracy", "correct_tokens_per_j",
+                "other_cpu_pct")  # fmt: skip
+
+
+def machine() -> str:
+    """The CPU, as the trials' own records describe machines: model name and the units that matter."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    units = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
+    import os
+
+    return f"{model}, {os.cpu_count()} cores, {' '.join(units)}"
+
+
+def setup() -> str:
+    """The served grid's load and SLO, in words (every served study here shares them)."""
+    cfg = load_config(GRIDS / STUDIES["served"])
+    s, wl = cfg.workload.served, cfg.workload
+    assert s is not None
+    return (f"each load point: {s.requests} requests after {s.warmup_requests} warm-up, {wl.max_new_tokens} tokens "
+            f"each (ignore_eos), the builtin:chat prompts through the chat route; SLO ttft_s {s.slo.ttft_s} "
+            f"tpot_s {s.slo.tpot_s}; servers on cpu:1, the load generator on the other core")  # fmt: skip
 
 
 def rows(config_file: str) -> tuple[list[dict[str, Any]], dict[str, float]]:
     cfg = load_config(GRIDS / config_file)
     study = optuna.load_study(study_name=cfg.study_name, storage=cfg.search.storage)
     out, wall, measured, starts = [], 0.0, 0.0, 0
-    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    times = [t.datetime_start for t in done if t.datetime_start] + [
+        t.datetime_complete for t in done if t.datetime_complete
+    ]
+    for t in done:
         rec = record_of(t)
         if rec is None:
             continue
@@ -52,8 +79,11 @@ def rows(config_file: str) -> tuple[list[dict[str, Any]], dict[str, float]]:
         out.append({"trial": t.number, "engine": p.engine, "level": p.quantization, "slots": p.batch_size,
                     "load": served.get("load", ""), "reused": served.get("server_reused"),
                     **{k: v for k, v in rec.metrics.items()}})  # fmt: skip
-    cost = {"trials": float(len(out)), "server_starts": float(starts), "wall_s": wall, "measured_s": measured,
-            "overhead": wall / measured if measured else float("nan")}  # fmt: skip
+    span = f"{min(times):%Y-%m-%d %H:%M}-{max(times):%H:%M}" if times else "?"
+    cost: dict[str, Any] = {
+        "measured_at": span, "trials": float(len(out)), "server_starts": float(starts), "wall_s": wall,
+        "measured_s": measured, "overhead": wall / measured if measured else float("nan"),
+    }  # fmt: skip
     return out, cost
 
 
@@ -109,14 +139,16 @@ def main() -> None:
     args = ap.parse_args()
     data = {k: rows(v) for k, v in STUDIES.items()}
     served, offline, conc = data["served"][0], data["offline"][0], data["concurrency"][0]
-    lines = [f"# Served vs offline, SmolLM2-135M Q4_1 source; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-             f"{platform.processor() or platform.machine()}, python {sys.version.split()[0]}",
+    lines = [f"# Served vs offline, SmolLM2-135M Q4_1 source; written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on "
+             f"{machine()} ({platform.machine()}), python {sys.version.split()[0]}",
              "# from the studies of scripts/grids/smollm2-served*.yaml; one run each (no repeats): read ratios "
-             "under 1.3x as noise on this VM", ""]  # fmt: skip
+             "under 1.3x as noise on this VM", f"# {setup()}", ""]  # fmt: skip
     for k, (_, cost) in data.items():
-        lines.append(f"{k}: {int(cost['trials'])} trials, {int(cost['server_starts'])} server starts, wall "
-                     f"{cost['wall_s']:.0f} s for {cost['measured_s']:.0f} s measured + accuracy "
-                     f"(overhead {cost['overhead']:.2f}x)")  # fmt: skip
+        lines.append(
+            f"{k} ({cost['measured_at']}, the study storage's clock): {int(cost['trials'])} trials, "
+            f"{int(cost['server_starts'])} server starts, wall {cost['wall_s']:.0f} s for {cost['measured_s']:.0f} s "
+            f"measured + accuracy (overhead {cost['overhead']:.2f}x)"
+        )
     summary, picks = compare(served, offline)
     lines += ["", "## Picks", *summary, "", "## Served (Poisson arrivals)", *table(served, SERVED_COLS),
               "", "## Served (fixed concurrency)", *table(conc, SERVED_COLS),

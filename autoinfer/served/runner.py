@@ -74,7 +74,8 @@ class ServedRunner:
             if not prepared.ok:
                 return prepared
             try:
-                cur = self._start(point, prepared.result, [(n, s) for n, s in prepared.stages])
+                marks = [*prepared.stages, ("server start", time.monotonic() - t0)]
+                cur = self._start(point, prepared.result, marks)
             except Exception as e:  # noqa: BLE001 - a server that will not start fails this trial only
                 return self._failed(log, t0, e)
         assert cur is not None
