@@ -20,7 +20,7 @@ import psutil
 import yaml
 
 from autoinfer.export.deploy import engine_config
-from autoinfer.export.server import running_server
+from autoinfer.export.server import started_server
 from tests.export.test_serve import MAX_TOKENS, MODEL, fake_engine
 from tests.fake_engine import CONTEXT
 
@@ -128,8 +128,8 @@ def test_the_server_answers_load_and_abuse_and_leaves_nothing(tmp_path: Path) ->
     argv = [sys.executable, "-m", "autoinfer", "serve", str(deployment(tmp_path)), "--max-queue", "4",
             "--max-body-bytes", str(MAX_BODY), "--max-tokens-limit", str(CONTEXT)]  # fmt: skip
     log = tmp_path / "serve.log"
-    with running_server(argv, log, tmp_path, 120, env={"AUTOINFER_API_KEY": KEY}) as port:
-        (server,) = psutil.Process().children()
+    with started_server(argv, log, tmp_path, 120, env={"AUTOINFER_API_KEY": KEY}) as started:
+        port, server = started.port, psutil.Process(started.pid)
         family = [server, *server.children(recursive=True)]
         for i in range(10):  # warm: imports, allocator pools, the first batches
             assert send(port, "good", i) == 200

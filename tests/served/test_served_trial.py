@@ -166,6 +166,7 @@ def test_the_server_command_is_written_from_what_the_engine_recorded_as_plain_da
         pass
 
     cfg = served_config(tmp_path)
-    cmd = server_command(cfg, TrialPoint("fake", "fp32", "none", 2, "cpu:1"), {"torch": Version("2.13.0+cpu")}, tmp_path)
+    point = TrialPoint("fake", "fp32", "none", 2, "cpu:1")
+    cmd = server_command(cfg, point, {"torch": Version("2.13.0+cpu")}, tmp_path)
     assert cmd.argv[1:4] == ["-m", "autoinfer", "serve"] and cmd.key_env == "AUTOINFER_API_KEY"
     assert "torch: 2.13.0+cpu" in cmd.deployment.read_text() and cmd.streams_tokens is False
