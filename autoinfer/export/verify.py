@@ -96,7 +96,8 @@ class Report:
 # -- reading the deployment config ---------------------------------------------------------------
 
 
-def load_deploy(path: Path) -> tuple[dict[str, Any], Expected]:
+def read_deploy(path: Path) -> dict[str, Any]:
+    """A deployment config's data; one that cannot be read or is not one is a ConfigError."""
     import yaml
 
     try:
@@ -105,6 +106,11 @@ def load_deploy(path: Path) -> tuple[dict[str, Any], Expected]:
         raise ConfigError("", f"cannot read the deployment config: {e}".splitlines()[0], str(path)) from None
     if not isinstance(data, dict) or "runtime" not in data or "measured" not in data:
         raise ConfigError("", "not an autoinfer deployment config (no runtime/measured blocks)", str(path))
+    return data
+
+
+def load_deploy(path: Path) -> tuple[dict[str, Any], Expected]:
+    data = read_deploy(path)
     m = data["measured"]
     outputs = m.get("outputs_file")
     if not outputs:

@@ -21,7 +21,15 @@ from typing import Any
 
 from autoinfer.config import Config
 from autoinfer.errors import ConfigError
-from autoinfer.export.verify import DEFAULT_MAX_RATIO, DEFAULT_TOLERANCE, Report, check_band, check_files, server_argv
+from autoinfer.export.verify import (
+    DEFAULT_MAX_RATIO,
+    DEFAULT_TOLERANCE,
+    Report,
+    check_band,
+    check_files,
+    read_deploy,
+    server_argv,
+)
 from autoinfer.record import TrialRecord
 from autoinfer.served.loadgen import Load
 from autoinfer.served.settings import LoadPoint
@@ -144,14 +152,7 @@ def is_served_deployment(path: Path) -> bool:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError("", f"cannot read the deployment config: {e}".splitlines()[0], str(path)) from None
-    if not isinstance(data, dict) or "runtime" not in data or "measured" not in data:
-        raise ConfigError("", "not an autoinfer deployment config (no runtime/measured blocks)", str(path))
+    data = read_deploy(path)
     if "served" in data and not isinstance(data["served"], dict):
         raise ConfigError("served", "not a mapping", str(path))
     return data
