@@ -158,7 +158,7 @@ def test_both_engines_in_one_study(tmp_path: Path) -> None:
             assert rt["gguf"]["made_from"] == "Q4_1" and " -np 4 " in rt["serve"]
         else:
             assert rt["load"]["dtype"] == "float32" and rt["load"]["gguf_file"] == cfg["model"]["gguf_file"]
-            assert rt["serve"] == f"autoinfer serve {out.name}"
+            assert rt["serve"] == f"autoinfer serve {out.name} --host 127.0.0.1"
         # Served (llama-server built from the binding's sources; the measured engine for transformers),
         # sent the trial's prompts at batch 4: the same greedy outputs. Speed is a benchmark's business
         # (`autoinfer verify` passes 0.8-1.5x); here only a gross gap either way would fail: a few
