@@ -54,7 +54,8 @@ def runtime_block(
     recipe = getattr(importlib.import_module(module), func)
     block: dict[str, Any] = recipe(model, point, info, engine_config)
     if "serve" in block:
-        block["serve"] = shlex.join(with_option(shlex.split(block["serve"]), "--host", host))
+        # Appended as text: re-joining the line would quote the <deploy.yaml> placeholder export fills in.
+        block["serve"] = f"{block['serve']} --host {shlex.quote(host)}"
         if "argv" in block:
             block["argv"] = with_option(block["argv"], "--host", host)
         block["host"] = host
