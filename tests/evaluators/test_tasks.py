@@ -20,6 +20,7 @@ from autoinfer.evaluators.accuracy import task_spec
 from autoinfer.evaluators.code_exec import ALLOW_ENV, CodeExecutionNotAllowed
 from autoinfer.evaluators.tasks import TASKS_DIR
 from autoinfer.evaluators.tasks.mbpp import utils as mbpp_utils
+from tests.evaluators.test_accuracy import canned
 
 REPO = Path(__file__).resolve().parents[2]
 GSM8K = REPO / "data" / "gsm8k" / "test.jsonl"
@@ -64,30 +65,11 @@ def _spec(manager: Any, name: str, path: Path) -> Any:
     return task_spec(TaskConfig(name=name, data_files={"test": str(path)}), _Paths(), manager)  # type: ignore[arg-type]
 
 
-class _Canned:
-    """An lm-eval LM whose generations are given per document."""
-
-    def __new__(cls, answer: Any) -> Any:
-        from lm_eval.api.model import LM
-
-        class Canned(LM):  # type: ignore[misc]
-            def loglikelihood(self, requests: Any) -> Any:
-                raise NotImplementedError
-
-            def loglikelihood_rolling(self, requests: Any) -> Any:
-                raise NotImplementedError
-
-            def generate_until(self, requests: Any) -> list[str]:
-                return [answer(r.doc) for r in requests]
-
-        return Canned()
-
-
 def _evaluate(manager: Any, specs: list[Any], answer: Any, limit: int = 3) -> dict[str, Any]:
     from lm_eval import simple_evaluate
 
     out = simple_evaluate(
-        model=_Canned(answer),
+        model=canned(answer),
         tasks=specs,
         task_manager=manager,
         limit=limit,
