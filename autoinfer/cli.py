@@ -57,11 +57,11 @@ def _fmt(v: Any, spec: str = ".3g") -> str:
     return format(v, spec) if isinstance(v, (int, float)) else "-"
 
 
-TIED = "†"  # a frontier row whose drafted output parted from plain greedy decoding at a tie
+TIED = "†"  # a frontier row whose drafted output parted from plain greedy decoding (at a tie or beyond)
 
 
 def _tied(record: Any) -> bool:
-    return record.provenance.draft_lossless is False  # drafted, kept, not identical: ties only
+    return record.provenance.draft_lossless is False  # drafted, kept, not identical
 
 
 def _frontier_table(study: Any, config: Any, title: str) -> Table:
@@ -90,7 +90,10 @@ def _frontier_table(study: Any, config: Any, title: str) -> Table:
         ref = next(iter(deltas.values())).reference
         notes.append(f"Δacc: paired over the same items, vs the most accurate trial #{ref}")
     if any(_tied(m.record) for m in front):
-        notes.append(f"{TIED} drafted output parted from plain greedy decoding at floating-point ties: not bit-exact")
+        notes.append(
+            f"{TIED} drafted output parted from plain greedy decoding at floating-point ties, or beyond them "
+            "(draft_divergence): not bit-exact"
+        )
     table = Table(title=title, caption="\n".join(notes) or None)
     table.add_column("#", no_wrap=True)
     table.add_column("configuration")  # wraps between words

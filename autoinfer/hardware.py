@@ -75,7 +75,7 @@ def target_problem(hw: HardwareSpec) -> str | None:
 
 def fingerprint() -> dict[str, Any]:
     libs = {}
-    for name in ("torch", "transformers", "lm_eval", "optuna", "mlflow", "optimum-quanto", "llama_cpp_python"):
+    for name in ("torch", "transformers", "lm_eval", "optuna", "mlflow", "optimum-quanto", "llama_cpp_python", "vllm"):
         try:
             libs[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

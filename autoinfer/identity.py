@@ -35,6 +35,10 @@ EXTENSIBLE = ("engine.", "draft.", "machine.")
 # Engines whose lm-eval generation runs at the trial's own batch size (vLLM's scheduler keeps up to
 # max_num_seqs = the trial's batch running), not at accuracy.batch_size.
 GENERATES_AT_TRIAL_BATCH = frozenset({"vllm"})
+# Engines whose lm-eval generation runs the trial's draft (vLLM's drafted LLM; transformers'
+# assisted generation, one sequence at a time): a drafted trial's generative score is of the drafted
+# output. llama.cpp's eval generates with the target alone.
+GENERATES_WITH_DRAFT = frozenset({"vllm", "transformers"})
 
 
 def _version(package: str) -> str:
@@ -71,6 +75,16 @@ def _data_identity(config: Config) -> str:
         # max_gen_toks only where set: identities written before it existed stay as they were.
         tasks.append({"name": t.name, "data": files, **({"max_gen_toks": t.max_gen_toks} if t.max_gen_toks else {})})
     return json.dumps(tasks, sort_keys=True)
+
+
+def generative(config: Config) -> bool:
+    """Whether any accuracy task scores generated text (generate_until)."""
+    return any(f and f.get("generative") for f in _task_facts(config).values())
+
+
+def scored_as_generated(config: Config, point: TrialPoint) -> bool:
+    """Whether a drafted point's accuracy is scored on what the drafted engine generates."""
+    return point.draft != "none" and point.engine in GENERATES_WITH_DRAFT and generative(config)
 
 
 def _task_facts(config: Config) -> dict[str, dict[str, Any] | None]:
@@ -232,7 +246,9 @@ def accuracy_key(identity: dict[str, str], config: Config, point: TrialPoint) ->
     between 1 and 8 sequences per pass, 1 between 1 and 2 threads, each at a top-two logit margin of
     0.01-0.13; docs/metrics.md), so the key also holds the trial's thread count and, for engines
     whose generation runs at the trial's batch (vLLM: max_num_seqs), its batch size. llama.cpp and
-    transformers generate at accuracy.batch_size, which is in the key.
+    transformers generate at accuracy.batch_size, which is in the key. A drafted trial on an engine
+    whose eval generates with the draft (GENERATES_WITH_DRAFT) is scored on its drafted output, so
+    its draft is in the key too.
     """
     spec = ENGINES.get(point.engine)
     parts: dict[str, Any] = {
@@ -249,10 +265,12 @@ def accuracy_key(identity: dict[str, str], config: Config, point: TrialPoint) ->
         "tasks": identity["accuracy.tasks"],
         **{k: identity[f"accuracy.{k}"] for k in ("limit", "num_fewshot", "metric", "batch_size")},
     }
-    if any(f and f.get("generative") for f in _task_facts(config).values()):
+    if generative(config):
         parts["threads"] = point.hardware_spec.threads
         if point.engine in GENERATES_AT_TRIAL_BATCH:
             parts["batch_size"] = point.batch_size
+        if scored_as_generated(config, point):  # the drafted output is what is scored
+            parts["draft"] = [point.draft, point.draft_tokens]
     return json.dumps(parts, sort_keys=True)
 
 

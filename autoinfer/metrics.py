@@ -51,6 +51,8 @@ METRICS: dict[str, Metric] = {
         Metric("acceptance_rate", "1", "max", "accepted draft tokens / proposed draft tokens"),
         Metric("draft_tied_prompts", "prompts", "min", "prompts whose drafted output parted from plain at a tie"),
         Metric("draft_tie_margin", "logits", "min", "largest logit margin between two tokens accepted as a tie"),
+        Metric("draft_divergence", "1", "min", "prompts the draft parts from plain greedy on, beyond a tie / prompts"),
+        Metric("greedy_self_divergence", "1", "min", "prompts plain greedy parts from itself at another batch"),
         Metric("draft_proposed", "tok", "max", "draft tokens proposed over the measured repeats"),
         Metric("draft_accepted", "tok", "max", "of which the target accepted"),
         # money, with the user's prices (config `cost`)

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from autoinfer.config import Config
 from autoinfer.engines import ENGINES, Engine, TrialPoint
+from autoinfer.errors import TrialError
 from autoinfer.evaluators.accuracy import AccuracyResult
-from autoinfer.evaluators.lossless import DraftCheck, check_lossless
+from autoinfer.evaluators.lossless import DraftCheck, check_lossless, draft_refusal
 from autoinfer.evaluators.machine_load import LoadGuard
 from autoinfer.hardware import machine_of_trial
-from autoinfer.identity import scored_key
+from autoinfer.identity import scored_as_generated, scored_key
 from autoinfer.record import Generations, Provenance, TrialRecord
 
 if TYPE_CHECKING:
@@ -127,6 +128,10 @@ def _metrics(m: Measurement) -> dict[str, float]:
         metrics["draft_accepted"] = float(tp.draft_accepted)
         metrics["draft_tied_prompts"] = float(m.draft.tied_prompts)
         metrics["draft_tie_margin"] = m.draft.max_tie_margin
+        if m.draft.self_divergence is not None:
+            metrics["greedy_self_divergence"] = m.draft.self_divergence
+    # 0 for an undrafted trial, so that `draft_divergence <= 0` (lossless drafts only) keeps it.
+    metrics["draft_divergence"] = m.draft.divergence if m.draft is not None else 0.0
     return metrics
 
 
@@ -180,6 +185,10 @@ def run_trial(
     wl = config.workload
     prompts = prompt_set(load_prompts(wl.prompts, Path(config.base_dir)), wl.prompt_count)
     m = _measure(config, engine, prompts, gpu_handle, stage)
+    refusal = draft_refusal(m.draft, scored_as_generated(config, point)) if m.draft is not None else None
+    if refusal:
+        engine.close()
+        raise TrialError(refusal)
     tp, e = m.tp, m.tp.energy
     metrics = _metrics(m)
     roofline, bw_how = _roofline(engine, tp)

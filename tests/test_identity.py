@@ -202,3 +202,16 @@ def test_generative_keys_hold_threads_and_vllms_batch(tmp_path: Path) -> None:
     assert key(tmp_path, one, **gen) == key(tmp_path, batch8, **gen) != key(tmp_path, threads2, **gen)
     v1, v8 = TrialPoint("vllm", "bf16", "none", 1, "cpu:1"), TrialPoint("vllm", "bf16", "none", 8, "cpu:1")
     assert key(tmp_path, v1, **gen) != key(tmp_path, v8, **gen) and key(tmp_path, v1) == key(tmp_path, v8)
+
+
+def test_a_draft_enters_the_key_where_its_output_is_scored(tmp_path: Path) -> None:
+    """vLLM and transformers generate an eval with the trial's draft; llama.cpp's eval generates
+    with the target alone; log-likelihood tasks never see a draft."""
+    gen = {"accuracy": {"tasks": [GSM8K]}}
+    for engine, drafted_scored in (("vllm", True), ("transformers", True), ("llama.cpp", False)):
+        plain = TrialPoint(engine, "bf16", "none", 1, "cpu:1")
+        lookup = TrialPoint(engine, "bf16", "prompt_lookup:3", 1, "cpu:1")
+        longer = TrialPoint(engine, "bf16", "prompt_lookup:3", 1, "cpu:1", draft_tokens=5)
+        assert key(tmp_path, plain) == key(tmp_path, lookup)  # ARC: log-likelihoods of the target
+        gen_keys = {key(tmp_path, p, **gen) for p in (plain, lookup, longer)}
+        assert len(gen_keys) == (3 if drafted_scored else 1), engine

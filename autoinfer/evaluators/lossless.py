@@ -10,7 +10,16 @@ number of sequences), and some kernels round such passes differently. So the che
 far the pass shapes the engine's draft path really runs (`Engine.verify_pass_shapes`) move that
 very margin, logit[want] - logit[got], from the one-token reference pass: a difference no larger
 than that (and never larger than `TIE_CAP`) is a tie the kernels' rounding can flip; anything
-else is a broken draft, and the trial fails. Every differing prompt is judged, not just the first.
+else parts beyond a tie. Every differing prompt is judged, not just the first.
+
+A draft that parts beyond a tie is measured, not refused outright (`draft_refusal`): plain greedy
+decoding parts from itself too when only the batch shape changes (bf16 near-ties), so the check
+also decodes the prompts plainly at a second batch size and counts those partings. The trial is
+ranked where its accuracy comes from what the drafted engine generated (a generative task on an
+engine whose eval generates with the draft), or where the draft parts from plain greedy no more
+often than plain greedy parts from itself; otherwise nothing judges the tokens it produced, and
+the trial fails. `draft_divergence` is recorded either way: `draft_divergence <= 0` as a
+constraint requires lossless drafts.
 """
 
 from __future__ import annotations
@@ -20,7 +29,6 @@ import sys
 from dataclasses import dataclass
 
 from autoinfer.engines.base import Engine
-from autoinfer.errors import TrialError
 
 # The widest margin ever accepted as a tie, in logits (natural-log units: a margin m is a factor
 # e^m between the two tokens' probabilities), whatever a pass shape measures. 0.5 is a 1.65x
@@ -40,6 +48,21 @@ class DraftCheck:
     tied_prompts: int  # prompts whose drafted output parted from plain at a tie (0 when lossless)
     max_tie_margin: float  # largest |margin| (logits) between two tokens accepted as a tie; 0 if none
     prompts: int  # prompts compared
+    diverged: int = 0  # prompts whose drafted output parted from plain greedy beyond a tie
+    # Prompts whose plain greedy output at `self_batch` sequences per batch parted from plain greedy
+    # at the trial's batch size; measured only where the draft diverged (None: not measured).
+    self_diverged: int | None = None
+    self_batch: int = 0
+
+    @property
+    def divergence(self) -> float:
+        """Fraction of prompts the draft parted from plain greedy decoding on, beyond a tie."""
+        return self.diverged / self.prompts if self.prompts else 0.0
+
+    @property
+    def self_divergence(self) -> float | None:
+        """Fraction of prompts plain greedy parted from itself between the two batch sizes."""
+        return None if self.self_diverged is None or not self.prompts else self.self_diverged / self.prompts
 
 
 def divergence(a: tuple[int, ...], b: tuple[int, ...]) -> int | None:
@@ -140,11 +163,13 @@ def judge(engine: Engine, prompt: str, index: int, drafted: tuple[int, ...], pla
 
 def check_lossless(engine: Engine, prompts: list[str], drafted: tuple[tuple[int, ...], ...]) -> DraftCheck:
     """Decode the prompts again without the draft (same batches) and judge every prompt whose
-    drafted output differs; raises TrialError naming each one that is not a tie."""
+    drafted output differs; where some part beyond a tie, also count how often plain greedy parts
+    from itself at another batch size. The evidence for each prompt goes to the trial's log."""
     from autoinfer.evaluators.throughput import generate_set, outputs_of
 
     wl = engine.config.workload
-    plain = outputs_of(generate_set(engine, prompts, engine.point.batch_size, wl.max_new_tokens, wl.ignore_eos, False))
+    batch = engine.point.batch_size
+    plain = outputs_of(generate_set(engine, prompts, batch, wl.max_new_tokens, wl.ignore_eos, False))
     n = len(plain)
     judged = [
         v for i, (p, d, q) in enumerate(zip(prompts, drafted, plain, strict=True)) if (v := judge(engine, p, i, d, q))
@@ -154,22 +179,44 @@ def check_lossless(engine: Engine, prompts: list[str], drafted: tuple[tuple[int,
             True, f"{n} prompts, {sum(map(len, plain))} tokens identical to plain greedy decoding", 0, 0.0, n
         )
     broken = [v for v in judged if not v.tie]
-    if broken:
-        more = f"; {len(broken) - NAMED} more" if len(broken) > NAMED else ""
-        ties = f"; {len(judged) - len(broken)} other prompts parted at ties" if len(judged) > len(broken) else ""
-        # Each prompt, with its evidence, goes to the trial's log (a trial's stderr); the failure
-        # itself is one line on the progress display, in the study and in MLflow.
-        print(f"lossless check: {'; '.join(v.describe() for v in broken[:NAMED])}{more}{ties} ({UNITS})",
-              file=sys.stderr, flush=True)  # fmt: skip
-        raise TrialError(
-            f"draft is not lossless: {len(broken)} of {n} prompts differ from plain greedy decoding beyond a tie "
-            f"(the trial log names each; {DOCS})"
-        )
-    return DraftCheck(
-        False,
-        f"floating-point tie: {'; '.join(v.describe() for v in judged)}; {len(judged)} of {n} prompts tied"
-        f"{', the others identical to plain greedy decoding' * (len(judged) < n)} ({UNITS})",
-        len(judged),
-        max(abs(v.margin) for v in judged),
-        n,
+    ties = [v for v in judged if v.tie]
+    tie_text = f"floating-point tie: {'; '.join(v.describe() for v in ties)}; {len(ties)} of {n} prompts tied"
+    if not broken:
+        return DraftCheck(
+            False,
+            f"{tie_text}{', the others identical to plain greedy decoding' * (len(ties) < n)} ({UNITS})",
+            len(ties), max(abs(v.margin) for v in ties), n,
+        )  # fmt: skip
+    # Each prompt, with its evidence, goes to the trial's log (a trial's stderr); the study and
+    # MLflow get the counts.
+    more = f"; {len(broken) - NAMED} more" if len(broken) > NAMED else ""
+    print(f"lossless check: {'; '.join(v.describe() for v in broken[:NAMED])}{more} ({UNITS})",
+          file=sys.stderr, flush=True)  # fmt: skip
+    other = 1 if batch > 1 else min(4, n)  # plain greedy at another batch shape
+    again = outputs_of(generate_set(engine, prompts, other, wl.max_new_tokens, wl.ignore_eos, False))
+    self_diverged = sum(a != b for a, b in zip(plain, again, strict=True))
+    detail = (
+        f"{len(broken)} of {n} prompts part from plain greedy decoding beyond a tie"
+        f"{f' ({tie_text})' if ties else ''}; plain greedy at batch {other} parts from plain greedy at batch "
+        f"{batch} on {self_diverged} of {n}"
+    )
+    margins = [abs(v.margin) for v in ties]
+    return DraftCheck(False, detail, len(ties), max(margins, default=0.0), n, len(broken), self_diverged, other)
+
+
+def draft_refusal(check: DraftCheck, scored_as_generated: bool) -> str | None:
+    """Why a drafted trial cannot be ranked, in one line; None where it can.
+
+    A draft that parts from plain greedy decoding beyond a tie produces tokens its target's
+    log-likelihood accuracy does not judge. It ranks when the accuracy comes from what the drafted
+    engine generated (`scored_as_generated`), or when it parts no more often than plain greedy
+    parts from itself between two batch sizes (a variation every undrafted trial has too)."""
+    if not check.diverged or scored_as_generated:
+        return None
+    if check.self_diverged is not None and check.diverged <= check.self_diverged:
+        return None
+    return (
+        f"draft is not lossless: {check.diverged} of {check.prompts} prompts differ from plain greedy decoding "
+        f"beyond a tie (plain greedy differs from itself on {check.self_diverged}), and no generative task "
+        f"scores what it generates (the trial log names each; {DOCS})"
     )

@@ -92,10 +92,17 @@ def measured_block(config: Config, trial_number: int, why: str, rec: TrialRecord
 
 
 def draft_tie_warning(number: int, prov: Provenance, metrics: dict[str, float]) -> str | None:
-    """For a drafted trial whose output parted from plain greedy decoding at floating-point ties
-    (kept, not bit-exact): what a user of the export should know. None for any other trial."""
+    """For a drafted trial whose output parted from plain greedy decoding (kept, not bit-exact): what
+    a user of the export should know. None for any other trial."""
     if prov.draft_lossless is not False:
         return None
+    if metrics.get("draft_divergence"):
+        return (
+            f"trial {number}'s drafted output parted from plain greedy decoding beyond floating-point ties on "
+            f"{metrics['draft_divergence']:.0%} of its prompts: it was ranked by the accuracy of what it generated "
+            "(or because plain greedy parts from itself as often), and served output will not match plain "
+            "decoding of the same model (measured.draft_check says where)"
+        )
     tied, margin = metrics.get("draft_tied_prompts"), metrics.get("draft_tie_margin")
     where = f" on {int(tied)} of {prov.prompts} prompts, up to {margin:.3g} logits apart" if tied and margin else ""
     return (

@@ -346,14 +346,20 @@ class TransformersEngine(HFTokenizerEngine):
         return ((w, 1), (0, 1), (-w, 1))
 
     def lm_eval_model(self) -> Any:
+        """lm-eval's HF model on the loaded one; a drafted trial generates with its draft."""
         from lm_eval.models.huggingface import HFLM
 
-        return HFLM(
-            pretrained=self.model,
-            tokenizer=self.tokenizer,
-            batch_size=self.config.accuracy.batch_size,
-            device=self.point.hardware_spec.torch_device,
-        )
+        from autoinfer.engines.transformers.lm import DraftedHFLM
+
+        kw = {
+            "pretrained": self.model,
+            "tokenizer": self.tokenizer,
+            "batch_size": self.config.accuracy.batch_size,
+            "device": self.point.hardware_spec.torch_device,
+        }
+        if self.point.draft_spec.kind == "none":
+            return HFLM(**kw)
+        return DraftedHFLM(draft_kwargs=self._draft_kwargs(), **kw)
 
     def context_tokens(self) -> int | None:
         n = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
