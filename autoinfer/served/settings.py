@@ -44,6 +44,9 @@ class ServedConfig(_Strict):
     burstiness: float = Field(1.0, gt=0, le=100)
     concurrency: int | list[int] | None = None
     slo: SloConfig = SloConfig()
+    # Server knobs searched beside the batch size, per engine: {vllm: {prefix_caching: [false,
+    # true]}} (autoinfer.served.knobs.KNOBS lists them); each sampled only for its engine's points.
+    server_knobs: dict[str, dict[str, list[bool | int]]] = {}
     # Seconds the server may take to answer /health after it starts (vLLM: 30-115 s here).
     startup_timeout_s: float = Field(600.0, gt=0, le=7200)
     # Seconds the whole load may take, warm-up included; past it the trial fails.
@@ -67,6 +70,21 @@ class ServedConfig(_Strict):
                 raise ValueError(f"must be between 1 and 100000 requests in flight, not {c}")
         if isinstance(v, list) and not v:
             raise ValueError("an empty list: give at least one concurrency")
+        return v
+
+    @field_validator("server_knobs", mode="before")
+    @classmethod
+    def _known_knobs(cls, v: object) -> object:
+        from autoinfer.served.knobs import check
+
+        if isinstance(v, dict):
+            for engine, knobs in v.items():
+                if not isinstance(knobs, dict):
+                    raise ValueError(f"{engine}: a mapping of knob -> list of values")
+                for knob, values in knobs.items():
+                    why = check(str(engine), str(knob), values if isinstance(values, list) else [values])
+                    if why:
+                        raise ValueError(why)
         return v
 
     @model_validator(mode="after")

@@ -119,7 +119,9 @@ def serving(
         folder = Path(tmp)
         cmd = server_command(config, point, info, folder)
         key = secrets.token_urlsafe(24) if cmd.key_env else None
-        env = {cmd.key_env: key} if cmd.key_env and key else None
+        env = {cmd.key_env: key} if cmd.key_env and key else {}
+        if prefix_cached(point):
+            env["VLLM_SERVER_DEV_MODE"] = "1"  # for POST /reset_prefix_cache between load points
         log = folder / "server.log"
         stage("server start")
         start = time.perf_counter()
@@ -198,14 +200,36 @@ def reset_caches(s: Serving, point: TrialPoint) -> str:
     """What a reused server kept from earlier load points, in words (recorded as `caches`).
 
     vLLM's exported server runs with prefix caching off and autoinfer serve keeps no cache, so
-    nothing carries over. llama-server keeps each slot's last prompt and reuses its prefix (its
+    nothing carries over; a vLLM point that searched `prefix_caching: true` runs with vLLM's
+    development routes on (VLLM_SERVER_DEV_MODE, loopback and the API key as everywhere; not in
+    the exported command) so its cache is emptied here through POST /reset_prefix_cache.
+    llama-server keeps each slot's last prompt and reuses its prefix (its
     default, and what a deployment of the exported command does); erasing a slot needs
     `--slot-save-path`, which the exported command does not have and a served trial must not add,
     so those stay. Each load point's warm-up refills the slots from the same prompt set, fresh
     server or not, which is what bounds that carry-over to the first requests of a point."""
     if point.engine == "llama.cpp":
         return "llama-server's slot prompt caches kept from the previous load point (same prompt set)"
-    return "nothing kept between load points (no prefix cache)"
+    if not prefix_cached(point):
+        return "nothing kept between load points (no prefix cache)"
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{s.port}/reset_prefix_cache", method="POST", data=b"")
+    if s.key:
+        req.add_header("Authorization", f"Bearer {s.key}")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            r.read()
+    except OSError as e:
+        raise TrialError(f"vLLM's prefix cache could not be emptied between load points: {e}") from None
+    return "vLLM's prefix cache emptied before this load point (POST /reset_prefix_cache)"
+
+
+def prefix_cached(point: TrialPoint) -> bool:
+    """Whether the point's vLLM server keeps a prefix cache (a searched knob)."""
+    from autoinfer.served.knobs import decode
+
+    return point.engine == "vllm" and bool(decode("vllm", point.server_knobs).get("prefix_caching"))
 
 
 class _ClientClock:

@@ -29,6 +29,9 @@ class TrialPoint:
     # served trials: the load point the server is measured under (`rate:R` req/s or
     # `concurrency:C`); "" for offline trials. The server is the point without it.
     load: str = ""
+    # served trials: the server knobs searched beside the batch size (autoinfer.served.knobs),
+    # canonical text "name=value,..."; "" where none are searched (the export's own settings).
+    server_knobs: str = ""
 
     def __post_init__(self) -> None:
         # Left out (by a caller, or by a record from before the dimension existed): the draft's own.
@@ -49,7 +52,8 @@ class TrialPoint:
         draft = f"{self.draft}×{self.draft_tokens}" if self.draft_spec.reads_weights else self.draft
         level = f"{self.quantization} {self.compile_mode}" if self.compile_mode else self.quantization
         at = f" @{self.load.replace('rate:', '').replace('concurrency:', 'c')}" if self.load else ""
-        return f"{self.engine} {level} {draft} b{self.batch_size} {self.hardware}{at}"
+        knobs = f" [{self.server_knobs}]" if self.server_knobs else ""
+        return f"{self.engine} {level} {draft} b{self.batch_size}{knobs} {self.hardware}{at}"
 
     def server(self) -> TrialPoint:
         """The point without its load: what one running server serves."""
@@ -60,6 +64,8 @@ class TrialPoint:
         mode = {"compile_mode": self.compile_mode} if self.compile_mode else {}
         if self.load:
             mode["load"] = self.load
+        if self.server_knobs:
+            mode["server_knobs"] = self.server_knobs
         return {
             "engine": self.engine,
             "quantization": self.quantization,

@@ -96,9 +96,21 @@ def sample_point(trial: Suggester, config: Config) -> TrialPoint:
     else:
         tokens = spec.n if spec.kind == "prompt_lookup" else 0
     served = config.workload.served
+    knobs = _knobs(trial, engine, served.server_knobs.get(engine, {})) if served is not None else ""
     loads = served.loads() if served is not None else []
     load = str(_pick(trial, "load", loads, loads, "")) if loads else ""  # last: one server, many loads
-    return TrialPoint(engine, quant, draft, int(batch), hardware, tokens, mode, load)
+    return TrialPoint(engine, quant, draft, int(batch), hardware, tokens, mode, load, knobs)
+
+
+def _knobs(trial: Suggester, engine: str, listed: dict[str, list[Any]]) -> str:
+    """The engine's server knobs (served trials), each a parameter named by its engine."""
+    from autoinfer.served.knobs import encode
+
+    return encode({k: _pick(trial, knob_param(engine, k), v, v, "") for k, v in sorted(listed.items())})
+
+
+def knob_param(engine: str, knob: str) -> str:
+    return f"server.{engine}.{knob}"
 
 
 class _Recorder:
@@ -125,9 +137,14 @@ def enumerate_points(config: Config) -> list[tuple[dict[str, Any], TrialPoint]]:
     out = []
     # The load varies fastest, so a grid measures every load point of one server in a row.
     served = config.workload.served
-    dims = ("engine", "hardware", "quantization", "compile_mode", "batch_size", "draft", "draft_tokens", "load")
-    grid = (s.engine, s.hardware, s.quantization, s.compile_mode, s.batch_size, s.draft, s.draft_tokens,
-            served.loads() if served is not None else [""])  # fmt: skip
+    listed = served.server_knobs if served is not None else {}
+    # every engine's knobs: a point reads only its own engine's
+    knobs = {knob_param(e, k): v for e, ks in listed.items() for k, v in ks.items()}
+    dims = ("engine", "hardware", "quantization", "compile_mode", "batch_size", "draft", "draft_tokens",
+            *knobs, "load")  # fmt: skip
+    loads = served.loads() if served is not None else [""]
+    grid: list[list[Any]] = [s.engine, s.hardware, s.quantization, s.compile_mode, s.batch_size, s.draft,
+                             s.draft_tokens, *knobs.values(), loads]  # fmt: skip
     for values in itertools.product(*grid):
         rec = _Recorder(dict(zip(dims, values, strict=True)))
         try:

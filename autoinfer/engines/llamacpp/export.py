@@ -7,6 +7,7 @@ import shlex
 from typing import Any
 
 from autoinfer.export.runtime import llama_server
+from autoinfer.served.knobs import decode
 from autoinfer.spaces.dimensions import DraftSpec
 
 
@@ -50,7 +51,10 @@ def _llamacpp(point: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     cmd = [server, "-m", path, "-t", str(info.get("llama_threads")), "-c", str(n_ctx)]
     # Batch sizes as the trial's context had them: a prompt is evaluated in micro-batches of
     # -ub tokens, and kernels may round another split differently.
-    cmd += ["-b", str(n_ctx), "-ub", str(min(n_ctx, 512))]
+    # A served point's searched knobs (autoinfer.served.knobs) set them instead.
+    knobs = decode("llama.cpp", str(point.get("server_knobs", "")))
+    batch = int(knobs.get("batch", n_ctx))
+    cmd += ["-b", str(batch), "-ub", str(min(batch, int(knobs.get("ubatch", min(n_ctx, 512)))))]
     cmd += ["-np", str(b), "-ngl", str(info.get("n_gpu_layers", 0))]
     # One shared KV pool or one per slot, as the trial ran (llama-server picks by -np otherwise).
     cmd += ["-kvu"] if info.get("kv_unified", True) else ["-no-kvu"]

