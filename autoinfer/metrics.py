@@ -46,6 +46,8 @@ METRICS: dict[str, Metric] = {
         Metric("accuracy", "1", "max", "lm-eval metric (acc by default) averaged over tasks"),
         Metric("accuracy_stderr", "1", "min", "stderr of accuracy"),
         Metric("accuracy_samples", "items", "max", "items scored, summed over tasks"),
+        Metric("accuracy_eval_s", "s", "min", "wall time of the accuracy evaluation (where this trial ran it)"),
+        Metric("accuracy_energy_j", "J", "min", "energy of the accuracy evaluation, by the trial's meter"),
         Metric("correct_tokens_per_j", "tok/J", "max", "accuracy * tokens / energy_j (served: good requests' tokens)"),
         # drafts
         Metric("acceptance_rate", "1", "max", "accepted draft tokens / proposed draft tokens"),

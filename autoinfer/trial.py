@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,8 +160,20 @@ def _score(
     if accuracy is None:
         stage("accuracy")
         from autoinfer.evaluators.accuracy import evaluate_accuracy
+        from autoinfer.evaluators.energy import meter_for
 
-        accuracy = dataclasses.replace(evaluate_accuracy(engine.lm_eval_model(), config), key=key)
+        # The eval's own cost, by the meter the trial's measurement uses (generative evals cost
+        # minutes of generation a level): recorded, never part of the trial's tokens per joule.
+        hw, en = engine.point.hardware_spec, config.energy
+        meter, _ = meter_for(hw, en.cpu_watts_per_core, en.cpu_static_watts_per_core)
+        t0 = time.perf_counter()
+        with meter.measure() as box:
+            result = evaluate_accuracy(engine.lm_eval_model(), config)
+        e = box.reading
+        accuracy = dataclasses.replace(
+            result, key=key, eval_s=time.perf_counter() - t0, eval_energy_j=e.energy_j if e else None,
+            eval_energy_source=e.source if e else "",
+        )  # fmt: skip
     return accuracy
 
 
@@ -198,6 +211,8 @@ def run_trial(
         metrics["accuracy"] = accuracy.accuracy
         metrics["accuracy_stderr"] = accuracy.stderr
         metrics["accuracy_samples"] = float(accuracy.samples)
+        if accuracy.reused_from_trial is None and accuracy.eval_energy_j is not None:
+            metrics.update(accuracy_eval_s=accuracy.eval_s, accuracy_energy_j=accuracy.eval_energy_j)
         # Correct tokens per joule: tokens the model would get right, per joule spent making them.
         metrics["correct_tokens_per_j"] = accuracy.accuracy * tp.generated_tokens / e.energy_j
     add_cost(config, metrics, accuracy.accuracy * tp.generated_tokens if accuracy is not None else None)
@@ -273,6 +288,8 @@ def served_record(
     if accuracy is not None:
         metrics.update(accuracy=accuracy.accuracy, accuracy_stderr=accuracy.stderr,
                        accuracy_samples=float(accuracy.samples))  # fmt: skip
+        if accuracy.reused_from_trial is None and accuracy.eval_energy_j is not None:
+            metrics.update(accuracy_eval_s=accuracy.eval_s, accuracy_energy_j=accuracy.eval_energy_j)
         # Only requests that met the SLO count: a correct answer that came too late was not served.
         metrics["correct_tokens_per_j"] = accuracy.accuracy * m.good_tokens / e.energy_j if e.energy_j else 0.0
     add_cost(config, metrics, accuracy.accuracy * m.good_tokens if accuracy is not None else None)

@@ -41,6 +41,11 @@ class AccuracyResult:
     # Generative tasks: per task, per item in doc order, what the model generated and how it scored
     # (doc_id, text, tokens, score, and per filter the extracted answer and its scores).
     generations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # What the evaluation itself cost, where it ran (a reusing trial carries the original's): wall
+    # seconds, and energy by the trial's meter (energy_source label beside it; None: not measured).
+    eval_s: float = 0.0
+    eval_energy_j: float | None = None
+    eval_energy_source: str = ""
 
 
 def task_facts(cfg: Mapping[str, Any] | None, kind: str = "TASK") -> dict[str, Any]:

@@ -10,6 +10,7 @@ few for an 8-shot GSM8K prompt at batch 4 and up).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -139,13 +140,20 @@ class LlamaCppLM(TemplateLM):
         n_seq = min(self.batch_size, len(jobs))
         need = max(len(toks) + limit for toks, _, limit in jobs)
         rt = self._generation_runtime(n_seq, -(-need // CELL_STEP) * CELL_STEP)
+        from tqdm import tqdm
+
+        # Items done per second on the progress bar: a 200-item code eval takes minutes a level.
+        bar = tqdm(total=len(jobs), desc="generate_until (llama.cpp)", unit="item", disable=disable_tqdm)
         try:
-            return self._generate(rt, jobs, n_seq)
+            return self._generate(rt, jobs, n_seq, bar.update)
         finally:
+            bar.close()
             self._free(rt)
 
     @staticmethod
-    def _generate(rt: LlamaRuntime, jobs: list[tuple[list[int], list[str], int]], n_seq: int) -> list[str]:
+    def _generate(
+        rt: LlamaRuntime, jobs: list[tuple[list[int], list[str], int]], n_seq: int, done: Callable[[int], Any]
+    ) -> list[str]:
         results = [""] * len(jobs)
         out: dict[int, list[int]] = {}  # sequence id -> tokens generated so far
         req_of: dict[int, int] = {}  # sequence id -> request index
@@ -195,6 +203,7 @@ class LlamaCppLM(TemplateLM):
                 for u in until:
                     text = text.split(u)[0]
                 results[i] = text
+                done(1)
                 del req_of[s], out[s]
                 rt.truncate(s, shared)  # the sequence's stream keeps the shared prefix for the next request
                 if waiting:
