@@ -152,8 +152,46 @@ def _workload_accuracy(r: Rendering) -> list[str]:
                   f"        test: {path_for(str(ARC_EASY), r.out.parent)}"]  # fmt: skip
     else:
         lines[-1] += "   # no data/arc_easy here: lm-eval downloads allenai/ai2_arc on first use"
-    lines += ["  limit: 100"]
+    lines += [*_generative(r), "  limit: 100"]
     return lines
+
+
+# Below this many parameters a model answers almost no GSM8K or MBPP item: its score there is the
+# floor, not a ranking of levels (SmolLM2-135M, docs/metrics.md#accuracy-tasks).
+GENERATIVE_MIN_PARAMS = 400_000_000
+
+
+def _generative(r: Rendering) -> list[str]:
+    """A generative task that fits the model, commented out where it would go (it costs minutes a
+    level, and a code task runs model-written programs: both are the user's call), or why none is
+    offered."""
+    m = r.model
+    size = f"{m.params / 1e9:.2g} B parameters"
+    interval = "    # (limit 100: a 95 % interval of about +-0.09 near 0.35; ~370 items give +-0.05)"
+    if m.params < GENERATIVE_MIN_PARAMS:
+        return [
+            f"    # Generated answers (gsm8k_cot, mbpp_autoinfer) are not offered: at {size} a model",
+            "    # is near the floor on both (almost no item right), which ranks nothing.",
+        ]
+    data = ARC_EASY.parents[1]
+    if "code" in f"{m.name} {m.source}".lower():
+        mbpp = path_for(str(data / "mbpp" / "mbpp.jsonl"), r.out.parent)
+        return [
+            f"    # A code model ({size}): judge it by the code it writes, MBPP pass@1",
+            "    # (docs/metrics.md#code-tasks). Each generated program runs against its asserts,",
+            "    # confined but not sandboxed: opt-in (uncomment all three lines).",
+            interval,
+            "    # - name: mbpp_autoinfer",
+            f"    #   data_files: {{test: {mbpp}}}",
+            "  # allow_code_execution: true",
+        ]
+    gsm8k = path_for(str(data / "gsm8k" / "test.jsonl"), r.out.parent)
+    return [
+        f"    # Judged by the answers it generates instead ({size}): GSM8K, 8-shot chain of thought.",
+        interval,
+        "    # - name: gsm8k_cot",
+        f"    #   data_files: {{test: {gsm8k}}}",
+    ]
 
 
 def _objectives() -> list[str]:
