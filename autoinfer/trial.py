@@ -100,6 +100,9 @@ def _measure(
     if point.draft_spec.kind != "none":
         stage("lossless check")
         check = check_lossless(engine, prompts, tp.outputs)
+        refusal = draft_refusal(check, scored_as_generated(config, point))
+        if refusal:  # nothing would judge the tokens it produced (the trial's child ends with it)
+            raise TrialError(refusal)
     return Measurement(tp, mem.reading, loaded, meter_reason, check)
 
 
@@ -198,10 +201,6 @@ def run_trial(
     wl = config.workload
     prompts = prompt_set(load_prompts(wl.prompts, Path(config.base_dir)), wl.prompt_count)
     m = _measure(config, engine, prompts, gpu_handle, stage)
-    refusal = draft_refusal(m.draft, scored_as_generated(config, point)) if m.draft is not None else None
-    if refusal:
-        engine.close()
-        raise TrialError(refusal)
     tp, e = m.tp, m.tp.energy
     metrics = _metrics(m)
     roofline, bw_how = _roofline(engine, tp)

@@ -345,6 +345,18 @@ def speed_failure(served_tps: float, trial_tps: float, tolerance: float, max_rat
     return ""
 
 
+def served_figures(passes: list[tuple[list[Any], float]]) -> dict[str, float]:
+    """Tokens/s over every measured pass, and TTFT and latency percentiles over every reply."""
+    replies = [r for p, _ in passes for r in p]
+    wall = sum(w for _, w in passes)
+    return {
+        "tokens_per_s": sum(r.tokens for r in replies) / wall if wall > 0 else 0.0,
+        "ttft_p50_s": percentile([r.ttft_s for r in replies], 50),
+        "latency_p50_s": percentile([r.latency_s for r in replies], 50),
+        "latency_p95_s": percentile([r.latency_s for r in replies], 95),
+    }
+
+
 def verify(
     path: Path,
     tolerance: float = DEFAULT_TOLERANCE,
@@ -371,15 +383,7 @@ def verify(
         serve_pass(port, prompts[: exp.batch_size], exp, t, extra, key)  # warm-up, unmeasured
         passes = [serve_pass(port, prompts, exp, t, extra, key) for _ in range(exp.repeats)]
         version = _server_version(port, runtime, key)
-    replies = [r for p, _ in passes for r in p]
-    tokens = sum(r.tokens for r in replies)
-    wall = sum(w for _, w in passes)
-    served = {
-        "tokens_per_s": tokens / wall if wall > 0 else 0.0,
-        "ttft_p50_s": percentile([r.ttft_s for r in replies], 50),
-        "latency_p50_s": percentile([r.latency_s for r in replies], 50),
-        "latency_p95_s": percentile([r.latency_s for r in replies], 95),
-    }
+    served = served_figures(passes)
     measured = {
         "tokens_per_s": exp.tokens_per_s,
         "ttft_p50_s": exp.ttft_p50_s,
