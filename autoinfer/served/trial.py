@@ -24,7 +24,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,7 +115,7 @@ def serving(
     with the tail of its log."""
     from autoinfer.export.server import started_server
 
-    with tempfile.TemporaryDirectory(prefix="autoinfer-served-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="autoinfer-served-") as tmp, ExitStack() as stack:
         folder = Path(tmp)
         cmd = server_command(config, point, info, folder)
         key = secrets.token_urlsafe(24) if cmd.key_env else None
@@ -125,15 +125,12 @@ def serving(
         log = folder / "server.log"
         stage("server start")
         start = time.perf_counter()
-        try:
+        try:  # only the start is a TrialError: an error while serving propagates as it is
             ctx = started_server(cmd.argv, log, folder, served_of(config).startup_timeout_s, env, trap_sigterm)
-            server = ctx.__enter__()
+            server = stack.enter_context(ctx)
         except VerifyFailed as e:
             raise TrialError(f"the {point.engine} server did not serve: {e}\n{_tail(log)}") from None
-        try:
-            yield Serving(cmd, server.port, server.pid, key, time.perf_counter() - start, log)
-        finally:
-            ctx.__exit__(None, None, None)
+        yield Serving(cmd, server.port, server.pid, key, time.perf_counter() - start, log)
 
 
 def measure_served(
