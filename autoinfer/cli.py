@@ -342,17 +342,26 @@ def pareto(
     csv: Annotated[
         Path | None, typer.Option(help="Also write every measured trial here (the study run's trials.csv).")
     ] = None,
+    plots: Annotated[
+        Path | None, typer.Option(help="Also write the frontier plots (and served.png for served trials) here.")
+    ] = None,
 ) -> None:
     """Print the Pareto frontier of a config's study from its storage."""
+    from autoinfer.tracking.plots import study_rows, write_csv, write_plots, write_served_plot
+
     cfg = _load(config, preflight=False)
     study = _study(cfg)
     console.print(_frontier_table(study, cfg, f"Pareto frontier of {cfg.study_name} ({len(study.trials)} trials)"))
+    rows = study_rows(cfg, study) if csv is not None or plots is not None else []
     if csv is not None:
-        from autoinfer.tracking.plots import study_rows, write_csv
-
-        rows = study_rows(cfg, study)
         write_csv(rows, csv)
         err.print(f"{len(rows)} measured trials written to {csv}")
+    if plots is not None:  # what MLflow holds under pareto/, for a study reviewed without MLflow
+        plots.mkdir(parents=True, exist_ok=True)
+        write_plots(rows, plots, cfg.study_name)
+        served = cfg.workload.served
+        write_served_plot(rows, plots, cfg.study_name, served.slo.tpot_s if served else None)
+        err.print(f"plots written to {plots}: {', '.join(sorted(p.name for p in plots.glob('*.png')))}")
 
 
 @app.command()
