@@ -83,8 +83,11 @@ def generative(config: Config) -> bool:
 
 
 def scored_as_generated(config: Config, point: TrialPoint) -> bool:
-    """Whether a drafted point's accuracy is scored on what the drafted engine generates."""
-    return point.draft != "none" and point.engine in GENERATES_WITH_DRAFT and generative(config)
+    """Whether a drafted point's accuracy is scored on what the drafted engine generates: every
+    task generative (a log-likelihood task in the mean never sees the drafted output)."""
+    facts = _task_facts(config).values()
+    every = bool(facts) and all(f and f.get("generative") for f in facts)
+    return point.draft != "none" and point.engine in GENERATES_WITH_DRAFT and every
 
 
 def _task_facts(config: Config) -> dict[str, dict[str, Any] | None]:

@@ -169,15 +169,27 @@ def _score(
         # minutes of generation a level): recorded, never part of the trial's tokens per joule.
         hw, en = engine.point.hardware_spec, config.energy
         meter, _ = meter_for(hw, en.cpu_watts_per_core, en.cpu_static_watts_per_core)
-        t0 = time.perf_counter()
-        with meter.measure() as box:
-            result = evaluate_accuracy(engine.lm_eval_model(), config)
+        t0, result = time.perf_counter(), None
+        try:
+            with meter.measure() as box:
+                result = evaluate_accuracy(engine.lm_eval_model(), config)
+        except TrialError:  # the meter read nothing over a short eval: its time still counts
+            if result is None:
+                raise
         e = box.reading
         accuracy = dataclasses.replace(
             result, key=key, eval_s=time.perf_counter() - t0, eval_energy_j=e.energy_j if e else None,
             eval_energy_source=e.source if e else "",
         )  # fmt: skip
     return accuracy
+
+
+def eval_cost(accuracy: AccuracyResult) -> dict[str, float]:
+    """The accuracy evaluation's own time and energy, as metrics (energy where the meter read it)."""
+    out = {"accuracy_eval_s": accuracy.eval_s} if accuracy.eval_s else {}
+    if accuracy.eval_energy_j is not None:
+        out["accuracy_energy_j"] = accuracy.eval_energy_j
+    return out
 
 
 def run_trial(
@@ -210,8 +222,8 @@ def run_trial(
         metrics["accuracy"] = accuracy.accuracy
         metrics["accuracy_stderr"] = accuracy.stderr
         metrics["accuracy_samples"] = float(accuracy.samples)
-        if accuracy.reused_from_trial is None and accuracy.eval_energy_j is not None:
-            metrics.update(accuracy_eval_s=accuracy.eval_s, accuracy_energy_j=accuracy.eval_energy_j)
+        if accuracy.reused_from_trial is None:
+            metrics.update(eval_cost(accuracy))
         # Correct tokens per joule: tokens the model would get right, per joule spent making them.
         metrics["correct_tokens_per_j"] = accuracy.accuracy * tp.generated_tokens / e.energy_j
     add_cost(config, metrics, accuracy.accuracy * tp.generated_tokens if accuracy is not None else None)
@@ -279,6 +291,8 @@ def served_record(
     """A served trial's record: the load point's metrics, energy, accuracy and provenance."""
     e, accuracy = m.energy, prep.accuracy
     metrics = dict(m.metrics)
+    if point.draft == "none":  # as offline: `draft_divergence <= 0` keeps undrafted trials
+        metrics["draft_divergence"] = 0.0
     metrics.update(energy_j=e.energy_j, mean_power_w=e.mean_power_w, peak_memory_gb=m.memory.peak_gb)
     tokens = metrics["generated_tokens"]
     metrics["j_per_token"] = e.energy_j / tokens if tokens else math.inf
@@ -287,8 +301,8 @@ def served_record(
     if accuracy is not None:
         metrics.update(accuracy=accuracy.accuracy, accuracy_stderr=accuracy.stderr,
                        accuracy_samples=float(accuracy.samples))  # fmt: skip
-        if accuracy.reused_from_trial is None and accuracy.eval_energy_j is not None:
-            metrics.update(accuracy_eval_s=accuracy.eval_s, accuracy_energy_j=accuracy.eval_energy_j)
+        if accuracy.reused_from_trial is None and not m.provenance.get("server_reused"):
+            metrics.update(eval_cost(accuracy))  # where the eval ran: the server's first load point
         # Only requests that met the SLO count: a correct answer that came too late was not served.
         metrics["correct_tokens_per_j"] = accuracy.accuracy * m.good_tokens / e.energy_j if e.energy_j else 0.0
     add_cost(config, metrics, accuracy.accuracy * m.good_tokens if accuracy is not None else None)

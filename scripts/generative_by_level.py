@@ -162,18 +162,17 @@ def main() -> None:
     out = Path(args.out)
     data = json.loads(out.read_text()) if out.exists() else {}
     if args.table:
+        if not data.get("points"):
+            raise SystemExit(f"{out}: no scored points to tabulate")
         print(table(data, args.reference))
         return
+    settings = {"limit": args.limit, "batch": args.batch, "threads": args.threads, "source": args.source}
+    differ = {k: (data[k], v) for k, v in settings.items() if k in data and data[k] != v}
+    if differ and data.get("points"):  # points scored otherwise do not pair with new ones
+        raise SystemExit(f"{out} holds points scored with other settings {differ}: another --out, or remove it")
     data.setdefault("points", {})
-    data.update(
-        script="scripts/generative_by_level.py",
-        date=str(date.today()),
-        machine=args.machine or machine(),
-        limit=args.limit,
-        batch=args.batch,
-        threads=args.threads,
-        source=args.source,
-    )
+    data.update(script="scripts/generative_by_level.py", date=str(date.today()),
+                machine=args.machine or machine(), **settings)  # fmt: skip
     for spec in args.points:
         if spec in data["points"]:
             print(f"{spec}: already in {out}, skipped")

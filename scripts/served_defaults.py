@@ -39,7 +39,7 @@ from autoinfer.config import Config, load_config
 from autoinfer.engines.base import TrialPoint
 from autoinfer.record import record_of
 from autoinfer.served.command import ServerCommand, server_command
-from autoinfer.served.trial import Serving, measure_load_point
+from autoinfer.served.trial import Serving, measure_load_point, prefix_cached
 from autoinfer.trial import load_guard, prepare_served
 
 GRIDS = Path(__file__).parent / "grids"
@@ -87,7 +87,10 @@ def sweep(config: Config, point: TrialPoint, cmd: ServerCommand, prompts: list[s
         key = secrets.token_urlsafe(24)
         log = Path(tmp) / "server.log"
         start = time.perf_counter()
-        with started_server(cmd.argv, log, Path(tmp), 900, {str(cmd.key_env): key}) as server:
+        env = {str(cmd.key_env): key}
+        if prefix_cached(point):  # emptied between load points (POST /reset_prefix_cache), as a served trial does
+            env["VLLM_SERVER_DEV_MODE"] = "1"
+        with started_server(cmd.argv, log, Path(tmp), 900, env) as server:
             s = Serving(cmd, server.port, server.pid, key, time.perf_counter() - start, log)
             print(f"  started in {s.started_s:.0f} s: {cmd.line[:160]}", flush=True)
             for rep in range(args.repeats):
@@ -152,7 +155,10 @@ def main() -> None:
         accuracy = accuracy_of(config, pick)
         with tempfile.TemporaryDirectory() as tmp:
             tuned = server_command(config, pick, prep.info, Path(tmp))
-            every_core = replace(pick, hardware=f"cpu:{os.cpu_count()}")
+            # vLLM's default keeps a prefix cache: said in the point, so it is emptied between load
+            # points as the picks' servers start each point without one.
+            knobs = "prefix_caching=on" if engine == "vllm" else ""
+            every_core = replace(pick, hardware=f"cpu:{os.cpu_count()}", server_knobs=knobs)
             for name, point, cmd in (
                 ("pick", pick, tuned),
                 ("defaults", every_core, default_command(engine, prep.info, model)),

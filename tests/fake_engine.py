@@ -121,6 +121,8 @@ class TieShape:
 
 
 class FakeEngine(Engine):
+    plain_batch_free = True
+
     def load(self) -> None:
         if self.point.quantization in FAULTS:
             inject(self.point.quantization)

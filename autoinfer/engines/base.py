@@ -129,6 +129,11 @@ class GenerationResult:
 class Engine(abc.ABC):
     """A loaded model in one configuration. Subclasses are instantiated in the trial process."""
 
+    # Whether plain decoding (draft=False) may run more sequences at once than the trial's batch
+    # size: False where the loaded context or scheduler is sized for it (llama.cpp's sequences,
+    # vLLM's max_num_seqs). The lossless check compares plain greedy across two batch sizes.
+    plain_batch_free: bool = False
+
     def __init__(self, config: Config, point: TrialPoint) -> None:
         self.config = config
         self.point = point

@@ -192,16 +192,20 @@ def check_lossless(engine: Engine, prompts: list[str], drafted: tuple[tuple[int,
     more = f"; {len(broken) - NAMED} more" if len(broken) > NAMED else ""
     print(f"lossless check: {'; '.join(v.describe() for v in broken[:NAMED])}{more} ({UNITS})",
           file=sys.stderr, flush=True)  # fmt: skip
-    other = 1 if batch > 1 else min(4, n)  # plain greedy at another batch shape
-    again = outputs_of(generate_set(engine, prompts, other, wl.max_new_tokens, wl.ignore_eos, False))
-    self_diverged = sum(a != b for a, b in zip(plain, again, strict=True))
-    detail = (
-        f"{len(broken)} of {n} prompts part from plain greedy decoding beyond a tie"
-        f"{f' ({tie_text})' if ties else ''}; plain greedy at batch {other} parts from plain greedy at batch "
-        f"{batch} on {self_diverged} of {n}"
-    )
+    # Plain greedy at another batch size: 1 below a batch, else more where the engine can (a
+    # llama.cpp or vLLM trial at batch 1 has room for one sequence only: not measured there).
+    other = 1 if batch > 1 else min(4, n) if engine.plain_batch_free else 1
+    self_diverged: int | None = None
+    how = f"plain greedy at another batch size not measured (the engine runs {batch} sequence at a time)"
+    if other != batch:
+        again = outputs_of(generate_set(engine, prompts, other, wl.max_new_tokens, wl.ignore_eos, False))
+        self_diverged = sum(a != b for a, b in zip(plain, again, strict=True))
+        how = f"plain greedy at batch {other} parts from plain greedy at batch {batch} on {self_diverged} of {n}"
+    tied = f" ({tie_text})" if ties else ""
+    detail = f"{len(broken)} of {n} prompts part from plain greedy decoding beyond a tie{tied}; {how}"
     margins = [abs(v.margin) for v in ties]
-    return DraftCheck(False, detail, len(ties), max(margins, default=0.0), n, len(broken), self_diverged, other)
+    other_batch = other if self_diverged is not None else 0
+    return DraftCheck(False, detail, len(ties), max(margins, default=0.0), n, len(broken), self_diverged, other_batch)
 
 
 def draft_refusal(check: DraftCheck, scored_as_generated: bool) -> str | None:

@@ -174,7 +174,7 @@ def _generative(r: Rendering) -> list[str]:
             "    # is near the floor on both (almost no item right), which ranks nothing.",
         ]
     data = ARC_EASY.parents[1]
-    if "code" in f"{m.name} {m.source}".lower():
+    if "code" in m.name.lower() and (data / "mbpp" / "mbpp.jsonl").is_file():  # the model's own name, not its path
         mbpp = path_for(str(data / "mbpp" / "mbpp.jsonl"), r.out.parent)
         return [
             f"    # A code model ({size}): judge it by the code it writes, MBPP pass@1",
@@ -185,6 +185,8 @@ def _generative(r: Rendering) -> list[str]:
             f"    #   data_files: {{test: {mbpp}}}",
             "  # allow_code_execution: true",
         ]
+    if not (data / "gsm8k" / "test.jsonl").is_file():
+        return []
     gsm8k = path_for(str(data / "gsm8k" / "test.jsonl"), r.out.parent)
     return [
         f"    # Judged by the answers it generates instead ({size}): GSM8K, 8-shot chain of thought.",

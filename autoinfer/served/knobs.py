@@ -3,7 +3,7 @@ batch size (which every engine's server has: vLLM's --max-num-seqs, llama-server
 `autoinfer serve`'s batch cap).
 
 Each knob applies to one engine's server only and is sampled only for its points. A point carries
-its knobs as one canonical text (`TrialPoint.server`, "max_num_batched_tokens=512,prefix_caching=on"),
+its knobs as one canonical text (`TrialPoint.server_knobs`, "max_num_batched_tokens=512,prefix_caching=on"),
 so that points, identities and the grid stay plain values; the engine's export recipe turns them
 into its server's flags. Pure data: nothing here imports an engine or a server.
 """

@@ -209,16 +209,18 @@ def reset_caches(s: Serving, point: TrialPoint) -> str:
         return "llama-server's slot prompt caches kept from the previous load point (same prompt set)"
     if not prefix_cached(point):
         return "nothing kept between load points (no prefix cache)"
-    import urllib.request
+    import http.client
 
-    req = urllib.request.Request(f"http://127.0.0.1:{s.port}/reset_prefix_cache", method="POST", data=b"")
-    if s.key:
-        req.add_header("Authorization", f"Bearer {s.key}")
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)  # loopback: no proxy, whatever the env
     try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            r.read()
-    except OSError as e:
+        conn.request("POST", "/reset_prefix_cache", headers={"Authorization": f"Bearer {s.key}"} if s.key else {})
+        status = conn.getresponse().status
+    except (OSError, http.client.HTTPException) as e:
         raise TrialError(f"vLLM's prefix cache could not be emptied between load points: {e}") from None
+    finally:
+        conn.close()
+    if status != 200:
+        raise TrialError(f"vLLM's prefix cache could not be emptied between load points: HTTP {status}")
     return "vLLM's prefix cache emptied before this load point (POST /reset_prefix_cache)"
 
 

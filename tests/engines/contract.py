@@ -112,7 +112,9 @@ class EngineContract:
         plain = eng.generate([prompt], wl.max_new_tokens, ignore_eos=wl.ignore_eos, draft=False).token_ids
         check = check_lossless(eng, [prompt], drafted)
         assert check.lossless == (drafted == plain), check.detail
-        assert check.diverged <= (drafted != plain) and (check.self_diverged is None) == (not check.diverged)
+        assert check.diverged <= (drafted != plain)
+        if not check.diverged:  # plain greedy against itself is measured only where a draft parted
+            assert check.self_diverged is None
 
     def test_lm_eval_model_scores(self, tmp_path: Path) -> None:
         from lm_eval.api.instance import Instance

@@ -138,6 +138,7 @@ def _streamed_bytes(model: Any, quantization: str, below_layer: int | None = Non
 
 
 class TransformersEngine(HFTokenizerEngine):
+    plain_batch_free = True  # generate() pads any number of prompts into one batch
     model: Any
     tokenizer: Any
     draft_model: Any
