@@ -125,6 +125,9 @@ def table(data: dict[str, Any], reference: str) -> str:
     lines = [
         f"# {data['script']}, {data['date']}, {data['machine']}; limit {data['limit']} items per task, "
         f"eval batch {data['batch']}, cpu:{data['threads']}",
+        f"# model {data.get('source')}: a Q4_K_M GGUF; every other level is made from it (llama.cpp re-quantizes "
+        "it; vLLM dequantizes it to a checkpoint, then runs bf16 or compresses it to W8A8), so each carries "
+        "Q4_K_M's rounding too",
         f"# Δ = level - {reference}, paired over the same items; b/c = items only the level / only the "
         "reference got right; p = exact McNemar",
         f"{'point':18} {'MBPP pass@1':>14} {'Δ MBPP':>16} {'b/c':>6} {'p':>5} "
@@ -141,8 +144,14 @@ def table(data: dict[str, Any], reference: str) -> str:
             else:
                 row += f" {'reference' if name == reference else '-':>16} {'':>6} {'':>5}"
         lines.append(row + f" {p['eval_s']:7.0f}")
-    made = {n: p["info"].get("requantized_from") or p["info"].get("gguf_converted_to") for n, p in points.items()}
-    lines.append("made from: " + ", ".join(f"{n} <- {m}" for n, m in made.items() if m))
+    made = []
+    for name, p in points.items():
+        src = p["info"].get("requantized_from") or p["info"].get("gguf_converted_to")
+        if src:
+            made.append(f"{name} <- {src}" if src != p["level"] else f"{name}: the shipped file")
+    lines.append("made from: " + ", ".join(made))
+    lines.append("eval s: wall seconds of both tasks' evaluation (load excluded); not a speed figure where the run "
+                 "shared the machine")  # fmt: skip
     return "\n".join(lines)
 
 
