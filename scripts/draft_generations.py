@@ -14,7 +14,7 @@ per-item scores (McNemar's discordant counts).
 from __future__ import annotations
 
 import argparse
-import platform
+import os
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +67,11 @@ def main() -> None:
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     lines = [f"# python scripts/draft_generations.py {args.config}",
              f"# study {cfg.study_name}: {len(recs)} complete trials, {len(failed)} failed; "
-             f"{platform.processor() or platform.machine()}, {_cpu()}"]  # fmt: skip
+             f"{os.cpu_count()}-core {_cpu()}"]  # fmt: skip
     lines += [f"# failed trial {t.number}: {t.user_attrs.get('fail_reason', '')}" for t in failed]
+    busy = ", ".join(f"#{i} {r.metrics.get('other_cpu_pct', float('nan')):.0f} %" for i, r in enumerate(recs))
+    lines.append(f"# other processes' share of the target's CPU time in each measured window: {busy} (where it is "
+                 "high, their speed and energy are not figures to compare; divergence and accuracy are)")  # fmt: skip
     plain: dict[Any, TrialRecord] = {}
     for r in recs:
         if r.point.draft == "none":
