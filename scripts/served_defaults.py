@@ -26,6 +26,7 @@ import secrets
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ from served_compare import machine
 
 from autoinfer.config import Config, load_config
 from autoinfer.engines.base import TrialPoint
+from autoinfer.errors import VerifyFailed
 from autoinfer.record import record_of
 from autoinfer.served.command import ServerCommand, server_command
 from autoinfer.served.trial import Serving, measure_load_point, prefix_cached
@@ -83,27 +85,31 @@ def sweep(config: Config, point: TrialPoint, cmd: ServerCommand, prompts: list[s
     from autoinfer.export.server import started_server
 
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="served-defaults-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="served-defaults-") as tmp, ExitStack() as stack:
         key = secrets.token_urlsafe(24)
-        log = Path(tmp) / "server.log"
+        log = Path(tempfile.gettempdir()) / f"served-defaults-{point.engine}-{point.hardware}.log"  # kept
         start = time.perf_counter()
         env = {str(cmd.key_env): key}
         if prefix_cached(point):  # emptied between load points (POST /reset_prefix_cache), as a served trial does
             env["VLLM_SERVER_DEV_MODE"] = "1"
-        with started_server(cmd.argv, log, Path(tmp), 900, env) as server:
-            s = Serving(cmd, server.port, server.pid, key, time.perf_counter() - start, log)
-            print(f"  started in {s.started_s:.0f} s: {cmd.line[:160]}", flush=True)
-            for rep in range(args.repeats):
-                for rate in args.rates:
-                    at = replace(point, load=f"rate:{rate:g}")
-                    m = measure_load_point(config, at, s, prompts, load_guard(config, at), lambda _: None,
-                                           reused=bool(rows))  # fmt: skip
-                    row = {"rate": rate, "repeat": rep, **m.metrics, "energy_j": m.energy.energy_j,
-                           "energy_source": m.energy.source, "good_tokens": m.good_tokens}  # fmt: skip
-                    rows.append(row)
-                    print(f"  {rate:g} req/s #{rep}: goodput {row['goodput_rps']:.2f}, {row['energy_j']:.0f} J",
-                          flush=True)  # fmt: skip
-            rows[0]["server_start_s"] = s.started_s
+        try:
+            server = stack.enter_context(started_server(cmd.argv, log, Path(tmp), 900, env))
+        except VerifyFailed as e:
+            tail = [ln for ln in log.read_text(errors="replace").splitlines() if "Error" in ln][-3:]
+            raise VerifyFailed(f"{e} ({' | '.join(tail)}; whole log: {log})") from None
+        s = Serving(cmd, server.port, server.pid, key, time.perf_counter() - start, log)
+        print(f"  started in {s.started_s:.0f} s: {cmd.line[:160]}", flush=True)
+        for rep in range(args.repeats):
+            for rate in args.rates:
+                at = replace(point, load=f"rate:{rate:g}")
+                m = measure_load_point(config, at, s, prompts, load_guard(config, at), lambda _: None,
+                                       reused=bool(rows))  # fmt: skip
+                row = {"rate": rate, "repeat": rep, **m.metrics, "energy_j": m.energy.energy_j,
+                       "energy_source": m.energy.source, "good_tokens": m.good_tokens}  # fmt: skip
+                rows.append(row)
+                print(f"  {rate:g} req/s #{rep}: goodput {row['goodput_rps']:.2f}, {row['energy_j']:.0f} J",
+                      flush=True)  # fmt: skip
+        rows[0]["server_start_s"] = s.started_s
     return rows
 
 
@@ -164,10 +170,15 @@ def main() -> None:
                 ("defaults", every_core, default_command(engine, prep.info, model)),
             ):
                 print(f"{engine} {name}:", flush=True)
-                rows = sweep(config, point, cmd, prep.prompts, args)
-                results[f"{engine} {name}"] = {"command": cmd.line, "hardware": point.hardware, "rows": rows,
-                                               "summary": summarize(rows, accuracy), "accuracy": accuracy}  # fmt: skip
-    write(results, config, args)
+                entry: dict[str, Any] = {"command": cmd.line, "hardware": point.hardware, "accuracy": accuracy}
+                try:
+                    rows = sweep(config, point, cmd, prep.prompts, args)
+                except VerifyFailed as e:  # kept as a result: what a practitioner starting it would see
+                    entry.update(rows=[], summary={}, failed=str(e))
+                else:
+                    entry.update(rows=rows, summary=summarize(rows, accuracy))
+                results[f"{engine} {name}"] = entry
+                write(results, config, args)  # after every server: a crash keeps what was measured
 
 
 def write(results: dict[str, Any], config: Config, args: Any) -> None:
@@ -187,6 +198,9 @@ def write(results: dict[str, Any], config: Config, args: Any) -> None:
     lines = [*head, ""]
     for name, r in results.items():
         lines.append(f"## {name} ({r['hardware']}): {r['command']}")
+        if r.get("failed"):
+            lines += [f"did not start: {r['failed']}", ""]
+            continue
         lines.append(" | ".join(["req/s", *COLS]))
         lines.append(" | ".join("---" for _ in range(len(COLS) + 1)))
         for rate, cells in r["summary"].items():
@@ -207,7 +221,7 @@ def ratios(results: dict[str, Any]) -> list[str]:
         if not pick or not dflt:
             continue
         for rate, cells in pick["summary"].items():
-            a, b = cells["good_per_kj"], dflt["summary"][rate]["good_per_kj"]
+            a, b = cells["good_per_kj"], dflt["summary"].get(rate, {}).get("good_per_kj")
             if a is None or b is None:
                 continue
             if b[0] == 0:
