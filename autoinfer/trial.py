@@ -184,10 +184,14 @@ def _score(
     return accuracy
 
 
-def eval_cost(accuracy: AccuracyResult) -> dict[str, float]:
-    """The accuracy evaluation's own time and energy, as metrics (energy where the meter read it)."""
-    out = {"accuracy_eval_s": accuracy.eval_s} if accuracy.eval_s else {}
-    if accuracy.eval_energy_j is not None:
+def accuracy_metrics(accuracy: AccuracyResult, ran_here: bool) -> dict[str, float]:
+    """A trial's accuracy as metrics, and where this trial ran the eval (`ran_here`), the eval's
+    own time and energy (energy where the meter read it)."""
+    out = {"accuracy": accuracy.accuracy, "accuracy_stderr": accuracy.stderr,
+           "accuracy_samples": float(accuracy.samples)}  # fmt: skip
+    if ran_here and accuracy.eval_s:
+        out["accuracy_eval_s"] = accuracy.eval_s
+    if ran_here and accuracy.eval_energy_j is not None:
         out["accuracy_energy_j"] = accuracy.eval_energy_j
     return out
 
@@ -219,11 +223,7 @@ def run_trial(
     metrics.update(roofline)
     accuracy = _score(config, engine, accuracy_key, known_accuracy, stage) if config.accuracy.tasks else None
     if accuracy is not None:
-        metrics["accuracy"] = accuracy.accuracy
-        metrics["accuracy_stderr"] = accuracy.stderr
-        metrics["accuracy_samples"] = float(accuracy.samples)
-        if accuracy.reused_from_trial is None:
-            metrics.update(eval_cost(accuracy))
+        metrics.update(accuracy_metrics(accuracy, ran_here=accuracy.reused_from_trial is None))
         # Correct tokens per joule: tokens the model would get right, per joule spent making them.
         metrics["correct_tokens_per_j"] = accuracy.accuracy * tp.generated_tokens / e.energy_j
     add_cost(config, metrics, accuracy.accuracy * tp.generated_tokens if accuracy is not None else None)
@@ -299,10 +299,9 @@ def served_record(
     if m.load is not None:
         metrics.update(other_cpu_pct=m.load.other_cpu_pct, steal_pct=m.load.steal_pct)
     if accuracy is not None:
-        metrics.update(accuracy=accuracy.accuracy, accuracy_stderr=accuracy.stderr,
-                       accuracy_samples=float(accuracy.samples))  # fmt: skip
-        if accuracy.reused_from_trial is None and not m.provenance.get("server_reused"):
-            metrics.update(eval_cost(accuracy))  # where the eval ran: the server's first load point
+        # The eval ran where its score is not reused: on a server's first load point only.
+        ran_here = accuracy.reused_from_trial is None and not m.provenance.get("server_reused")
+        metrics.update(accuracy_metrics(accuracy, ran_here))
         # Only requests that met the SLO count: a correct answer that came too late was not served.
         metrics["correct_tokens_per_j"] = accuracy.accuracy * m.good_tokens / e.energy_j if e.energy_j else 0.0
     add_cost(config, metrics, accuracy.accuracy * m.good_tokens if accuracy is not None else None)

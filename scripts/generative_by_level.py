@@ -20,22 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+from served_compare import machine  # the CPU and the units that matter, as the served results name it
+
 MBPP = "mbpp_autoinfer"
 ARC = "arc_easy"
-
-
-def machine() -> str:
-    from autoinfer.hardware import cpu_model
-
-    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
-    units = [u for u, f in (("AMX", "amx_tile"), ("avx512_bf16", "avx512_bf16"), ("AVX-512", "avx512f")) if f in flags]
-    return f"{os.cpu_count()}-core {cpu_model()} ({', '.join(units) or 'no AVX-512'})"
 
 
 def config_for(args: argparse.Namespace, engines: list[str], levels: list[str]) -> Any:
