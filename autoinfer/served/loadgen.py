@@ -14,11 +14,18 @@ trial's server must accept:
   true}, repetition_penalty: 1.0, logprobs: null; here also ignore_eos (when set) and temperature.
 - /v1/chat/completions: model, messages (one user message, content as a list of text parts),
   max_completion_tokens, stream, stream_options, ignore_eos, temperature.
-- headers: x-request-id (not on warmup requests), and Authorization: Bearer KEY. The generator
+- headers: x-request-id (not on warmup requests), Connection: close (see below), and
+  Authorization: Bearer KEY. The generator
   reads the key from OPENAI_API_KEY; this adapter sends `Load.api_key` as a per-request header
   instead (those win over the environment's), so the key is never put in the environment, on a
   command line, in a file or in a log. With no `api_key`, an OPENAI_API_KEY set in the
   environment is still sent by the generator.
+One connection per request: the generator's connector keeps connections alive, but llama-server
+(llama-cpp-python 0.3.36) closes the connection after each streamed answer while its headers say
+keep-alive, so a request sent on a reused connection could find it closed (aiohttp's
+ServerDisconnectedError, 1 to 3 of 8 requests at concurrency 2 on this VM). The adapter sends
+`Connection: close` on every request, to every engine's server alike, so each request opens its own
+loopback connection (its connect time, well under a millisecond, is inside TTFT).
 Timings (vLLM's definitions): TTFT is the time to the first streamed chunk carrying `choices` (for
 chat, possibly a role-only chunk), E2EL the time to the last such chunk, ITL the gaps between
 chunks: a server that sends several tokens per chunk shows fewer, longer gaps, and one that sends
@@ -199,7 +206,9 @@ async def _benchmark(serve: ModuleType, load: Load, args: Any) -> dict[str, Any]
     if load.tokenizer:
         tokenizer = serve.get_tokenizer(load.tokenizer, tokenizer_mode=args.tokenizer_mode, trust_remote_code=False)
     requests = _requests(serve, load, args, tokenizer)
-    headers = {"Authorization": f"Bearer {load.api_key}"} if load.api_key else None
+    headers = {"Connection": "close"}  # one connection per request (module docstring)
+    if load.api_key:
+        headers["Authorization"] = f"Bearer {load.api_key}"
     sampling = {"temperature": args.temperature} if args.temperature is not None else None
     run = serve.benchmark(
         task_type=serve.TaskType.GENERATION, endpoint_type=args.backend, api_url=args.base_url + args.endpoint,

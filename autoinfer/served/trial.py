@@ -187,7 +187,8 @@ def measure_load_point(
         "requests": load.num_requests,
         "warmup_requests": warmup,
         "max_tokens": load.output_len,
-        "client": "vLLM's load generator in the measuring process; its CPU time is client_cpu_s",
+        "client": "vLLM's load generator in the measuring process, one connection per request; "
+                  "its CPU time is client_cpu_s",
         "result": json.loads(result.to_json()),  # every request's timings: recompute any SLO
     }
     return ServedMeasurement(metrics, ebox.reading, reading, mem.reading, good_tokens(result, slo), provenance)
