@@ -188,7 +188,7 @@ def measure_load_point(
         "warmup_requests": warmup,
         "max_tokens": load.output_len,
         "client": "vLLM's load generator in the measuring process, one connection per request; "
-                  "its CPU time is client_cpu_s",
+        "its CPU time is client_cpu_s",
         "result": json.loads(result.to_json()),  # every request's timings: recompute any SLO
     }
     return ServedMeasurement(metrics, ebox.reading, reading, mem.reading, good_tokens(result, slo), provenance)
