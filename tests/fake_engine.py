@@ -23,6 +23,7 @@ from typing import Any
 from lm_eval.api.model import TemplateLM
 
 from autoinfer.engines import ENGINES, Engine, EngineSpec, GenerationResult
+from autoinfer.engines.base import NewTokens, StepCallback
 from autoinfer.engines.llamacpp.engine import lookup_draft
 from autoinfer.errors import TrialError
 
@@ -150,8 +151,9 @@ class FakeEngine(Engine):
         return out
 
     def generate_ids(
-        self, prompts: Any, max_new_tokens: int, ignore_eos: bool = False, draft: bool = True
-    ) -> GenerationResult:
+        self, prompts: Any, max_new_tokens: int, ignore_eos: bool = False, draft: bool = True,
+        on_step: StepCallback | None = None,
+    ) -> GenerationResult:  # fmt: skip
         start = time.perf_counter()
         hists = [list(p) for p in prompts]
         d = self.point.draft_spec
@@ -165,6 +167,8 @@ class FakeEngine(Engine):
             h.append(t)
             o.append(t)
             tm.append(time.perf_counter() - start)
+        report = NewTokens(on_step, len(outs))
+        report(outs)
         passes = steps = proposed = accepted = 0
         live = [i for i, o in enumerate(outs) if max_new_tokens > 1 and (ignore_eos or not self._stops(o[-1]))]
         while live:
@@ -194,6 +198,7 @@ class FakeEngine(Engine):
                     accepted += 1
                 if not ended:
                     still.append(i)
+            report(outs)
             live = still
         total = time.perf_counter() - start
         return GenerationResult(

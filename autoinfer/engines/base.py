@@ -126,6 +126,29 @@ class GenerationResult:
         return max(lasts) - min(firsts) if firsts else 0.0
 
 
+# What `generate_ids` calls after each decoding pass, with each sequence's new token ids in prompt
+# order (an empty list where a sequence got none). A row may run past its sequence's end (padding
+# after an end token, tokens past max_new_tokens in a drafted pass): the caller cuts it, as
+# `token_ids` is cut. `autoinfer serve` streams answers token by token from it.
+StepCallback = Callable[[list[list[int]]], None]
+
+
+class NewTokens:
+    """Calls a StepCallback with what each sequence gained since the last call (nothing without one)."""
+
+    def __init__(self, on_step: StepCallback | None, sequences: int) -> None:
+        self.on_step = on_step
+        self.seen = [0] * sequences
+
+    def __call__(self, rows: Sequence[Sequence[int]]) -> None:
+        if self.on_step is None:
+            return
+        new = [list(r[k:]) for r, k in zip(rows, self.seen, strict=True)]
+        self.seen = [len(r) for r in rows]
+        if any(new):
+            self.on_step(new)
+
+
 class Engine(abc.ABC):
     """A loaded model in one configuration. Subclasses are instantiated in the trial process."""
 
@@ -158,10 +181,12 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def generate_ids(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True
-    ) -> GenerationResult:
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True,
+        on_step: StepCallback | None = None,
+    ) -> GenerationResult:  # fmt: skip
         """`generate` on prompts already rendered to token ids (as `prompt_ids` makes them): what a
-        server built on the engine calls (`autoinfer serve`). Timing starts inside this call."""
+        server built on the engine calls (`autoinfer serve`), with `on_step` to stream each pass's
+        tokens as they come. Timing starts inside this call."""
 
     @abc.abstractmethod
     def prompt_ids(self, prompt: str) -> list[int]:

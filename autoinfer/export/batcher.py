@@ -11,6 +11,7 @@ import asyncio
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -39,12 +40,44 @@ class Limits:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
 
 
+Channel = Callable[[list[int] | None], None]  # a streamed request's tokens, then None (see Request)
+
+
 @dataclass
 class Request:
     ids: list[int]
     max_tokens: int
     ignore_eos: bool
     done: Future[tuple[int, ...]] = field(default_factory=Future)
+    # A streamed request's channel, called on the batcher's thread: the answer's token ids as each
+    # pass makes them, then None once `done` is settled (answer or failure).
+    stream: Channel | None = None
+    streamed: int = 0  # tokens handed to `stream` so far
+
+    def put(self, ids: list[int] | None) -> None:
+        if self.stream is not None:
+            self.stream(ids)
+
+
+class _Cut:
+    """The engine's per-pass tokens handed to each streamed request, cut where its answer ends
+    (at an end token unless ignore_eos, and at max_tokens), as the engine cuts `token_ids`."""
+
+    def __init__(self, rs: list[Request], max_tokens: int, ignore_eos: bool, end_ids: frozenset[int]) -> None:
+        self.rs, self.max_tokens, self.ignore_eos, self.end_ids = rs, max_tokens, ignore_eos, end_ids
+        self.ended = [False] * len(rs)
+
+    def __call__(self, rows: list[list[int]]) -> None:
+        for i, (r, new) in enumerate(zip(self.rs, rows, strict=True)):
+            take: list[int] = []
+            for t in new:
+                if self.ended[i]:
+                    break
+                take.append(t)
+                self.ended[i] = r.streamed + len(take) >= self.max_tokens or (not self.ignore_eos and t in self.end_ids)
+            if take:
+                r.streamed += len(take)
+                r.put(take)
 
 
 @dataclass(frozen=True)
@@ -109,6 +142,7 @@ class Served:
                 continue
             if r.done.running() or r.done.set_running_or_notify_cancel():
                 r.done.set_exception(RuntimeError(f"the server's batcher stopped: {self.died}"))
+                r.put(None)
 
     # -- the batcher thread --------------------------------------------------------------------
 
@@ -142,19 +176,23 @@ class Served:
                 self._generate(rs, max_tokens, ignore_eos)
 
     def _generate(self, rs: list[Request], max_tokens: int, ignore_eos: bool) -> None:
-        """One generate call for `rs`; if it fails, each request again on its own, so one bad
-        request (an id past the vocabulary) fails only itself."""
+        """One generate call for `rs`, streamed requests fed each pass's tokens; if it fails, each
+        request that has not streamed a token yet runs again on its own, so one bad request (an id
+        past the vocabulary) fails only itself."""
+        cut = _Cut(rs, max_tokens, ignore_eos, self.end_ids) if any(r.stream for r in rs) else None
         try:
-            g = self.engine.generate_ids([r.ids for r in rs], max_tokens, ignore_eos)
+            g = self.engine.generate_ids([r.ids for r in rs], max_tokens, ignore_eos, on_step=cut)
         except Exception as e:  # noqa: BLE001 - the client gets the error, the server keeps serving
-            if len(rs) == 1:
-                rs[0].done.set_exception(e)
-                return
             for r in rs:
-                self._generate([r], max_tokens, ignore_eos)
+                if len(rs) == 1 or r.streamed:  # a stream half sent cannot be sent again
+                    r.done.set_exception(e)
+                    r.put(None)
+                else:
+                    self._generate([r], max_tokens, ignore_eos)
             return
         for r, ids in zip(rs, g.token_ids, strict=True):
             r.done.set_result(ids)
+            r.put(None)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -178,11 +216,12 @@ class Served:
                            f"tokens ({max_tokens} > {lim.context} - {len(ids)}).",
                            "max_tokens", "context_length_exceeded")  # fmt: skip
 
-    def submit(self, ids: list[int], max_tokens: int, ignore_eos: bool) -> Request:
-        """Queue one request (checked first); 503 once the batcher has died, 429 while the queue is full."""
+    def submit(self, ids: list[int], max_tokens: int, ignore_eos: bool, stream: Channel | None = None) -> Request:
+        """Queue one request (checked first); 503 once the batcher has died, 429 while the queue is
+        full. `stream`: see Request."""
         if why := self.failure():
             raise APIError(503, f"the server cannot generate: its batcher stopped ({why})", kind="server_error")
-        req = Request(ids, max_tokens, ignore_eos)
+        req = Request(ids, max_tokens, ignore_eos, stream=stream)
         try:
             self.inbox.put_nowait(req)
         except queue.Full:

@@ -5,8 +5,9 @@ Routes: `GET /health` (200: nothing listens before the engine is loaded), `GET /
 either streamed as server-sent events. Completions continue the prompt as it is (raw text or token
 ids, no chat template); chat renders its messages through the model's chat template exactly as the
 trial rendered its prompts, so a trial prompt sent as one user message is fed the very ids the
-trial fed. A batch's answers all come out when the batch finishes, so a streamed answer arrives as
-one content chunk: its time to first token is its latency. Every error is OpenAI's shape.
+trial fed. A streamed answer comes a decoding pass at a time, as the batch makes it (`_Stream`), so
+its first chunk times its first token; a request that arrives while a batch runs waits for the next
+one (the batcher does not join running batches). Every error is OpenAI's shape.
 
 In front of the routes, `Guard` (plain ASGI, so it sees a body before FastAPI parses it) asks for
 the API key where one is set (401; /health stays open, as vLLM's and llama-server's do) and
@@ -15,6 +16,8 @@ refuses a body past the size limit (413) without reading the rest of it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import time
@@ -252,6 +255,37 @@ def _head(kind: str, served: Served) -> dict[str, Any]:
     return {"id": f"{kind}-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": served.model}
 
 
+class _Stream:
+    """A streamed request's answer as text deltas on the event loop, fed by the batcher's thread.
+
+    The text so far is decoded whole at each pass and the new part sent; a pass that ends inside a
+    character (the decoder's U+FFFD for a byte of a later token) sends nothing until it completes."""
+
+    def __init__(self, served: Served) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[list[int] | None] = asyncio.Queue()
+        self.engine = served.engine
+        self.ids: list[int] = []
+        self.sent = ""
+
+    def put(self, ids: list[int] | None) -> None:
+        """Called on the batcher's thread: hand one pass's tokens (None at the end) to the loop."""
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the server is stopping
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, ids)
+
+    async def steps(self) -> AsyncIterator[tuple[str, list[int]]]:
+        """(new text, new token ids) per pass, until the answer is settled."""
+        while (new := await self.queue.get()) is not None:
+            self.ids += new
+            yield self.delta(self.engine.text(self.ids)), new
+
+    def delta(self, text: str, final: bool = False) -> str:
+        if (text.endswith("\ufffd") and not final) or not text.startswith(self.sent):
+            return ""  # a character still being spelled, or earlier text re-decoded: wait
+        new, self.sent = text[len(self.sent) :], text
+        return new
+
+
 async def _complete(served: Served, req: CompletionRequest) -> Response:
     _check_model(served, req.model)
     req.refuse_unmeasured()
@@ -260,19 +294,25 @@ async def _complete(served: Served, req: CompletionRequest) -> Response:
     served.check(ids, max_tokens, "prompt")
     head = _head("cmpl", served)
     # Queued before any answer is sent, so a full queue (429) or a stopped batcher (503) is a status.
-    queued = served.submit(ids, max_tokens, req.ignore_eos)
-    if req.stream:
-        return _sse(_completion_chunks(served, queued, req, head))
+    stream = _Stream(served) if req.stream else None
+    queued = served.submit(ids, max_tokens, req.ignore_eos, stream.put if stream else None)
+    if stream is not None:
+        return _sse(_completion_chunks(served, queued, stream, req, head))
     out = await served.answer(queued)
     choice = CompletionChoice(text=out.text, finish_reason=out.finish_reason, token_ids=_ids(out, req))
     return _json(Completion(**head, choices=[choice], usage=_usage(out)))
 
 
 async def _completion_chunks(
-    served: Served, queued: Request, req: CompletionRequest, head: dict[str, Any]
+    served: Served, queued: Request, stream: _Stream, req: CompletionRequest, head: dict[str, Any]
 ) -> AsyncIterator[BaseModel]:
+    async for text, new in stream.steps():
+        if text or req.return_token_ids:
+            ids = new if req.return_token_ids else None
+            yield Completion(**head, choices=[CompletionChoice(text=text, finish_reason=None, token_ids=ids)])
     out = await served.answer(queued)
-    yield Completion(**head, choices=[CompletionChoice(text=out.text, finish_reason=None, token_ids=_ids(out, req))])
+    if rest := stream.delta(out.text, final=True):
+        yield Completion(**head, choices=[CompletionChoice(text=rest, finish_reason=None)])
     # Usage rides on the final chunk unless asked for in a chunk of its own (OpenAI's
     # stream_options.include_usage); llama-server does the same, and `autoinfer verify` reads it there.
     usage = None if req.include_usage else _usage(out)
@@ -288,9 +328,10 @@ async def _chat(served: Served, req: ChatRequest) -> Response:
     max_tokens = req.max_completion_tokens or req.max_tokens or served.max_tokens
     served.check(ids, max_tokens, "messages")
     head = _head("chatcmpl", served)
-    queued = served.submit(ids, max_tokens, req.ignore_eos)
-    if req.stream:
-        return _sse(_chat_chunks(served, queued, req, head))
+    stream = _Stream(served) if req.stream else None
+    queued = served.submit(ids, max_tokens, req.ignore_eos, stream.put if stream else None)
+    if stream is not None:
+        return _sse(_chat_chunks(served, queued, stream, req, head))
     out = await served.answer(queued)
     message = AssistantMessage(content=out.text)
     choice = ChatChoice(message=message, finish_reason=out.finish_reason, token_ids=_ids(out, req))
@@ -298,15 +339,25 @@ async def _chat(served: Served, req: ChatRequest) -> Response:
 
 
 async def _chat_chunks(
-    served: Served, queued: Request, req: ChatRequest, head: dict[str, Any]
+    served: Served, queued: Request, stream: _Stream, req: ChatRequest, head: dict[str, Any]
 ) -> AsyncIterator[BaseModel]:
+    # The role first, as OpenAI's first chunk, but with the first token: as vLLM and llama-server
+    # send it, so a client timing its first chunk times its first token.
+    role: ChatCompletionChunk | None = ChatCompletionChunk(
+        **head, choices=[ChunkChoice(delta=Delta(role="assistant", content=""))]
+    )
+    async for text, new in stream.steps():
+        if role is not None:
+            yield role
+            role = None
+        if text or req.return_token_ids:
+            ids = new if req.return_token_ids else None
+            yield ChatCompletionChunk(**head, choices=[ChunkChoice(delta=Delta(content=text), token_ids=ids)])
     out = await served.answer(queued)
-    # The role first, as OpenAI's first chunk, but once the answer exists: as vLLM and llama-server
-    # send it with the first token, so a client timing its first chunk times its first token.
-    yield ChatCompletionChunk(**head, choices=[ChunkChoice(delta=Delta(role="assistant", content=""))])
-    if out.text or req.return_token_ids:
-        content = ChunkChoice(delta=Delta(content=out.text), token_ids=_ids(out, req))
-        yield ChatCompletionChunk(**head, choices=[content])
+    if role is not None:  # an answer of no tokens
+        yield role
+    if rest := stream.delta(out.text, final=True):
+        yield ChatCompletionChunk(**head, choices=[ChunkChoice(delta=Delta(content=rest))])
     usage = None if req.include_usage else _usage(out)
     final = ChunkChoice(delta=Delta(), finish_reason=out.finish_reason)
     yield ChatCompletionChunk(**head, choices=[final], usage=usage)

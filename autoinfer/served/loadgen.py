@@ -29,8 +29,7 @@ loopback connection (its connect time, well under a millisecond, is inside TTFT)
 Timings (vLLM's definitions): TTFT is the time to the first streamed chunk carrying `choices` (for
 chat, possibly a role-only chunk), E2EL the time to the last such chunk, ITL the gaps between
 chunks: a server that sends several tokens per chunk shows fewer, longer gaps, and one that sends
-its finish_reason in a chunk of its own adds a gap of about 0 (`autoinfer serve` streams a batch's
-whole answer as one chunk, then that one: TTFT is nearly its E2EL). Output tokens are
+its finish_reason in a chunk of its own adds a gap of about 0. Output tokens are
 the server's `usage.completion_tokens`; without usage, the tokenizer's count of the text, and with
 no tokenizer either the generator counts 1. A load stopped by `timeout_s` drops the generator's
 HTTP session unclosed (aiohttp then warns "Unclosed client session" when it is collected).

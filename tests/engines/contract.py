@@ -65,6 +65,16 @@ class EngineContract:
         assert len(g.token_times[0]) == k + 1
         self.check_timestamps(g, plain=True)
 
+    def test_each_pass_is_handed_out_as_it_is_made(self, tmp_path: Path) -> None:
+        """`on_step` (what `autoinfer serve` streams from) gets every sequence's tokens pass by pass,
+        in order: cut where the answer ends, they are the answer."""
+        eng = self.make(tmp_path, batch=2)
+        steps: list[list[list[int]]] = []
+        g = eng.generate_ids([eng.prompt_ids(p) for p in PROMPTS[:2]], self.new_tokens, on_step=steps.append)
+        assert len(steps) >= max(g.new_tokens) - 1 > 1  # not the whole answer at the end
+        for i, ids in enumerate(g.token_ids):
+            assert [t for step in steps for t in step[i]][: len(ids)] == list(ids)
+
     def test_identical_sequences_give_identical_outputs(self, tmp_path: Path) -> None:
         eng = self.make(tmp_path, batch=3)
         g = eng.generate([PROMPTS[0]] * 3, self.new_tokens, ignore_eos=True)

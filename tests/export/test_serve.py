@@ -140,7 +140,9 @@ def test_a_streamed_completion(client: TestClient, served: Served) -> None:
     *chunks, done = events(r.text)
     assert done == "[DONE]" and all(c["object"] == "text_completion" for c in chunks)
     assert "".join(c["choices"][0]["text"] for c in chunks) == text
-    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, "length"]
+    # A chunk a token (each of the toy model's tokens is a word), then the finish.
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * 6 + ["length"]
+    assert all(c["choices"][0]["text"] for c in chunks[:-1])
     usage = {"prompt_tokens": len(ids), "completion_tokens": 6, "total_tokens": len(ids) + 6}
     assert chunks[-1]["usage"] == usage  # on the final chunk, where verify (and llama-server) put it
     # OpenAI's stream_options.include_usage: a chunk of its own, with no choices, after the final one.
@@ -177,9 +179,10 @@ def test_a_streamed_chat(client: TestClient, served: Served) -> None:
     assert done == "[DONE]" and {c["object"] for c in chunks} == {"chat.completion.chunk"}
     assert len({c["id"] for c in chunks}) == 1
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    assert chunks[1]["choices"][0]["delta"] == {"content": text}
-    assert chunks[2]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
-    assert chunks[3]["choices"] == [] and chunks[3]["usage"]["completion_tokens"] == MAX_TOKENS
+    deltas = [c["choices"][0]["delta"] for c in chunks[1:-2]]
+    assert len(deltas) == MAX_TOKENS and "".join(d["content"] for d in deltas) == text
+    assert chunks[-2]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == MAX_TOKENS
 
 
 def test_token_ids_come_back_only_when_asked(client: TestClient, served: Served) -> None:
@@ -193,7 +196,7 @@ def test_token_ids_come_back_only_when_asked(client: TestClient, served: Served)
     assert client.post("/v1/completions", json=asked).json()["choices"][0]["token_ids"] == want
     *chunks, _ = events(client.post("/v1/completions", json={**asked, "stream": True}).text)
     assert [t for c in chunks for ch in c["choices"] for t in ch.get("token_ids", [])] == want
-    assert ["token_ids" in c["choices"][0] for c in chunks] == [True, False]
+    assert ["token_ids" in c["choices"][0] for c in chunks] == [True] * len(want) + [False]
     prompt = "Say something"
     want = list(greedy(served.engine, served.engine.prompt_ids(prompt), MAX_TOKENS))
     chat = {"messages": [{"role": "user", "content": prompt}], "return_token_ids": True}
@@ -426,6 +429,12 @@ def test_a_transformers_engine_templates_chat_and_not_completions(tiny_model_dir
     assert body["usage"]["prompt_tokens"] == len(templated) == len(engine.prompt_ids(question))
     want = engine.generate_ids([templated], 4).token_ids[0]
     assert body["choices"][0]["message"]["content"] == engine.text(want)
+    # Streamed, the same answer comes a pass at a time: each chunk the ids of one step of generate().
+    streamed = {**chat, "stream": True, "return_token_ids": True}
+    *chunks, _ = events(client.post("/v1/chat/completions", json=streamed).text)
+    steps = [c["choices"][0]["token_ids"] for c in chunks if c["choices"] and c["choices"][0].get("token_ids")]
+    assert steps == [[t] for t in want] and "".join(c["choices"][0]["delta"].get("content") or ""
+                                                  for c in chunks if c["choices"]) == engine.text(want)  # fmt: skip
     two = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": question}]}
     body = client.post("/v1/chat/completions", json={**two, "max_tokens": 2}).json()
     assert body["usage"]["prompt_tokens"] == len(engine.raw_ids(f"<system>Be brief.\n<user>{question}\n<assistant>"))

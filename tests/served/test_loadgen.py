@@ -208,7 +208,10 @@ def test_autoinfer_serve_on_the_fake_engine_takes_the_generators_requests(tmp_pa
         chat = run_load(Load(load.base_url, ts.MODEL, 2, "/v1/chat/completions", prompts=PROMPTS[:2], output_len=4))
     consistent(result, [5, 9, 2, 7])
     consistent(chat, [4, 4])
-    # autoinfer serve streams a batch's answer as one text chunk once the batch is done, then a
-    # finish chunk: TTFT is nearly the whole latency, and the one gap the generator sees is ~0.
-    for ttft, e2el, gaps in zip(result.ttft_s, result.e2el_s, result.itl_s, strict=True):
-        assert e2el - ttft < 0.05 and len(gaps) <= 1
+    # autoinfer serve streams a chunk a token that has text (each of the toy model's tokens is a word;
+    # an end token, generated under ignore_eos, has none), then a finish chunk: one gap each. (Their
+    # lengths are checked where the server has a process of its own, test_served_trial.py: here its
+    # busy-waiting engine holds this process's GIL.)
+    e = served.engine
+    answers = [e.generate_ids([e.raw_ids(p)], n, True).token_ids[0] for p, n in zip(PROMPTS, (5, 9, 2, 7), strict=True)]
+    assert [len(gaps) for gaps in result.itl_s] == [sum(t != ts.EOS for t in a) for a in answers]

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from autoinfer.cache import file_digest
-from autoinfer.engines.base import Engine, GenerationResult
+from autoinfer.engines.base import Engine, GenerationResult, NewTokens, StepCallback
 from autoinfer.engines.llamacpp.convert import base_type, converted_gguf, gguf_of_source, local_checkpoint
 from autoinfer.engines.llamacpp.levels import quantized_gguf, source_level
 from autoinfer.engines.llamacpp.runtime import LlamaRuntime
@@ -170,8 +170,9 @@ class LlamaCppEngine(Engine):
         return token in self.stop_tokens or self.rt.is_eog(token)
 
     def generate_ids(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True
-    ) -> GenerationResult:
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True,
+        on_step: StepCallback | None = None,
+    ) -> GenerationResult:  # fmt: skip
         toks = [list(p) for p in prompts]
         self.rt.clear()
         if self.draft_rt is not None:
@@ -185,6 +186,8 @@ class LlamaCppEngine(Engine):
         now = time.perf_counter() - start
         out: list[list[int]] = [[self.rt.argmax(r)] for r in rows]
         times: list[list[float]] = [[now] for _ in rows]
+        report = NewTokens(on_step, len(out))
+        report(out)
         stats = {"passes": 0, "draft_steps": 0, "proposed": 0, "accepted": 0}
 
         def done(s: int) -> bool:
@@ -220,6 +223,7 @@ class LlamaCppEngine(Engine):
                 assert self.draft_rt is not None
                 self.draft_rt.decode(caught_up)
                 stats["draft_steps"] += 1
+            report(out)
             live = [s for s in live if not done(s)]
         total = time.perf_counter() - start
         return GenerationResult(

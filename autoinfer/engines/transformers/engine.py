@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from autoinfer.engines.base import GenerationResult, HFTokenizerEngine, TrialPoint
+from autoinfer.engines.base import GenerationResult, HFTokenizerEngine, StepCallback, TrialPoint
 from autoinfer.engines.sources import dequantized, dequantized_checkpoint, resolve_source, source_as_gguf
 from autoinfer.errors import TrialError
 
@@ -50,9 +50,10 @@ class _StepClock:
     first token comes out, so draft work after it can be told from draft work before it.
     """
 
-    def __init__(self, tally: dict[str, int]) -> None:
+    def __init__(self, tally: dict[str, int], on_step: StepCallback | None = None) -> None:
         self.start = time.perf_counter()
         self.tally = tally
+        self.on_step = on_step  # each step's new tokens, per sequence (finished ones give padding)
         self.times: list[float] = []  # seconds since start, one per step
         self.tokens: list[int] = []  # tokens per sequence delivered at that step
         self.proposed_at_first = tally["proposed"]
@@ -66,6 +67,8 @@ class _StepClock:
             self.proposed_at_first = self.tally["proposed"]
         self.times.append(time.perf_counter() - self.start)
         self.tokens.append(int(value.shape[-1]) if value.dim() > 1 else 1)
+        if self.on_step is not None:  # (batch,) one token each; assisted generation: (1, k)
+            self.on_step([[int(t)] for t in value.tolist()] if value.dim() == 1 else value.tolist())
 
     def end(self) -> None:
         pass
@@ -264,8 +267,9 @@ class TransformersEngine(HFTokenizerEngine):
         return super().end_ids() | {t for t in (eos if isinstance(eos, list) else [eos]) if t is not None}
 
     def generate_ids(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True
-    ) -> GenerationResult:
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True,
+        on_step: StepCallback | None = None,
+    ) -> GenerationResult:  # fmt: skip
         import torch
 
         # Left-padded to the longest, with its attention mask: what tokenizing the rendered texts
@@ -273,7 +277,7 @@ class TransformersEngine(HFTokenizerEngine):
         enc = self.tokenizer.pad({"input_ids": [list(p) for p in prompts]}, return_tensors="pt")
         enc = enc.to(self.point.hardware_spec.torch_device)
         before = dict(self.tally)
-        clock = _StepClock(self.tally)
+        clock = _StepClock(self.tally, on_step)
         stops = self.end_ids()
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,

@@ -80,8 +80,8 @@ def _transformers(
         # What `autoinfer verify` adds to each request: the generated ids back, compared token for token.
         block["request"] = {"return_token_ids": True}
         block["api_key_env"] = "AUTOINFER_API_KEY"
-        # A batch's answers come out together: a streamed answer is one chunk, its TTFT its latency.
-        block["streams_tokens"] = False
+        # A streamed answer comes a decoding pass at a time: TTFT and TPOT mean what they say.
+        block["streams_tokens"] = True
     checkpoint = str(info.get("checkpoint") or model.get("source"))
     block["ecosystem"] = _ecosystem_serve(point, info, checkpoint, draft)
     return block

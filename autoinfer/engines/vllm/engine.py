@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from autoinfer.cache import cache_dir, tree_digest
-from autoinfer.engines.base import GenerationResult, HFTokenizerEngine
+from autoinfer.engines.base import GenerationResult, HFTokenizerEngine, NewTokens, StepCallback
 from autoinfer.engines.sources import dequantized, dequantized_checkpoint, resolve_source, source_as_gguf
 from autoinfer.engines.vllm import distribution, runs_eager
 from autoinfer.engines.vllm.compress import SCHEMES, compressed, cpu_int4_problem
@@ -334,14 +334,16 @@ class VllmEngine(HFTokenizerEngine):
         return self.plain_llm
 
     def generate_ids(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True
-    ) -> GenerationResult:
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, ignore_eos: bool = False, draft: bool = True,
+        on_step: StepCallback | None = None,
+    ) -> GenerationResult:  # fmt: skip
         drafted = draft and self.speculative is not None
         engine = (self.llm if drafted else self._plain()).llm_engine
         rids = [f"g{next(self._ids)}" for _ in prompts]
         toks: dict[str, list[int]] = {r: [] for r in rids}
         times: dict[str, list[float]] = {r: [] for r in rids}
         steps = proposed = accepted = 0
+        report = NewTokens(on_step, len(rids))
         start = self._submit(engine, rids, prompts, self._greedy(max_new_tokens, ignore_eos))
         while engine.has_unfinished_requests():
             outs = engine.step()
@@ -359,6 +361,7 @@ class VllmEngine(HFTokenizerEngine):
                     proposed += spec.num_draft_tokens
                     accepted += sum(j * c for j, c in enumerate(spec.histogram))
             steps += got
+            report([toks[r] for r in rids])
         total = time.perf_counter() - start
         passes = max(steps - 1, 0)  # forward passes after the one that made the first tokens
         # A draft model runs k forward passes per verification (one per proposed token).
