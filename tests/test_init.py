@@ -242,3 +242,29 @@ def test_vllm_compressed_levels_follow_what_can_be_made_and_run(
     monkeypatch.setenv(compress.ENV_VAR, str(tmp_path / "missing"))  # no llmcompressor: dense levels only
     assert candidate_levels("vllm", model, cuda=False) == ["fp32", "bf16"]
     assert "w8a8" not in candidate_levels("transformers", model, cuda=False)
+
+
+@pytest.mark.parametrize(("name", "params", "task"), [("Qwen2.5-Coder-0.5B-Instruct", 494_032_768, "mbpp_autoinfer"),
+                                                      ("Qwen2.5-0.5B-Instruct", 494_032_768, "gsm8k_cot"),
+                                                      ("SmolLM2-135M-Instruct", 134_515_008, None)])  # fmt: skip
+def test_a_generative_task_is_offered_by_size_and_kind(
+    name: str, params: int, task: str | None, tmp_path: Path
+) -> None:
+    """Commented out where it would go, with its cost: a code model gets MBPP, another GSM8K, and
+    one below 0.4 B neither (it would score near the floor)."""
+    from autoinfer.scaffold.render import Rendering, _generative
+
+    res = run_init(SMOLLM2, tmp_path / "m.yaml", None, "30", force=False)
+    model = dataclasses.replace(res.model, name=name, params=params)
+    lines = _generative(Rendering("init", res.out, model, None, res.machine, res.plan, res.estimate))
+    text = "\n".join(lines)
+    if task is None:
+        assert "not offered" in text and "# - name:" not in text
+        return
+    assert f"# - name: {task}" in text and "a 95 % interval" in text
+    threads = int(res.plan.hardware[0].split(":")[1])
+    from autoinfer.scaffold.budget import generative_item_s
+
+    item_s = generative_item_s(params, threads)
+    assert item_s is not None and f"adds about {item_s * 100 / 60:.0f} min per level at limit 100" in text
+    assert ("allow_code_execution" in text) == (task == "mbpp_autoinfer")

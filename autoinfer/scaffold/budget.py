@@ -122,6 +122,24 @@ def estimate(
     return dataclasses.replace(est, trials=n)
 
 
+GENERATIVE_FILE = REFERENCE_FILE.parent / "generative_by_level.json"
+
+
+def generative_item_s(params: int, threads: int, path: Path = GENERATIVE_FILE) -> float | None:
+    """Seconds per generated-answer item per level, scaled as lm-eval is above from the mean of the
+    measured levels in generative_by_level.json (Qwen2.5-Coder-0.5B, MBPP and ARC-Easy items, every
+    item counted as an MBPP one: errs long); None without that file."""
+    try:
+        data = json.loads(path.read_text())
+        runs = list(data["points"].values())
+        per_item = statistics.mean(r["eval_s"] / sum(len(t["items"]) for t in r["tasks"].values()) for r in runs)
+        # The file names its model, not its size: Qwen2.5-Coder-0.5B's parameter count.
+        ref_params, ref_threads = int(data.get("params", 494_032_768)), float(data["threads"])
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError, statistics.StatisticsError):
+        return None
+    return per_item * 2 * params / ref_params * ref_threads / max(threads, 1)  # x2: an ARC item is ~free
+
+
 def once_seconds(
     engines: tuple[str, ...], source_format: str, llamacpp_levels: int, compressed_levels: int = 0
 ) -> float:

@@ -9,7 +9,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoinfer.scaffold.budget import Estimate
+from autoinfer.scaffold.budget import Estimate, generative_item_s
 from autoinfer.scaffold.inspect import ModelFacts
 from autoinfer.scaffold.machine import MachineFacts
 from autoinfer.scaffold.plan import GB, HEADROOM, Plan
@@ -167,7 +167,15 @@ def _generative(r: Rendering) -> list[str]:
     offered."""
     m = r.model
     size = f"{m.params / 1e9:.2g} B parameters"
-    interval = "    # (limit 100: a 95 % interval of about +-0.09 near 0.35; ~370 items give +-0.05)"
+    notes = ["    # (limit 100: a 95 % interval of about +-0.09 near 0.35; ~370 items give +-0.05)"]
+    threads = int(r.plan.hardware[0].split(":")[1]) if r.plan.hardware[0].startswith("cpu:") else r.machine.cores
+    item_s = generative_item_s(m.params, threads)
+    if item_s is not None:  # not in the estimate above, which counts the config as written
+        minutes = item_s * 100 / 60
+        notes += [
+            f"    # Uncommented, it adds about {minutes:.0f} min per level at limit 100 (estimated from the",
+            "    # MBPP runs of scripts/results/generative_by_level.json, scaled to this model and threads).",
+        ]
     if m.params < GENERATIVE_MIN_PARAMS:
         return [
             f"    # Generated answers (gsm8k_cot, mbpp_autoinfer) are not offered: at {size} a model",
@@ -180,7 +188,7 @@ def _generative(r: Rendering) -> list[str]:
             f"    # A code model ({size}): judge it by the code it writes, MBPP pass@1",
             "    # (docs/metrics.md#code-tasks). Each generated program runs against its asserts,",
             "    # confined but not sandboxed: opt-in (uncomment all three lines).",
-            interval,
+            *notes,
             "    # - name: mbpp_autoinfer",
             f"    #   data_files: {{test: {mbpp}}}",
             "  # allow_code_execution: true",
@@ -190,7 +198,7 @@ def _generative(r: Rendering) -> list[str]:
     gsm8k = path_for(str(data / "gsm8k" / "test.jsonl"), r.out.parent)
     return [
         f"    # Judged by the answers it generates instead ({size}): GSM8K, 8-shot chain of thought.",
-        interval,
+        *notes,
         "    # - name: gsm8k_cot",
         f"    #   data_files: {{test: {gsm8k}}}",
     ]
