@@ -249,7 +249,9 @@ def accuracy_key(identity: dict[str, str], config: Config, point: TrialPoint) ->
     between 1 and 8 sequences per pass, 1 between 1 and 2 threads, each at a top-two logit margin of
     0.01-0.13; docs/metrics.md), so the key also holds the trial's thread count and, for engines
     whose generation runs at the trial's batch (vLLM: max_num_seqs), its batch size. llama.cpp and
-    transformers generate at accuracy.batch_size, which is in the key. A drafted trial on an engine
+    transformers generate at accuracy.batch_size, which is in the key. Per engine on MBPP (Qwen
+    0.5B, scripts/results/accuracy_key_generative.txt) nothing left out changed a generated program,
+    and vLLM's batch and threads did. A drafted trial on an engine
     whose eval generates with the draft (GENERATES_WITH_DRAFT) is scored on its drafted output, so
     its draft is in the key too.
     """
