@@ -178,14 +178,10 @@ class LlamaCppEngine(Engine):
         if self.draft_rt is not None:
             self.draft_rt.clear()
         start = time.perf_counter()
-        # Prompt: every sequence's tokens in one batch; logits only at each sequence's last token.
-        rows = self.rt.decode([(t, p, s, p == len(q) - 1) for s, q in enumerate(toks) for p, t in enumerate(q)])
         drafting = draft and self.point.draft_spec.kind != "none"
-        if drafting and self.draft_rt is not None:  # the draft model keeps the same histories
-            self.draft_rt.decode([(t, p, s, False) for s, q in enumerate(toks) for p, t in enumerate(q)])
+        out: list[list[int]] = [[t] for t in self._prefill(toks, drafting)]
         now = time.perf_counter() - start
-        out: list[list[int]] = [[self.rt.argmax(r)] for r in rows]
-        times: list[list[float]] = [[now] for _ in rows]
+        times: list[list[float]] = [[now] for _ in out]
         report = NewTokens(on_step, len(out))
         report(out)
         stats = {"passes": 0, "draft_steps": 0, "proposed": 0, "accepted": 0}
@@ -230,6 +226,14 @@ class LlamaCppEngine(Engine):
             tuple(map(tuple, out)), tuple(map(tuple, times)), total, stats["passes"], stats["draft_steps"],
             stats["proposed"], stats["accepted"],
         )  # fmt: skip
+
+    def _prefill(self, toks: list[list[int]], drafting: bool) -> list[int]:
+        """Every prompt in one batch, logits only at each one's last token (the draft model, when
+        drafting, keeps the same histories); each sequence's first generated token."""
+        rows = self.rt.decode([(t, p, s, p == len(q) - 1) for s, q in enumerate(toks) for p, t in enumerate(q)])
+        if drafting and self.draft_rt is not None:
+            self.draft_rt.decode([(t, p, s, False) for s, q in enumerate(toks) for p, t in enumerate(q)])
+        return [self.rt.argmax(r) for r in rows]
 
     def _take_verified(
         self,
