@@ -18,7 +18,7 @@ from autoinfer.errors import ConfigError
 from autoinfer.scaffold.budget import ASSUMED_INPUTS, Estimate, estimate, once_seconds
 from autoinfer.scaffold.inspect import ModelFacts, inspect_source, tokenizer_mismatch
 from autoinfer.scaffold.machine import MachineFacts, machine_facts
-from autoinfer.scaffold.plan import HEADROOM, Plan, make_plan
+from autoinfer.scaffold.plan import HEADROOM, Plan, make_plan, plan_threads
 from autoinfer.scaffold.render import Rendering, memory_listing, plural, render, source_text
 
 if TYPE_CHECKING:
@@ -106,8 +106,7 @@ def run_init(source: str, out: Path, draft: str | None, minutes_text: str, force
     made = sum(1 for f in plan.fits if f.fits and f.engine == "llama.cpp" and f.level != model.level)
     compressed = sum(1 for f in plan.fits if f.fits and f.engine == "vllm" and f.level in ("w8a8", "w4a16"))
     once = once_seconds(plan.engines, model.format, made, compressed)
-    threads = int(plan.hardware[0].split(":")[1]) if plan.hardware[0].startswith("cpu:") else machine.cores
-    est = estimate(model.params, threads, plan.engines, once, weight_sets, points, minutes)
+    est = estimate(model.params, plan_threads(plan, machine), plan.engines, once, weight_sets, points, minutes)
     text = render(replace(r, estimate=est))
     _validated(text, out)
     _write(out, text)

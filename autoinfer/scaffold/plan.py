@@ -67,6 +67,12 @@ class Plan:
     notes: tuple[str, ...]  # engines or batch sizes left out, and why
 
 
+def plan_threads(plan: Plan, machine: MachineFacts) -> int:
+    """Threads of the plan's first target (a cpu:N target's N, else every core): what estimates scale by."""
+    first = plan.hardware[0]
+    return int(first.split(":")[1]) if first.startswith("cpu:") else machine.cores
+
+
 def candidate_levels(engine: str, model: ModelFacts, cuda: bool) -> list[str]:
     """The levels worth a first search, as the examples pick them (before the memory rule)."""
     if engine == "transformers":

@@ -12,7 +12,7 @@ from pathlib import Path
 from autoinfer.scaffold.budget import Estimate, generative_item_s
 from autoinfer.scaffold.inspect import ModelFacts
 from autoinfer.scaffold.machine import MachineFacts
-from autoinfer.scaffold.plan import GB, HEADROOM, Plan
+from autoinfer.scaffold.plan import GB, HEADROOM, Plan, plan_threads
 
 ARC_EASY = Path(__file__).resolve().parents[2] / "data" / "arc_easy" / "test.jsonl"
 _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
@@ -168,8 +168,7 @@ def _generative(r: Rendering) -> list[str]:
     m = r.model
     size = f"{m.params / 1e9:.2g} B parameters"
     notes = ["    # (limit 100: a 95 % interval of about +-0.09 near 0.35; ~370 items give +-0.05)"]
-    threads = int(r.plan.hardware[0].split(":")[1]) if r.plan.hardware[0].startswith("cpu:") else r.machine.cores
-    item_s = generative_item_s(m.params, threads)
+    item_s = generative_item_s(m.params, plan_threads(r.plan, r.machine))
     if item_s is not None:  # not in the estimate above, which counts the config as written
         minutes = item_s * 100 / 60
         notes += [
